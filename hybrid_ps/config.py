@@ -1,0 +1,250 @@
+"""Typed job configuration: dataclass defaults < TOML file < ``--set section.key=value`` < flags.
+
+Every field has a help text (shown by ``--help``) and a command-line flag; a
+bad value raises ``ConfigError`` naming the field and quoting the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError
+from .staleness import parse_staleness
+
+__all__ = ["ClusterConfig", "DataConfig", "OptimizerConfig", "TrainConfig", "Config", "build_parser", "load_config"]
+
+
+def _option(default: Any, help: str, flag: str | None = None, choices: Sequence[str] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+
+
+@dataclass
+class ClusterConfig:
+    """How the MPI world is split and how the PS tier behaves."""
+
+    servers: int = _option(0, "PS shard ranks (0 = auto: world_size // 4, at least 1)", "--servers")
+    groups: int = _option(0, "worker groups (0 = auto: workers // 3, at least 1)", "--groups")
+    staleness: float = _option(
+        2, "SSP bound: a group may run this many clocks ahead of the slowest (0 = BSP, inf = ASP)", "--staleness"
+    )
+    bind_host: str = _option("auto", "address shards bind to (auto = this node's resolved hostname)", "--bind-host")
+    ps_timeout: float = _option(600.0, "seconds a leader waits for a shard reply before failing", "--ps-timeout")
+    vnodes: int = _option(64, "virtual nodes per shard on the consistent-hash ring", "--vnodes")
+    max_keys_per_message: int = _option(1 << 24, "largest key count a shard accepts in one message")
+
+
+@dataclass
+class DataConfig:
+    """Where the training rows come from."""
+
+    path: str = _option("", "libsvm/svmlight file to train on (empty = built-in synthetic data)", "--data")
+    rows: int = _option(200_000, "synthetic data: number of rows", "--rows")
+    features: int = _option(100_000, "synthetic data: distinct hashed features", "--features")
+    nnz_per_row: int = _option(20, "synthetic data: features per row", "--nnz-per-row")
+    zipf_exponent: float = _option(1.1, "synthetic data: power-law exponent of feature frequency", "--zipf-exponent")
+    seed: int = _option(0, "synthetic data: random seed (same data for any rank count)", "--seed")
+
+
+@dataclass
+class OptimizerConfig:
+    """The server-side update rule."""
+
+    name: str = _option("adagrad", "server-side optimizer", "--optimizer", ("sgd", "adagrad", "ftrl"))
+    learning_rate: float = _option(0.1, "learning rate (FTRL: alpha)", "--lr")
+    l1: float = _option(0.0, "L1 regularisation (FTRL only)", "--l1")
+    l2: float = _option(0.0, "L2 regularisation", "--l2")
+    ftrl_beta: float = _option(1.0, "FTRL beta", "--ftrl-beta")
+
+
+@dataclass
+class TrainConfig:
+    """The step loop, logging and outputs."""
+
+    epochs: int = _option(2, "passes over the data", "--epochs")
+    batch_size: int = _option(256, "rows per rank per step", "--batch-size")
+    max_steps: int = _option(0, "stop after this many steps per group (0 = no limit)", "--max-steps")
+    log_interval: float = _option(5.0, "seconds between progress lines", "--log-interval")
+    output_dir: str = _option("runs/latest", "directory for metrics.jsonl and run outputs", "--output-dir")
+    final_eval: bool = _option(True, "evaluate the final model on the training data after training", "--final-eval")
+    delay_group: int = _option(-1, "fault injection: group whose every step is slowed (-1 = none)", "--delay-group")
+    delay_seconds: float = _option(0.0, "fault injection: extra seconds per step for delay_group", "--delay-seconds")
+
+
+@dataclass
+class Config:
+    """The whole job configuration."""
+
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        """Check every range; returns self.
+
+        Raises:
+            ConfigError: naming the first bad field and its value.
+        """
+        checks = [
+            ("cluster.servers", self.cluster.servers >= 0, ">= 0"),
+            ("cluster.groups", self.cluster.groups >= 0, ">= 0"),
+            ("cluster.ps_timeout", self.cluster.ps_timeout > 0, "> 0"),
+            ("cluster.vnodes", self.cluster.vnodes >= 1, ">= 1"),
+            ("cluster.max_keys_per_message", self.cluster.max_keys_per_message >= 1, ">= 1"),
+            ("data.rows", self.data.rows >= 1, ">= 1"),
+            ("data.features", self.data.features >= 1, ">= 1"),
+            ("data.nnz_per_row", self.data.nnz_per_row >= 1, ">= 1"),
+            ("data.zipf_exponent", self.data.zipf_exponent > 0, "> 0"),
+            ("optimizer.learning_rate", self.optimizer.learning_rate > 0, "> 0"),
+            ("optimizer.l1", self.optimizer.l1 >= 0, ">= 0"),
+            ("optimizer.l2", self.optimizer.l2 >= 0, ">= 0"),
+            ("optimizer.ftrl_beta", self.optimizer.ftrl_beta >= 0, ">= 0"),
+            ("train.epochs", self.train.epochs >= 1, ">= 1"),
+            ("train.batch_size", self.train.batch_size >= 1, ">= 1"),
+            ("train.max_steps", self.train.max_steps >= 0, ">= 0"),
+            ("train.log_interval", self.train.log_interval > 0, "> 0"),
+            ("train.delay_seconds", self.train.delay_seconds >= 0, ">= 0"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                section, key = name.split(".")
+                raise ConfigError(f"{name} must be {rule}, got {getattr(getattr(self, section), key)!r}")
+        if self.optimizer.l1 > 0 and self.optimizer.name != "ftrl":
+            raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got {self.optimizer.name!r}")
+        if self.data.path and not Path(self.data.path).is_file():
+            raise ConfigError(f"data.path: no such file {self.data.path!r}")
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (for logs, metrics and checkpoints)."""
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in _SECTIONS}
+
+
+def _convert(name: str, kind: type, value: Any) -> Any:
+    """Convert a TOML or command-line value to the field's type, naming the field on failure."""
+    try:
+        if name == "cluster.staleness":
+            return parse_staleness(value)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected a whole number")
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            number = float(value)
+            if math.isnan(number):
+                raise ValueError("NaN is not a valid setting")
+            return number
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        return value
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: invalid value {value!r}: {e}") from None
+
+
+def _field_types() -> dict[str, tuple[type, dataclasses.Field]]:
+    result = {}
+    for section, section_type in _section_types().items():
+        hints = typing.get_type_hints(section_type)
+        for f in dataclasses.fields(section_type):
+            result[f"{section}.{f.name}"] = (hints[f.name], f)
+    return result
+
+
+def _assign(config: Config, name: str, value: Any, source: str) -> None:
+    fields = _field_types()
+    if name not in fields:
+        raise ConfigError(f"{source}: unknown setting {name!r} (see --help for the list)")
+    kind, f = fields[name]
+    converted = _convert(name, kind, value)
+    choices = f.metadata.get("choices")
+    if choices and converted not in choices:
+        raise ConfigError(f"{name}: {converted!r} is not one of {', '.join(choices)}")
+    section, key = name.split(".")
+    setattr(getattr(config, section), key, converted)
+
+
+def _load_toml(config: Config, path: str) -> None:
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    for section, table in document.items():
+        if section not in _SECTIONS or not isinstance(table, dict):
+            raise ConfigError(f"{path}: unknown section [{section}] (expected {', '.join(_SECTIONS)})")
+        for key, value in table.items():
+            _assign(config, f"{section}.{key}", value, path)
+
+
+def build_parser(prog: str = "python -m hybrid_ps.train", description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with ``--config``, ``--set`` and one flag per setting."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file with [cluster], [data], [optimizer], [train] tables")
+    parser.add_argument(
+        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+        help="override one setting, e.g. --set optimizer.l2=1e-4 (repeatable)",
+    )
+    parser.add_argument("--debug", action="store_true", help="log debug messages and show tracebacks for errors")
+    for section, section_type in _section_types().items():
+        group = parser.add_argument_group(f"[{section}]", section_type.__doc__)
+        for f in dataclasses.fields(section_type):
+            flag = f.metadata.get("flag") or f"--{section}-{f.name.replace('_', '-')}"
+            group.add_argument(
+                flag, dest=f"{section}.{f.name}", metavar=f.name.upper(), default=None,
+                help=f"{f.metadata['help']} [{section}.{f.name}] (default: {f.default!r})",
+                choices=f.metadata.get("choices"),
+            )
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """Merge defaults, ``--config``, ``--set`` and flags into a validated Config.
+
+    Raises:
+        ConfigError: unreadable file, unknown setting or bad value (named).
+    """
+    config = Config()
+    if args.config:
+        _load_toml(config, args.config)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        _assign(config, name.strip(), value.strip(), "--set")
+    for name in _field_types():
+        value = getattr(args, name, None)
+        if value is not None:
+            _assign(config, name, value, "command line")
+    return config.validate()

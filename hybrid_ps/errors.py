@@ -1,0 +1,41 @@
+"""The exception hierarchy for every error a user of hybrid_ps can see."""
+
+from __future__ import annotations
+
+__all__ = [
+    "HybridPSError",
+    "ConfigError",
+    "DataError",
+    "WireError",
+    "TopologyError",
+    "ShardUnavailableError",
+    "CheckpointError",
+]
+
+
+class HybridPSError(Exception):
+    """Base class: a one-line, user-facing error (printed without a traceback)."""
+
+
+class ConfigError(HybridPSError):
+    """A configuration value, file or flag is invalid; the message names the field."""
+
+
+class DataError(HybridPSError):
+    """Input data is unreadable or malformed; the message names the file and line."""
+
+
+class WireError(HybridPSError):
+    """A ZeroMQ message does not follow the wire format (see hybrid_ps.wire)."""
+
+
+class TopologyError(HybridPSError):
+    """The MPI world cannot be split into the requested servers and worker groups."""
+
+
+class ShardUnavailableError(HybridPSError):
+    """A parameter-server shard did not answer in time or reported an error."""
+
+
+class CheckpointError(HybridPSError):
+    """A checkpoint is missing, truncated, foreign or incompatible."""

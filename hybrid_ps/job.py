@@ -1,0 +1,135 @@
+"""One training job over an MPI world: server ranks serve shards, worker ranks train in groups."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+from .config import Config
+from .data import open_data_shard
+from .logs import configure_logging
+from .metrics import MetricsWriter
+from .models.logistic import LogisticRegression
+from .partition import HashRing
+from .server.optimizers import make_optimizer
+from .server.service import ShardService
+from .server.shard import Shard
+from .topology import Topology, build_topology, exchange_endpoints
+from .transport import resolve_bind_host
+from .worker.client import PSClient
+from .worker.group import WorkerGroup, wait_quietly
+from .worker.trainer import GroupResult, GroupTrainer
+
+__all__ = ["run_job", "JobSummary"]
+
+log = logging.getLogger(__name__)
+
+
+class JobSummary(dict):
+    """The final numbers of a job (a dict, written as the ``summary`` metrics record)."""
+
+
+def run_job(config: Config, world: Any, debug: bool = False) -> JobSummary:
+    """Run the whole job on this rank; collective over ``world``.
+
+    Returns:
+        The job summary (identical on every rank).
+
+    Raises:
+        HybridPSError: bad layout, unreachable shard, bad data, ...
+    """
+    topology = build_topology(world, config.cluster.servers, config.cluster.groups)
+    configure_logging(topology.label, debug)
+    if topology.rank == 0:
+        log.info("%s; staleness %s; optimizer %s", topology.layout.describe(), config.cluster.staleness, config.optimizer.name)
+    ring = HashRing(range(topology.layout.num_servers), config.cluster.vnodes)
+    model = LogisticRegression()
+    metrics = None
+    if topology.rank == 0:
+        metrics = MetricsWriter(f"{config.train.output_dir}/metrics.jsonl")
+        metrics.write("config", layout=topology.layout.describe(), config=_jsonable_config(config))
+    try:
+        if topology.role == "server":
+            totals = _run_server(topology, config, ring, model.width)
+        else:
+            totals = _run_worker(topology, config, ring, model, metrics)
+        return _summarise(topology, config, totals, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _run_server(topology: Topology, config: Config, ring: HashRing, width: int) -> np.ndarray:
+    optimizer = make_optimizer(
+        config.optimizer.name, config.optimizer.learning_rate, config.optimizer.l1,
+        config.optimizer.l2, config.optimizer.ftrl_beta,
+    )
+    service = ShardService(
+        Shard(width, optimizer), topology.shard_id, ring, topology.layout.num_groups,
+        config.cluster.staleness, resolve_bind_host(config.cluster.bind_host),
+        config.cluster.max_keys_per_message,
+    )
+    with service:
+        exchange_endpoints(topology, service.endpoint)
+        service.serve()
+    return np.zeros(len(GroupResult().as_array()))
+
+
+def _run_worker(
+    topology: Topology, config: Config, ring: HashRing, model: LogisticRegression, metrics: MetricsWriter | None
+) -> np.ndarray:
+    endpoints = exchange_endpoints(topology, None)
+    group = WorkerGroup(topology.group_comm)
+    num_workers = topology.layout.num_workers
+    shard = open_data_shard(config.data, topology.rank, num_workers)
+    client = None
+    if topology.is_leader:
+        client = PSClient(endpoints, topology.group, topology.layout.num_groups, ring, model.width,
+                          config.cluster.ps_timeout)
+    try:
+        trainer = GroupTrainer(config, group, topology.group, model,
+                               lambda: shard.batches(config.train.batch_size), client, metrics)
+        result = trainer.run()
+    finally:
+        if client is not None:
+            client.close()
+    return result.as_array() if topology.is_leader else np.zeros_like(result.as_array())
+
+
+def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: MetricsWriter | None) -> JobSummary:
+    """Sum the leaders' results over the world (servers and members add zeros)."""
+    totals = np.zeros_like(local)
+    wait_quietly(topology.world.Iallreduce(local, totals))
+    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds = totals
+    groups = topology.layout.num_groups
+    wall = seconds / groups
+    summary = JobSummary(
+        layout=topology.layout.describe(),
+        staleness=str(config.cluster.staleness),
+        steps_per_group=steps / groups,
+        samples=int(samples),
+        seconds=round(wall, 3),
+        samples_per_s=samples / wall if wall else math.nan,
+        train_logloss_progressive=train_loss / samples if samples else math.nan,
+        final_logloss=eval_loss / eval_rows if eval_rows else math.nan,
+        final_accuracy=eval_correct / eval_rows if eval_rows else math.nan,
+        eval_rows=int(eval_rows),
+    )
+    if metrics is not None:
+        metrics.write("summary", **summary)
+        log.info(
+            "done: %d samples in %.1fs (%.0f samples/s), progressive logloss %.4f, final logloss %.4f, "
+            "accuracy %.4f over %d rows",
+            summary["samples"], wall, summary["samples_per_s"], summary["train_logloss_progressive"],
+            summary["final_logloss"], summary["final_accuracy"], summary["eval_rows"],
+        )
+    return summary
+
+
+def _jsonable_config(config: Config) -> dict:
+    data = config.to_dict()
+    data["cluster"]["staleness"] = str(config.cluster.staleness)
+    return data

@@ -1,0 +1,116 @@
+"""Server-side optimizers, applied vectorised to the rows a push touches.
+
+Each optimizer updates gathered rows in place: ``weights`` and every state
+array are ``[n, width]`` float32 copies of the touched slots, ``grads`` the
+pushed (already averaged) gradient. The shard scatters the rows back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = ["Optimizer", "SGD", "AdaGrad", "FTRL", "make_optimizer"]
+
+
+class Optimizer(ABC):
+    """An update rule with named per-key state arrays (all start at zero)."""
+
+    name: str = ""
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, learning_rate: float, l1: float = 0.0, l2: float = 0.0) -> None:
+        if not learning_rate > 0:
+            raise ConfigError(f"optimizer.learning_rate must be > 0, got {learning_rate}")
+        if l1 < 0 or l2 < 0:
+            raise ConfigError(f"optimizer.l1 and optimizer.l2 must be >= 0, got {l1}, {l2}")
+        self.learning_rate = learning_rate
+        self.l1 = l1
+        self.l2 = l2
+
+    @abstractmethod
+    def apply(self, weights: np.ndarray, grads: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """Update ``weights`` and ``state`` rows in place from ``grads``."""
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The numbers that define the rule (recorded in checkpoints and logs)."""
+        return {"learning_rate": self.learning_rate, "l1": self.l1, "l2": self.l2}
+
+
+class SGD(Optimizer):
+    """Plain SGD with L2: ``w -= lr * (g + l2 * w)``."""
+
+    name = "sgd"
+
+    def apply(self, weights, grads, state):
+        weights -= self.learning_rate * (grads + self.l2 * weights)
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad with L2: ``acc += g^2; w -= lr * g / sqrt(acc + eps)``."""
+
+    name = "adagrad"
+    state_names = ("accumulator",)
+
+    def __init__(self, learning_rate: float, l1: float = 0.0, l2: float = 0.0, eps: float = 1e-6):
+        super().__init__(learning_rate, l1, l2)
+        self.eps = eps
+
+    def apply(self, weights, grads, state):
+        g = grads + self.l2 * weights
+        acc = state["accumulator"]
+        acc += g * g
+        weights -= self.learning_rate * g / np.sqrt(acc + self.eps)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "eps": self.eps}
+
+
+class FTRL(Optimizer):
+    """FTRL-Proximal (McMahan et al., KDD 2013) with L1 and L2.
+
+    State ``z`` and ``n`` per key; ``learning_rate`` is the paper's alpha.
+    """
+
+    name = "ftrl"
+    state_names = ("z", "n")
+
+    def __init__(self, learning_rate: float, l1: float = 0.0, l2: float = 0.0, beta: float = 1.0):
+        super().__init__(learning_rate, l1, l2)
+        if beta < 0:
+            raise ConfigError(f"optimizer.ftrl_beta must be >= 0, got {beta}")
+        self.beta = beta
+
+    def apply(self, weights, grads, state):
+        z, n = state["z"], state["n"]
+        alpha = self.learning_rate
+        n_new = n + grads * grads
+        sigma = (np.sqrt(n_new) - np.sqrt(n)) / alpha
+        z += grads - sigma * weights
+        n[...] = n_new
+        shrunk = z - np.sign(z) * self.l1
+        denominator = (self.beta + np.sqrt(n)) / alpha + self.l2
+        weights[...] = np.where(np.abs(z) <= self.l1, 0.0, -shrunk / denominator)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "beta": self.beta}
+
+
+def make_optimizer(
+    name: str, learning_rate: float, l1: float = 0.0, l2: float = 0.0, ftrl_beta: float = 1.0
+) -> Optimizer:
+    """Build an optimizer by name ("sgd", "adagrad" or "ftrl").
+
+    Raises:
+        ConfigError: unknown name, bad hyper-parameters, or L1 without FTRL.
+    """
+    if name == "ftrl":
+        return FTRL(learning_rate, l1, l2, ftrl_beta)
+    if name in ("sgd", "adagrad"):
+        if l1 > 0:
+            raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got name = {name!r}")
+        return SGD(learning_rate, l1, l2) if name == "sgd" else AdaGrad(learning_rate, l1, l2)
+    raise ConfigError(f"optimizer.name must be one of sgd, adagrad, ftrl; got {name!r}")

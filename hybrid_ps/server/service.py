@@ -1,0 +1,225 @@
+"""A shard's ZeroMQ loop: validate each request, apply it, reply; defer pulls that SSP holds back.
+
+No mpi4py here: the loop runs in an MPI server rank today and can run in any
+plain process (a supervised child, a job of its own) tomorrow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from .. import wire
+from ..errors import WireError
+from ..partition import HashRing
+from ..staleness import VectorClock
+from ..transport import bind_router, recv_frames, send_frames
+from .shard import Shard
+
+__all__ = ["ShardService", "ServiceStats"]
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 1000
+_MAX_BATCH = 256  # messages handled per wake-up before deferred pulls are re-checked
+
+
+@dataclass
+class ServiceStats:
+    """Counters a shard keeps about its traffic."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    deferred_pulls: int = 0
+    keys_pushed: int = 0
+    keys_pulled: int = 0
+
+    def count(self, op: wire.Op) -> None:
+        self.requests[op.name] = self.requests.get(op.name, 0) + 1
+
+
+@dataclass
+class _DeferredPull:
+    identity: bytes
+    header: wire.Header
+    keys: np.ndarray
+
+
+class ShardService:
+    """Serve one shard over a ROUTER socket until every group said BYE or SHUTDOWN arrives.
+
+    Args:
+        shard: the keys and values this process holds.
+        shard_id: this shard's id on the ring.
+        ring: the key -> shard ring (requests for keys owned elsewhere are rejected).
+        num_groups: worker groups in the job (size of the vector clock).
+        staleness: the SSP bound (0 = BSP, ``math.inf`` = ASP).
+        host: address to bind; the port is chosen at random.
+        max_keys: largest key count accepted in one message.
+        context: ZeroMQ context to use (default: the process-wide instance).
+    """
+
+    def __init__(
+        self,
+        shard: Shard,
+        shard_id: int,
+        ring: HashRing,
+        num_groups: int,
+        staleness: float,
+        host: str = "127.0.0.1",
+        max_keys: int = 1 << 24,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.shard = shard
+        self.shard_id = shard_id
+        self.ring = ring
+        self.staleness = staleness
+        self.max_keys = max_keys
+        self.clock = VectorClock(num_groups)
+        self.left = np.zeros(num_groups, dtype=bool)
+        self.stats = ServiceStats()
+        self._deferred: list[_DeferredPull] = []
+        self._running = False
+        self._context = context or zmq.Context.instance()
+        self.socket, self.endpoint = bind_router(self._context, host)
+
+    def __enter__(self) -> "ShardService":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (pending replies get the socket's linger time)."""
+        if not self.socket.closed:
+            self.socket.close()
+
+    def serve(self) -> ServiceStats:
+        """Handle requests until all groups left or SHUTDOWN; returns the counters."""
+        self._running = True
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        started = time.monotonic()
+        log.info("shard %d serving at %s for %d groups", self.shard_id, self.endpoint, self.clock.num_groups)
+        while self._running:
+            if not poller.poll(_POLL_MS):
+                continue
+            for _ in range(_MAX_BATCH):
+                try:
+                    frames = recv_frames(self.socket, zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.handle(frames)
+                if not self._running:
+                    break
+        log.info(
+            "shard %d stopped after %.1fs: %d keys, requests %s, %d errors",
+            self.shard_id, time.monotonic() - started, len(self.shard), self.stats.requests, self.stats.errors,
+        )
+        return self.stats
+
+    def handle(self, frames: list[memoryview]) -> None:
+        """Handle one raw message (identity frame first); never raises on bad input."""
+        if len(frames) < 2:
+            self.stats.errors += 1
+            return  # not even an identity and a header: nobody to answer
+        identity, body = bytes(frames[0]), frames[1:]
+        header = None
+        try:
+            header = wire.decode_header(body)
+            self.stats.count(header.op)
+            self._dispatch(identity, header, body)
+        except WireError as e:
+            self.stats.errors += 1
+            log.warning("shard %d rejected a message: %s", self.shard_id, e)
+            self._reply_error(identity, header, str(e))
+        except Exception as e:  # a bug must not take the shard down with it
+            self.stats.errors += 1
+            log.exception("shard %d failed on a message", self.shard_id)
+            self._reply_error(identity, header, f"internal error: {type(e).__name__}: {e}")
+
+    def _dispatch(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        op = header.op
+        if op >= wire.Op.ACK:
+            raise WireError(f"{op.name} is a reply, not a request")
+        if op is wire.Op.SHUTDOWN:
+            self._running = False
+            self._reply(identity, header, wire.Op.ACK)
+            return
+        if header.group >= self.clock.num_groups:
+            raise WireError(f"group {header.group} out of range (job has {self.clock.num_groups})")
+        if op is wire.Op.PULL:
+            keys = self._checked_keys(body[1], header)
+            self.stats.keys_pulled += keys.size
+            if self.clock.ready(header.clock, self.staleness):
+                self._answer_pull(identity, header, keys)
+            else:
+                self.stats.deferred_pulls += 1
+                self._deferred.append(_DeferredPull(identity, header, keys))
+            return
+        if op is wire.Op.PUSH:
+            keys = self._checked_keys(body[1], header)
+            if header.width != self.shard.width:
+                raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
+            grads = wire.values_from_frame(body[2], header)
+            self.shard.push(keys, grads)
+            self.stats.keys_pushed += keys.size
+        elif op is wire.Op.CLOCK:
+            self.clock.advance(header.group, header.clock)
+        elif op is wire.Op.FINISH:
+            self.clock.finish(header.group)
+        elif op is wire.Op.BYE:
+            self.clock.finish(header.group)
+            self.left[header.group] = True
+            self._running = not bool(self.left.all())
+        self._reply(identity, header, wire.Op.ACK)
+        if op in (wire.Op.CLOCK, wire.Op.FINISH, wire.Op.BYE):
+            self._release_deferred()
+
+    def _checked_keys(self, frame: memoryview, header: wire.Header) -> np.ndarray:
+        keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys)
+        if keys.size:
+            owners = self.ring.shard_of(keys)
+            if not bool((owners == self.shard_id).all()):
+                stray = keys[owners != self.shard_id][0]
+                raise WireError(f"key {stray} belongs to shard {owners[owners != self.shard_id][0]}, not {self.shard_id}")
+        return keys
+
+    def _release_deferred(self) -> None:
+        waiting = []
+        for pull in self._deferred:
+            if self.clock.ready(pull.header.clock, self.staleness):
+                self._answer_pull(pull.identity, pull.header, pull.keys)
+            else:
+                waiting.append(pull)
+        self._deferred = waiting
+
+    def _answer_pull(self, identity: bytes, request: wire.Header, keys: np.ndarray) -> None:
+        values = self.shard.pull(keys)
+        header = wire.Header(
+            wire.Op.PULL_REPLY, request.group, request.request_id, self.clock.min_clock(),
+            keys.size, self.shard.width,
+        )
+        self._send(identity, [wire.encode_header(header), values, self.clock.clocks.copy()])
+
+    def _reply(self, identity: bytes, request: wire.Header, op: wire.Op) -> None:
+        header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())
+        self._send(identity, [wire.encode_header(header)])
+
+    def _reply_error(self, identity: bytes, request: wire.Header | None, text: str) -> None:
+        header = wire.Header(
+            wire.Op.ERROR,
+            request.group if request else 0,
+            request.request_id if request else 0,
+        )
+        self._send(identity, [wire.encode_header(header), text.encode("utf-8")[:4096]])
+
+    def _send(self, identity: bytes, frames: list[object]) -> None:
+        try:
+            send_frames(self.socket, [identity, *frames])
+        except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY): nobody to answer
+            log.warning("shard %d could not reply to a departed client: %s", self.shard_id, e)

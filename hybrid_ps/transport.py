@@ -1,0 +1,80 @@
+"""ZeroMQ plumbing for the PS tier: bind/connect with addresses in errors, zero-copy multipart I/O."""
+
+from __future__ import annotations
+
+import logging
+import socket as _socket
+from typing import Sequence
+
+import zmq
+
+from .errors import ConfigError
+
+__all__ = ["resolve_bind_host", "bind_router", "connect_dealer", "send_frames", "recv_frames"]
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER_MARK = 10_000
+"""Messages queued per peer before ZeroMQ applies backpressure."""
+
+
+def resolve_bind_host(host: str) -> str:
+    """Turn the ``cluster.bind_host`` setting into an address to bind and advertise.
+
+    ``"auto"`` is this node's address as the resolver gives it for its hostname
+    (reachable by the other nodes of the job), falling back to 127.0.0.1.
+    """
+    if host != "auto":
+        return host
+    try:
+        return _socket.gethostbyname(_socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _configure(sock: zmq.Socket, linger_ms: int) -> None:
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+
+
+def bind_router(context: zmq.Context, host: str, linger_ms: int = 1000) -> tuple[zmq.Socket, str]:
+    """Bind a ROUTER socket to a random port on ``host``.
+
+    Returns:
+        ``(socket, endpoint)`` with the ``tcp://host:port`` endpoint to advertise.
+
+    Raises:
+        ConfigError: the address cannot be bound (the message names it).
+    """
+    sock = context.socket(zmq.ROUTER)
+    _configure(sock, linger_ms)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    try:
+        port = sock.bind_to_random_port(f"tcp://{host}")
+    except zmq.ZMQError as e:
+        sock.close(0)
+        raise ConfigError(f"cluster.bind_host: cannot bind tcp://{host}: {e}") from e
+    return sock, f"tcp://{host}:{port}"
+
+
+def connect_dealer(context: zmq.Context, endpoint: str, linger_ms: int = 1000) -> zmq.Socket:
+    """Connect a DEALER socket to ``endpoint`` (a bad address raises ConfigError naming it)."""
+    sock = context.socket(zmq.DEALER)
+    _configure(sock, linger_ms)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as e:
+        sock.close(0)
+        raise ConfigError(f"cannot connect to PS endpoint {endpoint!r}: {e}") from e
+    return sock
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[object]) -> None:
+    """Send a multipart message; numpy arrays go out without a copy."""
+    sock.send_multipart(frames, copy=False)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[memoryview]:
+    """Receive a multipart message as zero-copy memoryviews."""
+    return [frame.buffer for frame in sock.recv_multipart(flags=flags, copy=False)]

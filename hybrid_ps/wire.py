@@ -1,0 +1,204 @@
+"""The PS wire format: message schema, header encode/decode and validation (no sockets).
+
+A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
+
+    frame 0  header   HEADER_SIZE bytes, struct ``HEADER_FORMAT`` (little endian):
+                      magic b"HP", version, op, dtype, flags, group (u32),
+                      request_id (u64), clock (i64), num_keys (u64), width (u32)
+    frame 1  keys     num_keys * uint64, strictly increasing       (PULL, PUSH)
+    frame 2  values   num_keys * width * dtype, row-major           (PUSH, PULL_REPLY)
+    frame 1  clocks   num_groups * int64, the shard's vector clock  (PULL_REPLY, as frame 2
+                      after the values frame) - see ``Op.PULL_REPLY``
+    frame 1  text     UTF-8 error message                           (ERROR)
+
+Requests and the frames they carry:
+
+    ========== ================== =========================================
+    op         frames             meaning
+    ========== ================== =========================================
+    PULL       header keys        values of ``keys`` once SSP allows ``clock``
+    PUSH       header keys grads  apply the optimizer to ``keys``
+    CLOCK      header             group ``group`` finished clock ``clock``
+    FINISH     header             group ``group`` finished training
+    BYE        header             group ``group`` leaves (shard exits when all left)
+    SHUTDOWN   header             stop the shard now
+    ========== ================== =========================================
+
+Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
+``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text). A pull whose
+``clock`` is ``FINAL_CLOCK`` is answered once every group has sent FINISH.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import WireError
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "HEADER_FORMAT",
+    "HEADER_SIZE",
+    "FINAL_CLOCK",
+    "Op",
+    "Header",
+    "encode_header",
+    "decode_header",
+    "keys_from_frame",
+    "values_from_frame",
+    "error_text",
+]
+
+MAGIC = b"HP"
+VERSION = 1
+HEADER_FORMAT = "<2sBBBBIQqQI"
+HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
+FINAL_CLOCK = np.iinfo(np.int64).max
+"""Pull clock meaning "answer when every group has finished training"."""
+
+DTYPES = {0: np.dtype("<f4")}
+"""Value dtype codes on the wire; code 0 (float32) is the only one so far."""
+DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
+
+_MAX_ERROR_TEXT = 4096
+
+
+class Op(enum.IntEnum):
+    """Message operations; requests below 64, replies from 64."""
+
+    PULL = 1
+    PUSH = 2
+    CLOCK = 3
+    FINISH = 4
+    BYE = 5
+    SHUTDOWN = 6
+    ACK = 64
+    PULL_REPLY = 65
+    ERROR = 66
+
+
+_FRAMES_FOR_OP = {
+    Op.PULL: 2,
+    Op.PUSH: 3,
+    Op.CLOCK: 1,
+    Op.FINISH: 1,
+    Op.BYE: 1,
+    Op.SHUTDOWN: 1,
+    Op.ACK: 1,
+    Op.PULL_REPLY: 3,
+    Op.ERROR: 2,
+}
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed header at the front of every message."""
+
+    op: Op
+    group: int = 0
+    request_id: int = 0
+    clock: int = 0
+    num_keys: int = 0
+    width: int = 1
+    dtype: np.dtype = DTYPES[0]
+    flags: int = 0
+
+
+def encode_header(header: Header) -> bytes:
+    """Pack a header into its ``HEADER_SIZE`` bytes."""
+    return struct.pack(
+        HEADER_FORMAT,
+        MAGIC,
+        VERSION,
+        int(header.op),
+        DTYPE_CODES[np.dtype(header.dtype)],
+        header.flags,
+        header.group,
+        header.request_id,
+        header.clock,
+        header.num_keys,
+        header.width,
+    )
+
+
+def decode_header(frames: Sequence[memoryview | bytes]) -> Header:
+    """Decode and validate the header of a message and its frame count.
+
+    Args:
+        frames: the message frames (identity frame already removed).
+
+    Returns:
+        The decoded header.
+
+    Raises:
+        WireError: bad length, magic, version, op, dtype or frame count.
+    """
+    if not frames:
+        raise WireError("empty message")
+    raw = frames[0]
+    if len(raw) != HEADER_SIZE:
+        raise WireError(f"header is {len(raw)} bytes, expected {HEADER_SIZE}")
+    magic, version, op, dtype, flags, group, request_id, clock, num_keys, width = struct.unpack(
+        HEADER_FORMAT, raw
+    )
+    if magic != MAGIC:
+        raise WireError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise WireError(f"wire version {version}, this build speaks {VERSION}")
+    try:
+        op = Op(op)
+    except ValueError:
+        raise WireError(f"unknown op {op}") from None
+    if dtype not in DTYPES:
+        raise WireError(f"unknown dtype code {dtype}")
+    if len(frames) != _FRAMES_FOR_OP[op]:
+        raise WireError(f"{op.name} needs {_FRAMES_FOR_OP[op]} frames, got {len(frames)}")
+    if width < 1:
+        raise WireError(f"width must be >= 1, got {width}")
+    return Header(op, group, request_id, clock, num_keys, width, DTYPES[dtype], flags)
+
+
+def keys_from_frame(frame: memoryview | bytes, num_keys: int, max_keys: int) -> np.ndarray:
+    """View a keys frame as uint64 without copying, checking count and order.
+
+    Raises:
+        WireError: wrong byte length, too many keys, or keys not strictly increasing.
+    """
+    if num_keys > max_keys:
+        raise WireError(f"{num_keys} keys exceed the limit of {max_keys} per message")
+    if len(frame) != num_keys * 8:
+        raise WireError(f"keys frame is {len(frame)} bytes, expected {num_keys} * 8")
+    keys = np.frombuffer(frame, dtype="<u8")
+    if num_keys > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        raise WireError("keys must be strictly increasing")
+    return keys
+
+
+def values_from_frame(frame: memoryview | bytes, header: Header) -> np.ndarray:
+    """View a values frame as a ``[num_keys, width]`` array without copying.
+
+    Raises:
+        WireError: wrong byte length or non-finite values.
+    """
+    itemsize = header.dtype.itemsize
+    expected = header.num_keys * header.width * itemsize
+    if len(frame) != expected:
+        raise WireError(
+            f"values frame is {len(frame)} bytes, expected {header.num_keys} keys * "
+            f"width {header.width} * {itemsize}"
+        )
+    values = np.frombuffer(frame, dtype=header.dtype).reshape(header.num_keys, header.width)
+    if not bool(np.isfinite(values).all()):
+        raise WireError("values contain NaN or Inf")
+    return values
+
+
+def error_text(frame: memoryview | bytes) -> str:
+    """Decode the text frame of an ERROR reply (bounded, never raises)."""
+    return bytes(frame[:_MAX_ERROR_TEXT]).decode("utf-8", errors="replace")

@@ -1,0 +1,82 @@
+"""In-group collectives on numpy buffers (uppercase mpi4py, no pickle on the data path).
+
+Members that wait while their leader talks to the PS wait on a non-blocking
+request with a sleeping backoff, so 32 ranks on 2 cores do not spin; the
+gradient ``Allreduce`` stays a plain blocking call (all members arrive together).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from ..backoff import Backoff
+
+__all__ = ["WorkerGroup", "wait_quietly"]
+
+_STOP = -1
+
+
+def wait_quietly(request: MPI.Request) -> None:
+    """Complete a non-blocking MPI request, sleeping between tests instead of spinning."""
+    backoff = Backoff()
+    while not request.Test():
+        backoff.sleep()
+
+
+class WorkerGroup:
+    """The collectives one worker group runs each step.
+
+    Args:
+        comm: the group's communicator; its rank 0 is the leader.
+    """
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.is_leader = self.rank == 0
+        self._counts = np.zeros(self.size, dtype=np.int64)
+
+    def gather_keys(self, keys: np.ndarray | None) -> np.ndarray | None:
+        """Leader gets the sorted union of every member's keys; ``None`` marks an exhausted member.
+
+        Returns:
+            On the leader: the union (empty array if members have keys but none
+            touched), or ``None`` when every member is exhausted. Elsewhere ``None``.
+        """
+        local = np.ascontiguousarray(keys if keys is not None else np.zeros(0, np.uint64), dtype=np.uint64)
+        count = np.array([local.size if keys is not None else _STOP], dtype=np.int64)
+        self.comm.Gather(count, self._counts if self.is_leader else None, root=0)
+        if self.is_leader:
+            sizes = np.maximum(self._counts, 0)
+            received = np.empty(int(sizes.sum()), dtype=np.uint64)
+            self.comm.Gatherv(local, [received, sizes], root=0)
+            if (self._counts == _STOP).all():
+                return None
+            return np.unique(received)
+        self.comm.Gatherv(local, None, root=0)
+        return None
+
+    def broadcast_pulled(self, keys: np.ndarray | None, values: np.ndarray | None, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Leader sends the pulled ``keys``/``values`` to every member (``None`` = stop).
+
+        Members wait without spinning while the leader is still pulling.
+        """
+        size = np.array([_STOP if keys is None else keys.size], dtype=np.int64)
+        wait_quietly(self.comm.Ibcast(size, root=0))
+        if size[0] == _STOP:
+            return None
+        if not self.is_leader:
+            keys = np.empty(int(size[0]), dtype=np.uint64)
+            values = np.empty((int(size[0]), width), dtype=np.float32)
+        wait_quietly(self.comm.Ibcast(keys, root=0))
+        wait_quietly(self.comm.Ibcast(values, root=0))
+        return keys, values
+
+    def allreduce_sum(self, buffer: np.ndarray) -> np.ndarray:
+        """Sum ``buffer`` over the group in place (one buffer-based Allreduce)."""
+        self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        return buffer

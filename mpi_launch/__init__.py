@@ -1,0 +1,1 @@
+"""Launch helpers for local, Slurm and PBS runs."""
