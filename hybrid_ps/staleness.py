@@ -67,6 +67,10 @@ class VectorClock:
         running = self.clocks[~self.finished]
         return int(running.min()) if running.size else FINAL_CLOCK
 
+    def effective(self) -> np.ndarray:
+        """Each group's clock for the SSP rule: ``FINAL_CLOCK`` for groups that finished."""
+        return np.where(self.finished, FINAL_CLOCK, self.clocks)
+
     def gap(self) -> int:
         """Fastest minus slowest clock over all groups."""
         return int(self.clocks.max() - self.clocks.min()) if self.clocks.size else 0

@@ -7,7 +7,8 @@ import os
 import sys
 
 from .config import build_parser, load_config
-from .errors import ConfigError, HybridPSError, TopologyError
+from .errors import HybridPSError, TopologyError
+from .topology import plan_layout
 
 log = logging.getLogger("hybrid_ps.train")
 
@@ -32,13 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     from .job import run_job
 
     world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    try:
+        plan_layout(world.Get_size(), config.cluster.servers, config.cluster.groups)
+    except TopologyError as e:  # the same verdict on every rank, before any collective: no abort needed
+        if rank == 0:
+            print(f"hybrid_ps.train: error: {e}", file=sys.stderr, flush=True)
+        return 2
     try:
         run_job(config, world, debug=args.debug)
-    except BaseException as e:  # any rank failing must end the whole job, not hang it
-        rank = world.Get_rank()
+    except BaseException as e:  # one rank failing must end the whole job, not hang the others
         if isinstance(e, HybridPSError) and not args.debug:
-            if rank == 0 or not isinstance(e, (ConfigError, TopologyError)):  # those fail on every rank alike
-                print(f"hybrid_ps.train: rank {rank}: error: {e}", file=sys.stderr, flush=True)
+            print(f"hybrid_ps.train: rank {rank}: error: {e}", file=sys.stderr, flush=True)
         else:
             log.exception("rank %d failed", rank)
         sys.stderr.flush()

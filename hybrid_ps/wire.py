@@ -6,9 +6,9 @@ A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
                       magic b"HP", version, op, dtype, flags, group (u32),
                       request_id (u64), clock (i64), num_keys (u64), width (u32)
     frame 1  keys     num_keys * uint64, strictly increasing       (PULL, PUSH)
-    frame 2  values   num_keys * width * dtype, row-major           (PUSH, PULL_REPLY)
-    frame 1  clocks   num_groups * int64, the shard's vector clock  (PULL_REPLY, as frame 2
-                      after the values frame) - see ``Op.PULL_REPLY``
+    frame 2  values   num_keys * width * dtype, row-major           (PUSH; frame 1 of PULL_REPLY)
+    frame 2  clocks   num_groups * int64, the shard's vector clock   (PULL_REPLY, after values;
+                      FINAL_CLOCK for groups that finished training)
     frame 1  text     UTF-8 error message                           (ERROR)
 
 Requests and the frames they carry:

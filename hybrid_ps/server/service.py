@@ -204,7 +204,7 @@ class ShardService:
             wire.Op.PULL_REPLY, request.group, request.request_id, self.clock.min_clock(),
             keys.size, self.shard.width,
         )
-        self._send(identity, [wire.encode_header(header), values, self.clock.clocks.copy()])
+        self._send(identity, [wire.encode_header(header), values, self.clock.effective()])
 
     def _reply(self, identity: bytes, request: wire.Header, op: wire.Op) -> None:
         header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())

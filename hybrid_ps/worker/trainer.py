@@ -166,8 +166,8 @@ class GroupTrainer:
             return
         self._next_report = time.monotonic() + self.config.train.log_interval
         rate, loss = self.meter.window()
-        clocks = self.client.shard_clocks
-        gap = int(clocks.max() - clocks.min()) if clocks.size else 0
+        running = self.client.shard_clocks[self.client.shard_clocks != FINAL_CLOCK]
+        gap = int(running.max() - running.min()) if running.size else 0
         log.info("step %d | %.0f samples/s (group %d) | train logloss %.4f | clock gap %d",
                  self.clock, rate, self.group_id, loss, gap)
         self.metrics.write("progress", step=self.clock, group=self.group_id, samples_per_s=rate,

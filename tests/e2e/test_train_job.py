@@ -1,0 +1,90 @@
+"""Whole training jobs under mpiexec: learning, layouts, oversubscription, failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression as SkLogisticRegression
+from sklearn.metrics import log_loss
+
+from hybrid_ps.data.synthetic import SyntheticSpec, generate_all
+
+pytestmark = pytest.mark.e2e
+
+SMALL = ["--rows", "30000", "--features", "2000", "--nnz-per-row", "10"]
+
+
+def _full_batch_logloss(spec: SyntheticSpec) -> tuple[float, float]:
+    """(logloss of the best constant model, logloss of full-batch unregularised LR) on the whole data."""
+    data = generate_all(spec)
+    columns, inverse = np.unique(data.keys, return_inverse=True)
+    matrix = sp.csr_matrix((data.values, inverse, data.indptr), shape=(data.num_rows, columns.size))
+    base_rate = data.labels.mean()
+    constant = log_loss(data.labels, np.full(data.num_rows, base_rate))
+    model = SkLogisticRegression(C=1e6, max_iter=2000, tol=1e-8).fit(matrix, data.labels)
+    return constant, log_loss(data.labels, model.predict_proba(matrix)[:, 1])
+
+
+def test_n8_job_learns_close_to_full_batch_training(run_job):
+    job = run_job(8, *SMALL, "--epochs", "6", "--batch-size", "64", "--staleness", "1", "--lr", "0.3")
+    assert job.returncode == 0, job.stderr[-3000:]
+    summary = job.summary
+    constant, full_batch = _full_batch_logloss(SyntheticSpec(rows=30000, features=2000, nnz_per_row=10))
+    print(f"constant {constant:.4f}  full-batch {full_batch:.4f}  hybrid_ps -n 8 {summary['final_logloss']:.4f}")
+    assert summary["eval_rows"] == 30000 and summary["samples"] == 6 * 30000
+    assert summary["final_logloss"] < constant - 0.05
+    assert summary["final_logloss"] <= full_batch * 1.02
+    assert job.records("progress"), "the first leader logs progress lines"
+    assert "clock gap" in job.stderr and "[worker 0/0]" in job.stderr
+
+
+def test_n32_oversubscribed_job_finishes(run_job):
+    job = run_job(32, "--rows", "20000", "--features", "1000", "--epochs", "1", timeout=400)
+    assert job.returncode == 0, job.stderr[-3000:]
+    summary = job.summary
+    assert summary["samples"] == 20000 and summary["layout"].startswith("32 ranks: 8 servers, 8 groups")
+    assert summary["final_logloss"] < 0.69
+
+
+def test_libsvm_file_job(run_job, tmp_path):
+    from sklearn.datasets import dump_svmlight_file
+
+    rng = np.random.default_rng(0)
+    x = sp.random(4000, 50, density=0.2, random_state=1, format="csr")
+    y = (x @ rng.normal(size=50) > 0).astype(int) * 2 - 1
+    path = tmp_path / "train.svm"
+    dump_svmlight_file(x, y, path)
+    job = run_job(4, "--data", str(path), "--epochs", "5", "--servers", "2", "--groups", "1")
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.summary["eval_rows"] == 4000
+    assert job.summary["final_accuracy"] > 0.8
+
+
+def test_bad_layout_fails_fast_with_the_field_named(run_job):
+    job = run_job(3, "--servers", "1", "--groups", "3", timeout=60)
+    assert job.returncode != 0
+    assert "cluster.groups = 3 is more than the 2 worker ranks" in job.stderr
+    assert "Traceback" not in job.stderr
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(run_job, tmp_path):
+    path = tmp_path / "bad.svm"
+    lines = [f"1 {i}:1.0" for i in range(1, 500)] + ["1 oops"] + [f"0 {i}:1.0" for i in range(1, 500)]
+    path.write_text("\n".join(lines) + "\n")
+    job = run_job(4, "--data", str(path), "--servers", "1", "--groups", "1", timeout=120)
+    assert job.returncode != 0
+    assert f"{path}:500" in job.stderr
+
+
+def test_help_and_config_errors_need_no_mpi():
+    help_text = subprocess.run([sys.executable, "-m", "hybrid_ps.train", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0
+    for flag in ("--servers", "--groups", "--staleness", "--data", "--optimizer", "--set"):
+        assert flag in help_text.stdout
+    bad = subprocess.run([sys.executable, "-m", "hybrid_ps.train", "--rows", "-1"], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "hybrid_ps.train: error: data.rows must be >= 1, got -1"
