@@ -57,7 +57,7 @@ def test_libsvm_file_job(run_job, tmp_path):
     x = sp.random(4000, 50, density=0.2, random_state=1, format="csr")
     y = (x @ rng.normal(size=50) > 0).astype(int) * 2 - 1
     path = tmp_path / "train.svm"
-    dump_svmlight_file(x, y, path)
+    dump_svmlight_file(x, y, str(path))
     job = run_job(4, "--data", str(path), "--epochs", "5", "--servers", "2", "--groups", "1")
     assert job.returncode == 0, job.stderr[-3000:]
     assert job.summary["eval_rows"] == 4000
@@ -88,3 +88,15 @@ def test_help_and_config_errors_need_no_mpi():
     bad = subprocess.run([sys.executable, "-m", "hybrid_ps.train", "--rows", "-1"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "hybrid_ps.train: error: data.rows must be >= 1, got -1"
+
+
+@pytest.mark.parametrize("staleness", [0, 2])
+def test_slow_group_holds_the_others_within_the_bound(run_job, staleness):
+    """With group 1 slowed down, group 0's lead stays <= s + 1 clocks (it may finish step c+s)."""
+    job = run_job(5, *SMALL, "--rows", "8000", "--servers", "1", "--groups", "2", "--batch-size", "32",
+                  "--staleness", str(staleness), "--delay-group", "1", "--delay-seconds", "0.01",
+                  "--log-interval", "0.1", "--final-eval", "false")
+    assert job.returncode == 0, job.stderr[-3000:]
+    gaps = [record["clock_gap"] for record in job.records("progress")]
+    assert len(gaps) >= 3
+    assert max(gaps) <= staleness + 1
