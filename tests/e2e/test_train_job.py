@@ -100,3 +100,26 @@ def test_slow_group_holds_the_others_within_the_bound(run_job, staleness):
     gaps = [record["clock_gap"] for record in job.records("progress")]
     assert len(gaps) >= 3
     assert max(gaps) <= staleness + 1
+
+
+def test_waiting_ranks_do_not_spin(run_job):
+    """16 ranks on this machine's cores: while one leader sleeps, the other ranks wait without burning CPU.
+
+    Two runs differ only by a 1 s sleep per step in group 0 for 4 steps (every
+    other rank waits for it, BSP); spinning waiters would add ~4 s per core.
+    """
+    import os
+    import resource
+
+    def cpu_seconds_of(*args: str) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        job = run_job(16, "--rows", "50000", "--max-steps", "4", "--staleness", "0", "--final-eval", "false", *args)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert job.returncode == 0, job.stderr[-3000:]
+        return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+    quick = cpu_seconds_of()
+    waiting = cpu_seconds_of("--delay-group", "0", "--delay-seconds", "1.0")
+    cores = min(os.cpu_count() or 1, 15)
+    print(f"CPU seconds: quick run {quick:.2f}, with 4 s of waiting {waiting:.2f}")
+    assert waiting - quick < 0.25 * 4.0 * cores
