@@ -36,7 +36,7 @@ class ClusterConfig:
     )
     bind_host: str = _option("auto", "address shards bind to (auto = this node's resolved hostname)", "--bind-host")
     ps_timeout: float = _option(600.0, "seconds a leader waits for a shard reply before failing", "--ps-timeout")
-    vnodes: int = _option(64, "virtual nodes per shard on the consistent-hash ring", "--vnodes")
+    vnodes: int = _option(256, "virtual nodes per shard on the consistent-hash ring", "--vnodes")
     max_keys_per_message: int = _option(1 << 24, "largest key count a shard accepts in one message")
 
 

@@ -37,7 +37,7 @@ class HashRing:
         vnodes: virtual nodes per shard; more gives a more even split.
     """
 
-    def __init__(self, shard_ids: Iterable[int], vnodes: int = 64) -> None:
+    def __init__(self, shard_ids: Iterable[int], vnodes: int = 256) -> None:
         ids = np.array(sorted(set(int(s) for s in shard_ids)), dtype=np.uint64)
         if ids.size == 0:
             raise ConfigError("a hash ring needs at least one shard")

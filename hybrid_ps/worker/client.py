@@ -164,7 +164,7 @@ class PSClient:
             if remaining <= 0:
                 shards = sorted({self._shard_of_request[r] for r in ticket.pending})
                 raise ShardUnavailableError(
-                    f"group {self.group}: no reply in {self.timeout:.0f}s to the {ticket.what} "
+                    f"group {self.group}: no reply in {self.timeout:g}s to the {ticket.what} "
                     f"from shard(s) {', '.join(f'{s} ({self.endpoints[s]})' for s in shards)}"
                 )
             for sock, _ in self._poller.poll(int(min(remaining, 1.0) * 1000) + 1):
