@@ -107,6 +107,4 @@ def _jsonable(value: Any) -> Any:
         return float(value)
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, float) and math.isinf(value):
-        return str(value)
     return str(value)

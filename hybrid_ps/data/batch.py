@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["Batch"]
+__all__ = ["Batch", "rebatch"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,16 @@ class Batch:
         """int64 ``[nnz]``: the row each nonzero belongs to."""
         return np.repeat(np.arange(self.num_rows, dtype=np.int64), np.diff(self.indptr))
 
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Rows ``start:stop`` as a new batch (views, no copy)."""
+        lo, hi = self.indptr[start], self.indptr[stop]
+        return Batch(
+            labels=self.labels[start:stop],
+            indptr=self.indptr[start : stop + 1] - lo,
+            keys=self.keys[lo:hi],
+            values=self.values[lo:hi],
+        )
+
     @staticmethod
     def empty() -> "Batch":
         """A batch with no rows (a rank whose data shard is exhausted)."""
@@ -62,3 +73,28 @@ class Batch:
             keys=np.concatenate([b.keys for b in batches]).astype(np.uint64, copy=False),
             values=np.concatenate([b.values for b in batches]).astype(np.float32, copy=False),
         )
+
+
+def rebatch(pieces: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
+    """Re-cut a stream of row pieces (chunks, blocks) into batches of ``batch_size`` rows.
+
+    Every batch has exactly ``batch_size`` rows except the last, which holds
+    what is left; empty pieces are skipped.
+    """
+    pending: list[Batch] = []
+    held = 0
+    for piece in pieces:
+        if piece.num_rows == 0:
+            continue
+        pending.append(piece)
+        held += piece.num_rows
+        if held < batch_size:
+            continue
+        joined = Batch.concat(pending) if len(pending) > 1 else pending[0]
+        cut = held - held % batch_size
+        for start in range(0, cut, batch_size):
+            yield joined.rows(start, start + batch_size)
+        pending = [joined.rows(cut, held)] if cut < held else []
+        held -= cut
+    if held:
+        yield Batch.concat(pending) if len(pending) > 1 else pending[0]

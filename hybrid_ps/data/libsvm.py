@@ -31,7 +31,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .batch import Batch
+from .batch import Batch, rebatch
 
 __all__ = ["LibsvmShard", "read_libsvm"]
 
@@ -360,25 +360,8 @@ class LibsvmShard:
         """
         if batch_size < 1:
             raise ConfigError(f"train.batch_size must be > 0, got {batch_size!r}")
-        pending: list[_Rows] = []
-        held = 0
-        for rows in self._parsed():
-            if rows.labels.size == 0:
-                continue
-            pending.append(rows)
-            held += rows.labels.size
-            if held < batch_size:
-                continue
-            rows = _concat_rows(pending)
-            offsets = _offsets(rows.counts)
-            cut = held - held % batch_size
-            for first in range(0, cut, batch_size):
-                yield _slice(rows, offsets, first, first + batch_size)
-            pending = [_slice_rows(rows, offsets, cut, held)] if cut < held else []
-            held -= cut
-        if held:
-            rows = _concat_rows(pending)
-            yield _slice(rows, _offsets(rows.counts), 0, held)
+        pieces = (_slice(rows, _offsets(rows.counts), 0, rows.labels.size) for rows in self._parsed())
+        return rebatch(pieces, batch_size)
 
     def read_all(self) -> Batch:
         """All of this rank's rows in one batch (one concatenation at the end).
@@ -468,11 +451,6 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     offsets = np.zeros(counts.size + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     return offsets
-
-
-def _slice_rows(rows: _Rows, offsets: np.ndarray, first: int, stop: int) -> _Rows:
-    lo, hi = offsets[first], offsets[stop]
-    return _Rows(rows.labels[first:stop], rows.counts[first:stop], rows.keys[lo:hi], rows.values[lo:hi])
 
 
 def _slice(rows: _Rows, offsets: np.ndarray, first: int, stop: int) -> Batch:

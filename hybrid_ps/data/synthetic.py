@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..partition import mix64
-from .batch import Batch
+from .batch import Batch, rebatch
 
 __all__ = [
     "BLOCK_ROWS",
@@ -264,24 +264,7 @@ class SyntheticShard:
         if batch_size < 1:
             raise ConfigError(f"train.batch_size must be > 0, got {batch_size!r}")
         nnz = self.spec.nnz_per_row
-        pending_labels: list[np.ndarray] = []
-        pending_keys: list[np.ndarray] = []
-        held = 0
-        for labels, keys in self._blocks():
-            pending_labels.append(labels)
-            pending_keys.append(keys)
-            held += labels.size
-            if held < batch_size:
-                continue
-            labels = np.concatenate(pending_labels) if len(pending_labels) > 1 else labels
-            keys = np.concatenate(pending_keys) if len(pending_keys) > 1 else keys
-            cut = held - held % batch_size
-            for start in range(0, cut, batch_size):
-                yield _rows(labels[start : start + batch_size], keys[start * nnz : (start + batch_size) * nnz], nnz)
-            pending_labels, pending_keys = [labels[cut:]], [keys[cut * nnz :]]
-            held -= cut
-        if held:
-            yield _rows(np.concatenate(pending_labels), np.concatenate(pending_keys), nnz)
+        return rebatch((_rows(labels, keys, nnz) for labels, keys in self._blocks()), batch_size)
 
 
 def _rows(labels: np.ndarray, keys: np.ndarray, nnz: int) -> Batch:
