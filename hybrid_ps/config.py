@@ -73,6 +73,10 @@ class TrainConfig:
     log_interval: float = _option(5.0, "seconds between progress lines", "--log-interval")
     output_dir: str = _option("runs/latest", "directory for metrics.jsonl and run outputs", "--output-dir")
     final_eval: bool = _option(True, "evaluate the final model on the training data after training", "--final-eval")
+    checkpoint: bool = _option(True, "write HDF5 checkpoints (after training and every checkpoint_every clocks)", "--checkpoint")
+    checkpoint_every: int = _option(0, "also checkpoint every N clocks (0 = only after training)", "--checkpoint-every")
+    checkpoint_dir: str = _option("", "checkpoint root (empty = <output_dir>/checkpoints)", "--checkpoint-dir")
+    keep: int = _option(3, "published checkpoints to keep (older ones are deleted)", "--keep")
     delay_group: int = _option(-1, "fault injection: group whose every step is slowed (-1 = none)", "--delay-group")
     delay_seconds: float = _option(0.0, "fault injection: extra seconds per step for delay_group", "--delay-seconds")
 
@@ -111,6 +115,8 @@ class Config:
             ("train.max_steps", self.train.max_steps >= 0, ">= 0"),
             ("train.log_interval", self.train.log_interval > 0, "> 0"),
             ("train.delay_seconds", self.train.delay_seconds >= 0, ">= 0"),
+            ("train.checkpoint_every", self.train.checkpoint_every >= 0, ">= 0"),
+            ("train.keep", self.train.keep >= 1, ">= 1"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -121,6 +127,11 @@ class Config:
         if self.data.path and not Path(self.data.path).is_file():
             raise ConfigError(f"data.path: no such file {self.data.path!r}")
         return self
+
+    @property
+    def checkpoint_root(self) -> str:
+        """Where checkpoints go: ``train.checkpoint_dir`` or ``<output_dir>/checkpoints``."""
+        return self.train.checkpoint_dir or f"{self.train.output_dir}/checkpoints"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (for logs, metrics and checkpoints)."""

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from . import checkpoint
 from .config import Config
 from .data import open_data_shard
 from .logs import configure_logging
 from .metrics import MetricsWriter
-from .models.logistic import LogisticRegression
+from .models.logistic import BIAS_KEY, LogisticRegression
 from .partition import HashRing
 from .server.optimizers import make_optimizer
 from .server.service import ShardService
@@ -67,10 +68,21 @@ def _run_server(topology: Topology, config: Config, ring: HashRing, width: int) 
         config.optimizer.name, config.optimizer.learning_rate, config.optimizer.l1,
         config.optimizer.l2, config.optimizer.ftrl_beta,
     )
+    root = config.checkpoint_root
+    num_shards = topology.layout.num_servers
+
+    def write_checkpoint(shard: Shard, clock, cut: int) -> None:
+        keys, values, state = shard.export()
+        checkpoint.write_shard_file(checkpoint.partial_dir(root, cut), checkpoint.ShardState(
+            topology.shard_id, num_shards, cut, keys, values, state, clock.clocks.copy(),
+            clock.finished.copy(), optimizer.name, optimizer.hyperparameters(),
+        ))
+
     service = ShardService(
         Shard(width, optimizer), topology.shard_id, ring, topology.layout.num_groups,
         config.cluster.staleness, resolve_bind_host(config.cluster.bind_host),
         config.cluster.max_keys_per_message,
+        checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
     )
     with service:
         exchange_endpoints(topology, service.endpoint)
@@ -90,13 +102,38 @@ def _run_worker(
         client = PSClient(endpoints, topology.group, topology.layout.num_groups, ring, model.width,
                           config.cluster.ps_timeout)
     try:
+        publish = _publisher(config, topology, model) if config.train.checkpoint and client else None
         trainer = GroupTrainer(config, group, topology.group, model,
-                               lambda: shard.batches(config.train.batch_size), client, metrics)
+                               lambda: shard.batches(config.train.batch_size), client, metrics, publish)
         result = trainer.run()
     finally:
         if client is not None:
             client.close()
     return result.as_array() if topology.is_leader else np.zeros_like(result.as_array())
+
+
+def _publisher(config: Config, topology: Topology, model: LogisticRegression):
+    """A leader's callback that publishes a written cut (whichever leader comes first does it)."""
+
+    def publish(cut: int, result: GroupResult) -> None:
+        info = {
+            "config": _jsonable_config(config),
+            "model": {"kind": model.kind, "width": model.width, "bias_key": int(BIAS_KEY)},
+            "metrics": {
+                "published_by_group": topology.group,
+                "group_steps": result.steps,
+                "group_samples": result.samples,
+                "group_train_logloss_progressive": result.train_loss_sum / max(result.samples, 1),
+            },
+            "data": {"source": config.data.path or "synthetic", **({} if config.data.path else {
+                "rows": config.data.rows, "features": config.data.features, "nnz_per_row": config.data.nnz_per_row,
+                "zipf_exponent": config.data.zipf_exponent, "seed": config.data.seed})},
+        }
+        published = checkpoint.publish(config.checkpoint_root, cut, info, config.train.keep)
+        if published is not None:
+            log.info("checkpoint published: %s", published)
+
+    return publish
 
 
 def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: MetricsWriter | None) -> JobSummary:

@@ -22,10 +22,14 @@ Requests and the frames they carry:
     FINISH     header             group ``group`` finished training
     BYE        header             group ``group`` leaves (shard exits when all left)
     SHUTDOWN   header             stop the shard now
+    CHECKPOINT header             group ``group`` stopped at ``clock`` for a checkpoint
+                                  (``FINAL_CLOCK``: after training); answered once every
+                                  group has asked or finished, after the shard file is written
     ========== ================== =========================================
 
 Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
-``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text). A pull whose
+``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text); the ACK of a
+CHECKPOINT carries the cut's clock (the directory name). A pull whose
 ``clock`` is ``FINAL_CLOCK`` is answered once every group has sent FINISH.
 """
 
@@ -78,6 +82,7 @@ class Op(enum.IntEnum):
     FINISH = 4
     BYE = 5
     SHUTDOWN = 6
+    CHECKPOINT = 7
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
@@ -90,6 +95,7 @@ _FRAMES_FOR_OP = {
     Op.FINISH: 1,
     Op.BYE: 1,
     Op.SHUTDOWN: 1,
+    Op.CHECKPOINT: 1,
     Op.ACK: 1,
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import zmq
@@ -49,6 +50,10 @@ class _DeferredPull:
     keys: np.ndarray
 
 
+CheckpointWriter = Callable[[Shard, VectorClock, int], None]
+"""Writes the shard's state for the cut at the given clock (called inside the shard's loop)."""
+
+
 class ShardService:
     """Serve one shard over a ROUTER socket until every group said BYE or SHUTDOWN arrives.
 
@@ -61,6 +66,8 @@ class ShardService:
         host: address to bind; the port is chosen at random.
         max_keys: largest key count accepted in one message.
         context: ZeroMQ context to use (default: the process-wide instance).
+        checkpoint_writer: called with (shard, clock, cut clock) when every group
+            asked for a checkpoint; ``None`` refuses CHECKPOINT requests.
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class ShardService:
         host: str = "127.0.0.1",
         max_keys: int = 1 << 24,
         context: zmq.Context | None = None,
+        checkpoint_writer: CheckpointWriter | None = None,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -83,6 +91,8 @@ class ShardService:
         self.left = np.zeros(num_groups, dtype=bool)
         self.stats = ServiceStats()
         self._deferred: list[_DeferredPull] = []
+        self._checkpoint_writer = checkpoint_writer
+        self._checkpoint_requests: dict[int, tuple[bytes, wire.Header]] = {}
         self._running = False
         self._context = context or zmq.Context.instance()
         self.socket, self.endpoint = bind_router(self._context, host)
@@ -176,9 +186,16 @@ class ShardService:
             self.clock.finish(header.group)
             self.left[header.group] = True
             self._running = not bool(self.left.all())
+        elif op is wire.Op.CHECKPOINT:
+            if self._checkpoint_writer is None:
+                raise WireError("this shard was started without a checkpoint directory")
+            self._checkpoint_requests[header.group] = (identity, header)
+            self._maybe_checkpoint()
+            return
         self._reply(identity, header, wire.Op.ACK)
         if op in (wire.Op.CLOCK, wire.Op.FINISH, wire.Op.BYE):
             self._release_deferred()
+            self._maybe_checkpoint()
 
     def _checked_keys(self, frame: memoryview, header: wire.Header) -> np.ndarray:
         keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys)
@@ -188,6 +205,38 @@ class ShardService:
                 stray = keys[owners != self.shard_id][0]
                 raise WireError(f"key {stray} belongs to shard {owners[owners != self.shard_id][0]}, not {self.shard_id}")
         return keys
+
+    def _maybe_checkpoint(self) -> None:
+        """Write the shard file once every group asked for the earliest requested cut (or finished).
+
+        Groups that asked are blocked waiting for the answer and their pushes
+        arrived before their request, so the state written is a consistent cut.
+        """
+        if not self._checkpoint_requests:
+            return
+        target = min(header.clock for _, header in self._checkpoint_requests.values())
+        for group in range(self.clock.num_groups):
+            request = self._checkpoint_requests.get(group)
+            if target == wire.FINAL_CLOCK and request is None:
+                return  # the after-training cut waits for every group's request
+            if not (self.clock.finished[group] or (request and request[1].clock >= target)):
+                return
+        cut = int(self.clock.clocks.max()) if target == wire.FINAL_CLOCK else target
+        answered = {g: r for g, r in self._checkpoint_requests.items() if r[1].clock == target}
+        for group in answered:
+            del self._checkpoint_requests[group]
+        try:
+            started = time.monotonic()
+            self._checkpoint_writer(self.shard, self.clock, cut)
+            log.info("shard %d wrote checkpoint at clock %d in %.2fs", self.shard_id, cut, time.monotonic() - started)
+        except Exception as e:
+            log.exception("shard %d could not write checkpoint %d", self.shard_id, cut)
+            for identity, header in answered.values():
+                self._reply_error(identity, header, f"checkpoint at clock {cut} failed: {type(e).__name__}: {e}")
+            return
+        for identity, header in answered.values():
+            reply = wire.Header(wire.Op.ACK, header.group, header.request_id, cut)
+            self._send(identity, [wire.encode_header(reply)])
 
     def _release_deferred(self) -> None:
         waiting = []

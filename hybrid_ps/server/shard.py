@@ -52,6 +52,11 @@ class Shard:
         for name, rows in state.items():
             self.state[name][slots] = rows
 
+    def export(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Keys, values and optimizer state of every held key, in slot order (views)."""
+        count = len(self.index)
+        return self.index.keys, self.values[:count], {name: a[:count] for name, a in self.state.items()}
+
     def _ensure_capacity(self, count: int) -> None:
         capacity = self.values.shape[0]
         if count <= capacity:

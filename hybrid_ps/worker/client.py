@@ -35,6 +35,7 @@ class Ticket:
     pending: set[int] = field(default_factory=set)
     values: np.ndarray | None = None
     placement: dict[int, np.ndarray] = field(default_factory=dict)
+    reply_clock: int = 0  # the clock field of the last reply (a checkpoint's cut)
     shard_clocks: np.ndarray | None = None  # pulls: each group's clock when the shards answered (min over shards)
 
     @property
@@ -137,6 +138,15 @@ class PSClient:
         """Tell every shard that this group finished training."""
         return self._broadcast(wire.Op.FINISH, 0, "finish")
 
+    def checkpoint(self, clock: int) -> int:
+        """Ask every shard to checkpoint the cut at ``clock`` (``FINAL_CLOCK``: after training).
+
+        Blocks until every shard wrote its file; returns the cut's clock.
+        """
+        ticket = self._broadcast(wire.Op.CHECKPOINT, clock, f"checkpoint at clock {clock}")
+        self.wait(ticket)
+        return ticket.reply_clock
+
     def bye(self) -> None:
         """Wait for every outstanding reply, then tell every shard this group leaves."""
         self.drain()
@@ -225,6 +235,7 @@ class PSClient:
             log.warning("reply from shard %d to unknown request %d ignored", shard, header.request_id)
             return
         ticket.pending.discard(header.request_id)
+        ticket.reply_clock = header.clock
         if header.op is wire.Op.PULL_REPLY:
             positions = ticket.placement.pop(header.request_id)
             ticket.values[positions] = wire.values_from_frame(frames[1], header)

@@ -1,7 +1,7 @@
 """In-group collectives on numpy buffers (uppercase mpi4py, no pickle on the data path).
 
-Members that wait while their leader talks to the PS wait on a non-blocking
-request with a sleeping backoff, so 32 ranks on 2 cores do not spin; the
+Members that wait while their leader talks to the PS (pulls, checkpoints)
+wait on non-blocking requests with a sleeping backoff, so 32 ranks on 2 cores do not spin; the
 gradient ``Allreduce`` stays a plain blocking call (all members arrive together).
 """
 
@@ -49,16 +49,16 @@ class WorkerGroup:
         """
         local = np.ascontiguousarray(keys if keys is not None else np.zeros(0, np.uint64), dtype=np.uint64)
         count = np.array([local.size if keys is not None else _STOP], dtype=np.int64)
-        self.comm.Gather(count, self._counts if self.is_leader else None, root=0)
-        if self.is_leader:
-            sizes = np.maximum(self._counts, 0)
-            received = np.empty(int(sizes.sum()), dtype=np.uint64)
-            self.comm.Gatherv(local, [received, sizes], root=0)
-            if (self._counts == _STOP).all():
-                return None
-            return np.unique(received)
-        self.comm.Gatherv(local, None, root=0)
-        return None
+        wait_quietly(self.comm.Igather(count, self._counts if self.is_leader else None, root=0))
+        if not self.is_leader:
+            wait_quietly(self.comm.Igatherv(local, None, root=0))
+            return None
+        sizes = np.maximum(self._counts, 0)
+        received = np.empty(int(sizes.sum()), dtype=np.uint64)
+        wait_quietly(self.comm.Igatherv(local, [received, sizes], root=0))
+        if (self._counts == _STOP).all():
+            return None
+        return np.unique(received)
 
     def broadcast_pulled(self, keys: np.ndarray | None, values: np.ndarray | None, width: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Leader sends the pulled ``keys``/``values`` to every member (``None`` = stop).

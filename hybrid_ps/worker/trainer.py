@@ -62,6 +62,8 @@ class GroupTrainer:
         batches: returns an iterator over this rank's minibatches for one pass.
         client: the PS client (leader only, ``None`` elsewhere).
         metrics: the metrics file (the first leader only).
+        publish: leaders only; called with (cut clock, results so far) after every
+            shard wrote its part of a checkpoint, to publish it.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class GroupTrainer:
         batches: Callable[[], Iterable[Batch]],
         client: PSClient | None = None,
         metrics: MetricsWriter | None = None,
+        publish: Callable[[int, "GroupResult"], None] | None = None,
     ) -> None:
         self.config = config
         self.group = group
@@ -81,6 +84,7 @@ class GroupTrainer:
         self.batches = batches
         self.client = client
         self.metrics = metrics
+        self.publish = publish
         self.clock = 0
         self.meter = RateMeter()
         self._next_report = time.monotonic() + config.train.log_interval
@@ -92,6 +96,7 @@ class GroupTrainer:
         self._train(result)
         if self.client is not None:
             self.client.finish()
+            self._checkpoint(FINAL_CLOCK, result)
         if self.config.train.final_eval:
             self._evaluate(result)
         if self.client is not None:
@@ -134,12 +139,22 @@ class GroupTrainer:
                 gradient = totals[: keys.size] / rows
                 self.client.push(keys, gradient.reshape(-1, self.model.width), self.clock)
             self.clock += 1
-            if self.group.is_leader:
-                self.client.clock(self.clock)
             self.meter.add(rows, loss_sum)
             result.steps, result.samples = self.clock, result.samples + rows
             result.train_loss_sum += loss_sum
+            if self.group.is_leader:
+                self.client.clock(self.clock)
+                every = self.config.train.checkpoint_every
+                if every and self.clock % every == 0:
+                    self._checkpoint(self.clock, result)
             self._maybe_report()
+
+    def _checkpoint(self, clock: int, result: GroupResult) -> None:
+        """Leader: stop at ``clock`` until every shard wrote the cut, then publish it."""
+        if self.publish is None:
+            return
+        cut = self.client.checkpoint(clock)
+        self.publish(cut, result)
 
     def _evaluate(self, result: GroupResult) -> None:
         """One pass over the data with the final model (pulls wait until every group finished)."""

@@ -1,0 +1,80 @@
+"""``python -m hybrid_ps.evaluate CKPT --data FILE [--format json]``: metrics of a checkpointed model.
+
+One process, no MPI. ``CKPT`` is a ``ckpt-<clock>`` directory, its
+``model.h5``, or a checkpoint root (its ``latest`` is used). ``--data
+synthetic`` regenerates the synthetic dataset the checkpoint was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+
+from .checkpoint import checkpoint_info
+from .errors import ConfigError, HybridPSError
+
+log = logging.getLogger("hybrid_ps.evaluate")
+
+
+def _batches(data: str, checkpoint: str, batch_rows: int):
+    if data == "synthetic":
+        from .data.synthetic import SyntheticShard, SyntheticSpec
+
+        recorded = checkpoint_info(checkpoint)["data"]
+        if recorded.get("source") != "synthetic":
+            raise ConfigError(f"--data synthetic: {checkpoint} was trained on {recorded.get('source')!r}")
+        fields = ("rows", "features", "nnz_per_row", "zipf_exponent", "seed")
+        return SyntheticShard(SyntheticSpec(**{k: recorded[k] for k in fields})).batches(batch_rows)
+    from .data.libsvm import LibsvmShard
+
+    return LibsvmShard(data).batches(batch_rows)
+
+
+def _print(result: dict, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()},
+                         indent=2, default=str))
+        return
+    for key, value in result.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.6f}"
+        print(f"{key:<16} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, evaluate or describe the checkpoint, print; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m hybrid_ps.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="ckpt-<clock> directory, its model.h5, or a checkpoint root")
+    parser.add_argument("--data", help="libsvm/svmlight file to evaluate on, or 'synthetic'")
+    parser.add_argument("--info", action="store_true", help="print what the checkpoint holds instead")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    parser.add_argument("--batch-rows", type=int, default=65536, help="rows read at a time (memory bound)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    if not args.info and not args.data:
+        parser.error("give --data FILE (or --data synthetic), or --info")
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    try:
+        if args.info:
+            result = checkpoint_info(args.checkpoint)
+        else:
+            from .evaluation import evaluate_model
+
+            result = evaluate_model(args.checkpoint, _batches(args.data, args.checkpoint, args.batch_rows))
+    except HybridPSError as e:
+        if args.debug:
+            raise
+        print(f"hybrid_ps.evaluate: error: {e}", file=sys.stderr)
+        return 1
+    _print(result, args.format)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Evaluate a checkpointed model on a data stream, one process, no MPI, constant memory."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from .checkpoint import Model, load_model, resolve_checkpoint
+from .data.batch import Batch
+from .errors import CheckpointError
+from .metrics import StreamingAUC
+from .models.logistic import LogisticRegression
+
+__all__ = ["evaluate_model", "MODELS"]
+
+MODELS = {LogisticRegression.kind: LogisticRegression}
+"""Model kinds a checkpoint may hold, by the ``kind`` attribute of ``/model``."""
+
+
+def _weights_for(model: Model, keys: np.ndarray) -> tuple[np.ndarray, int]:
+    """Checkpoint values for sorted ``keys``; keys unseen in training weigh zero."""
+    position = np.minimum(np.searchsorted(model.keys, keys), max(model.keys.size - 1, 0))
+    found = model.keys[position] == keys if model.keys.size else np.zeros(keys.size, bool)
+    weights = np.zeros((keys.size, model.values.shape[1]), dtype=np.float32)
+    weights[found] = model.values[position[found]]
+    return weights, int(keys.size - found.sum())
+
+
+def evaluate_model(checkpoint_path: str, batches: Iterable[Batch]) -> dict[str, Any]:
+    """Logloss, AUC, accuracy and row count of a checkpoint's model over ``batches``.
+
+    Raises:
+        CheckpointError: unreadable checkpoint or a model kind this build cannot evaluate.
+    """
+    model = load_model(checkpoint_path)
+    if model.kind not in MODELS:
+        raise CheckpointError(f"{checkpoint_path}: model kind {model.kind!r} is not one of {', '.join(MODELS)}")
+    scorer = MODELS[model.kind]()
+    if model.values.shape[1] != scorer.width:
+        raise CheckpointError(f"{checkpoint_path}: {model.kind} needs width {scorer.width}, checkpoint has {model.values.shape[1]}")
+    rows = correct = 0
+    loss_sum = 0.0
+    unseen = 0
+    area = StreamingAUC()
+    for batch in batches:
+        keys = scorer.touched_keys(batch)
+        weights, missing = _weights_for(model, keys)
+        unseen += missing
+        loss, _, probability = scorer.loss_and_gradient(batch, keys, weights)
+        rows += batch.num_rows
+        loss_sum += loss
+        correct += int(np.sum((probability > 0.5) == (batch.labels > 0.5)))
+        area.add(batch.labels, probability)
+    return {
+        "checkpoint": str(resolve_checkpoint(checkpoint_path)),
+        "clock": model.clock,
+        "model": model.kind,
+        "model_keys": int(model.keys.size),
+        "rows": rows,
+        "logloss": loss_sum / rows if rows else float("nan"),
+        "auc": area.value(),
+        "accuracy": correct / rows if rows else float("nan"),
+        "unseen_keys": unseen,  # distinct keys per batch that training never saw (they weigh zero), summed
+    }
