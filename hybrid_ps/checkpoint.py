@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
@@ -41,6 +41,8 @@ __all__ = [
     "resolve_checkpoint",
     "load_model",
     "checkpoint_info",
+    "restore_shard",
+    "resume_clocks",
 ]
 
 FORMAT_VERSION = 1
@@ -329,6 +331,52 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
             "shards": sorted(f["shards"]),
             "config": json.loads(f["config"].attrs["json"]),
         }
+
+
+def restore_shard(directory: str | Path, owned: Callable[[np.ndarray], np.ndarray], optimizer: str) -> Iterator[ShardState]:
+    """The part of every shard file of a checkpoint that the caller owns.
+
+    Any number of shards may have written the checkpoint: each file's keys are
+    filtered by ``owned`` (a mask from the caller's hash ring), so resuming with
+    a different number of servers re-shards the keys.
+
+    Raises:
+        CheckpointError: unreadable files, or a different optimizer than ``optimizer``.
+    """
+    directory = resolve_checkpoint(directory)
+    paths = sorted(directory.glob("shard-*.h5"))
+    if not paths:
+        raise CheckpointError(f"{directory}: no shard files")
+    for path in paths:
+        state = read_shard_file(path)
+        if state.optimizer != optimizer:
+            raise CheckpointError(
+                f"{path}: trained with optimizer {state.optimizer!r}, this job uses {optimizer!r}"
+            )
+        mask = owned(state.keys)
+        state.keys, state.values = state.keys[mask], state.values[mask]
+        state.state = {name: array[mask] for name, array in state.state.items()}
+        yield state
+
+
+def resume_clocks(path: str | Path, num_groups: int) -> np.ndarray:
+    """Each group's starting clock when resuming from ``path``.
+
+    With the same number of groups each continues from its own clock; with a
+    different number, every group starts at the cut's common clock.
+
+    Raises:
+        CheckpointError: the groups changed and the checkpoint's clocks differ.
+    """
+    table = np.asarray(checkpoint_info(path)["clock_table"], dtype=np.int64)
+    if table.size == num_groups:
+        return table
+    if table.size and table.min() == table.max():
+        return np.full(num_groups, table[0], dtype=np.int64)
+    raise CheckpointError(
+        f"{path}: written by {table.size} groups at different clocks {table.tolist()}; "
+        f"resume it with cluster.groups = {table.size}"
+    )
 
 
 def _plain(value: Any) -> Any:

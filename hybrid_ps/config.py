@@ -77,6 +77,7 @@ class TrainConfig:
     checkpoint_every: int = _option(0, "also checkpoint every N clocks (0 = only after training)", "--checkpoint-every")
     checkpoint_dir: str = _option("", "checkpoint root (empty = <output_dir>/checkpoints)", "--checkpoint-dir")
     keep: int = _option(3, "published checkpoints to keep (older ones are deleted)", "--keep")
+    resume: str = _option("", "resume from a checkpoint: 'latest' (in the checkpoint root) or a path", "--resume")
     delay_group: int = _option(-1, "fault injection: group whose every step is slowed (-1 = none)", "--delay-group")
     delay_seconds: float = _option(0.0, "fault injection: extra seconds per step for delay_group", "--delay-seconds")
 
@@ -127,6 +128,11 @@ class Config:
         if self.data.path and not Path(self.data.path).is_file():
             raise ConfigError(f"data.path: no such file {self.data.path!r}")
         return self
+
+    @property
+    def resume_path(self) -> str:
+        """The checkpoint to resume from ('' = start fresh); 'latest' means the checkpoint root."""
+        return self.checkpoint_root if self.train.resume == "latest" else self.train.resume
 
     @property
     def checkpoint_root(self) -> str:

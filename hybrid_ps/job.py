@@ -84,10 +84,23 @@ def _run_server(topology: Topology, config: Config, ring: HashRing, width: int) 
         config.cluster.max_keys_per_message,
         checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
     )
+    if config.train.resume:
+        _restore(service, config, ring, topology)
     with service:
         exchange_endpoints(topology, service.endpoint)
         service.serve()
     return np.zeros(len(GroupResult().as_array()))
+
+
+def _restore(service: ShardService, config: Config, ring: HashRing, topology: Topology) -> None:
+    """Load this shard's keys (re-sharded by the current ring) and the clocks of a checkpoint."""
+    path = config.resume_path
+    owned = lambda keys: ring.shard_of(keys) == topology.shard_id  # noqa: E731
+    for part in checkpoint.restore_shard(path, owned, service.shard.optimizer.name):
+        service.shard.load(part.keys, part.values, part.state)
+    service.clock.clocks[:] = checkpoint.resume_clocks(path, topology.layout.num_groups)
+    log.info("resumed %d keys at clocks %s from %s", len(service.shard), service.clock.clocks.tolist(),
+             checkpoint.resolve_checkpoint(path))
 
 
 def _run_worker(
@@ -103,8 +116,11 @@ def _run_worker(
                           config.cluster.ps_timeout)
     try:
         publish = _publisher(config, topology, model) if config.train.checkpoint and client else None
+        start = 0
+        if config.train.resume:
+            start = int(checkpoint.resume_clocks(config.resume_path, topology.layout.num_groups)[topology.group])
         trainer = GroupTrainer(config, group, topology.group, model,
-                               lambda: shard.batches(config.train.batch_size), client, metrics, publish)
+                               lambda: shard.batches(config.train.batch_size), client, metrics, publish, start)
         result = trainer.run()
     finally:
         if client is not None:

@@ -52,6 +52,14 @@ class Shard:
         for name, rows in state.items():
             self.state[name][slots] = rows
 
+    def load(self, keys: np.ndarray, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """Add absent ``keys`` with their values and optimizer state (restoring a checkpoint)."""
+        slots = self.index.insert(keys)
+        self._ensure_capacity(len(self.index))
+        self.values[slots] = values
+        for name, array in self.state.items():
+            array[slots] = state[name]
+
     def export(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Keys, values and optimizer state of every held key, in slot order (views)."""
         count = len(self.index)

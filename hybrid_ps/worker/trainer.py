@@ -10,6 +10,7 @@ One step of group ``g`` at clock ``c`` (see DESIGN.md):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ class GroupTrainer:
         metrics: the metrics file (the first leader only).
         publish: leaders only; called with (cut clock, results so far) after every
             shard wrote its part of a checkpoint, to publish it.
+        start_clock: steps already done (resuming): training continues at this
+            clock, and every rank skips that many of its minibatches.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class GroupTrainer:
         client: PSClient | None = None,
         metrics: MetricsWriter | None = None,
         publish: Callable[[int, "GroupResult"], None] | None = None,
+        start_clock: int = 0,
     ) -> None:
         self.config = config
         self.group = group
@@ -85,7 +89,8 @@ class GroupTrainer:
         self.client = client
         self.metrics = metrics
         self.publish = publish
-        self.clock = 0
+        self.clock = start_clock
+        self.start_clock = start_clock
         self.meter = RateMeter()
         self._next_report = time.monotonic() + config.train.log_interval
         self._delay = config.train.delay_seconds if config.train.delay_group == group_id else 0.0
@@ -121,7 +126,7 @@ class GroupTrainer:
 
     def _train(self, result: GroupResult) -> None:
         max_steps = self.config.train.max_steps
-        batches = self._epochs()
+        batches = itertools.islice(self._epochs(), self.start_clock, None)  # resume where the cut was
         while not max_steps or self.clock < max_steps:
             batch = next(batches, None)
             pulled = self._exchange(batch, self.clock)
