@@ -15,6 +15,7 @@ from .logs import configure_logging
 from .metrics import MetricsWriter
 from .models.logistic import BIAS_KEY, LogisticRegression
 from .partition import HashRing
+from .preemption import StopRequest
 from .server.optimizers import make_optimizer
 from .server.service import ShardService
 from .server.shard import Shard
@@ -33,8 +34,14 @@ class JobSummary(dict):
     """The final numbers of a job (a dict, written as the ``summary`` metrics record)."""
 
 
-def run_job(config: Config, world: Any, debug: bool = False) -> JobSummary:
+def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest | None = None) -> JobSummary:
     """Run the whole job on this rank; collective over ``world``.
+
+    Args:
+        config: the job configuration.
+        world: the MPI communicator of the job.
+        debug: log debug messages.
+        stop: this process's preemption flag (set by SIGTERM/SIGUSR1).
 
     Returns:
         The job summary (identical on every rank).
@@ -54,16 +61,18 @@ def run_job(config: Config, world: Any, debug: bool = False) -> JobSummary:
         metrics.write("config", layout=topology.layout.describe(), config=_jsonable_config(config))
     try:
         if topology.role == "server":
-            totals = _run_server(topology, config, ring, model.width)
+            totals = _run_server(topology, config, ring, model.width, stop)
         else:
-            totals = _run_worker(topology, config, ring, model, metrics)
+            totals = _run_worker(topology, config, ring, model, metrics, stop)
         return _summarise(topology, config, totals, metrics)
     finally:
         if metrics is not None:
             metrics.close()
 
 
-def _run_server(topology: Topology, config: Config, ring: HashRing, width: int) -> np.ndarray:
+def _run_server(
+    topology: Topology, config: Config, ring: HashRing, width: int, stop: StopRequest | None
+) -> np.ndarray:
     optimizer = make_optimizer(
         config.optimizer.name, config.optimizer.learning_rate, config.optimizer.l1,
         config.optimizer.l2, config.optimizer.ftrl_beta,
@@ -83,6 +92,7 @@ def _run_server(topology: Topology, config: Config, ring: HashRing, width: int) 
         config.cluster.staleness, resolve_bind_host(config.cluster.bind_host),
         config.cluster.max_keys_per_message,
         checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
+        stop_request=stop if topology.shard_id == 0 else None,
     )
     if config.train.resume:
         _restore(service, config, ring, topology)
@@ -104,7 +114,8 @@ def _restore(service: ShardService, config: Config, ring: HashRing, topology: To
 
 
 def _run_worker(
-    topology: Topology, config: Config, ring: HashRing, model: LogisticRegression, metrics: MetricsWriter | None
+    topology: Topology, config: Config, ring: HashRing, model: LogisticRegression, metrics: MetricsWriter | None,
+    stop: StopRequest | None,
 ) -> np.ndarray:
     endpoints = exchange_endpoints(topology, None)
     group = WorkerGroup(topology.group_comm)
@@ -120,7 +131,7 @@ def _run_worker(
         if config.train.resume:
             start = int(checkpoint.resume_clocks(config.resume_path, topology.layout.num_groups)[topology.group])
         trainer = GroupTrainer(config, group, topology.group, model,
-                               lambda: shard.batches(config.train.batch_size), client, metrics, publish, start)
+                               lambda: shard.batches(config.train.batch_size), client, metrics, publish, start, stop)
         result = trainer.run()
     finally:
         if client is not None:
@@ -156,7 +167,7 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
     """Sum the leaders' results over the world (servers and members add zeros)."""
     totals = np.zeros_like(local)
     wait_quietly(topology.world.Iallreduce(local, totals))
-    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds = totals
+    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted = totals
     groups = topology.layout.num_groups
     wall = seconds / groups
     summary = JobSummary(
@@ -170,15 +181,21 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
         final_logloss=eval_loss / eval_rows if eval_rows else math.nan,
         final_accuracy=eval_correct / eval_rows if eval_rows else math.nan,
         eval_rows=int(eval_rows),
+        preempted=bool(preempted),
     )
     if metrics is not None:
         metrics.write("summary", **summary)
-        log.info(
-            "done: %d samples in %.1fs (%.0f samples/s), progressive logloss %.4f, final logloss %.4f, "
-            "accuracy %.4f over %d rows",
-            summary["samples"], wall, summary["samples_per_s"], summary["train_logloss_progressive"],
-            summary["final_logloss"], summary["final_accuracy"], summary["eval_rows"],
-        )
+        if summary["preempted"]:
+            log.info("preempted: %d samples in %.1fs (%.0f samples/s), progressive logloss %.4f; "
+                     "the checkpoint holds the cut", summary["samples"], wall, summary["samples_per_s"],
+                     summary["train_logloss_progressive"])
+        else:
+            log.info(
+                "done: %d samples in %.1fs (%.0f samples/s), progressive logloss %.4f, final logloss %.4f, "
+                "accuracy %.4f over %d rows",
+                summary["samples"], wall, summary["samples_per_s"], summary["train_logloss_progressive"],
+                summary["final_logloss"], summary["final_accuracy"], summary["eval_rows"],
+            )
     return summary
 
 

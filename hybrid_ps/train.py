@@ -8,6 +8,7 @@ import sys
 
 from .config import build_parser, load_config
 from .errors import HybridPSError, TopologyError
+from .preemption import StopRequest
 from .topology import plan_layout
 
 log = logging.getLogger("hybrid_ps.train")
@@ -40,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"hybrid_ps.train: error: {e}", file=sys.stderr, flush=True)
         return 2
+    stop = StopRequest().install()  # SIGTERM/SIGUSR1: checkpoint at one clock, then exit 0
     try:
-        run_job(config, world, debug=args.debug)
+        run_job(config, world, debug=args.debug, stop=stop)
     except BaseException as e:  # one rank failing must end the whole job, not hang the others
         if isinstance(e, HybridPSError) and not args.debug:
             print(f"hybrid_ps.train: rank {rank}: error: {e}", file=sys.stderr, flush=True)

@@ -25,11 +25,14 @@ Requests and the frames they carry:
     CHECKPOINT header             group ``group`` stopped at ``clock`` for a checkpoint
                                   (``FINAL_CLOCK``: after training); answered once every
                                   group has asked or finished, after the shard file is written
+    STOP       header             (to shard 0) a preemption signal: stop every group at one clock
     ========== ================== =========================================
 
 Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
 ``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text); the ACK of a
-CHECKPOINT carries the cut's clock (the directory name). A pull whose
+CHECKPOINT carries the cut's clock (the directory name). Once shard 0 has a
+stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
+that clock: each group stops there and checkpoints. A pull whose
 ``clock`` is ``FINAL_CLOCK`` is answered once every group has sent FINISH.
 """
 
@@ -50,6 +53,7 @@ __all__ = [
     "HEADER_FORMAT",
     "HEADER_SIZE",
     "FINAL_CLOCK",
+    "FLAG_STOP",
     "Op",
     "Header",
     "encode_header",
@@ -63,6 +67,8 @@ MAGIC = b"HP"
 VERSION = 1
 HEADER_FORMAT = "<2sBBBBIQqQI"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
+FLAG_STOP = 1
+"""Header flag of CLOCK acknowledgements: ``clock`` is the clock every group must stop at."""
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 
@@ -83,6 +89,7 @@ class Op(enum.IntEnum):
     BYE = 5
     SHUTDOWN = 6
     CHECKPOINT = 7
+    STOP = 8
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
@@ -96,6 +103,7 @@ _FRAMES_FOR_OP = {
     Op.BYE: 1,
     Op.SHUTDOWN: 1,
     Op.CHECKPOINT: 1,
+    Op.STOP: 1,
     Op.ACK: 1,
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,

@@ -17,6 +17,7 @@ import zmq
 from .. import wire
 from ..errors import WireError
 from ..partition import HashRing
+from ..preemption import StopRequest
 from ..staleness import VectorClock
 from ..transport import bind_router, recv_frames, send_frames
 from .shard import Shard
@@ -68,6 +69,8 @@ class ShardService:
         context: ZeroMQ context to use (default: the process-wide instance).
         checkpoint_writer: called with (shard, clock, cut clock) when every group
             asked for a checkpoint; ``None`` refuses CHECKPOINT requests.
+        stop_request: shard 0 only: a preemption flag of this process; when set,
+            the shard picks the stop clock as if a leader had sent STOP.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class ShardService:
         max_keys: int = 1 << 24,
         context: zmq.Context | None = None,
         checkpoint_writer: CheckpointWriter | None = None,
+        stop_request: StopRequest | None = None,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -93,6 +97,8 @@ class ShardService:
         self._deferred: list[_DeferredPull] = []
         self._checkpoint_writer = checkpoint_writer
         self._checkpoint_requests: dict[int, tuple[bytes, wire.Header]] = {}
+        self._stop_request = stop_request
+        self.stop_at: int | None = None
         self._running = False
         self._context = context or zmq.Context.instance()
         self.socket, self.endpoint = bind_router(self._context, host)
@@ -116,6 +122,8 @@ class ShardService:
         started = time.monotonic()
         log.info("shard %d serving at %s for %d groups", self.shard_id, self.endpoint, self.clock.num_groups)
         while self._running:
+            if self._stop_request is not None and self._stop_request.requested:
+                self._choose_stop_clock(self._stop_request.signal_name)
             if not poller.poll(_POLL_MS):
                 continue
             for _ in range(_MAX_BATCH):
@@ -186,6 +194,8 @@ class ShardService:
             self.clock.finish(header.group)
             self.left[header.group] = True
             self._running = not bool(self.left.all())
+        elif op is wire.Op.STOP:
+            self._choose_stop_clock(f"group {header.group}")
         elif op is wire.Op.CHECKPOINT:
             if self._checkpoint_writer is None:
                 raise WireError("this shard was started without a checkpoint directory")
@@ -206,6 +216,12 @@ class ShardService:
                 raise WireError(f"key {stray} belongs to shard {owners[owners != self.shard_id][0]}, not {self.shard_id}")
         return keys
 
+    def _choose_stop_clock(self, why: str) -> None:
+        """Pick the clock every group stops at: one past the fastest group (once)."""
+        if self.stop_at is None:
+            self.stop_at = int(self.clock.clocks.max()) + 1
+            log.warning("shard %d: stop requested (%s): every group stops at clock %d", self.shard_id, why, self.stop_at)
+
     def _maybe_checkpoint(self) -> None:
         """Write the shard file once every group asked for the earliest requested cut (or finished).
 
@@ -217,8 +233,8 @@ class ShardService:
         target = min(header.clock for _, header in self._checkpoint_requests.values())
         for group in range(self.clock.num_groups):
             request = self._checkpoint_requests.get(group)
-            if target == wire.FINAL_CLOCK and request is None:
-                return  # the after-training cut waits for every group's request
+            if target == wire.FINAL_CLOCK and request is None and not self.left[group]:
+                return  # the after-training cut waits for every group's request (or departure)
             if not (self.clock.finished[group] or (request and request[1].clock >= target)):
                 return
         cut = int(self.clock.clocks.max()) if target == wire.FINAL_CLOCK else target
@@ -256,7 +272,10 @@ class ShardService:
         self._send(identity, [wire.encode_header(header), values, self.clock.effective()])
 
     def _reply(self, identity: bytes, request: wire.Header, op: wire.Op) -> None:
-        header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())
+        if request.op is wire.Op.CLOCK and self.stop_at is not None:
+            header = wire.Header(op, request.group, request.request_id, self.stop_at, flags=wire.FLAG_STOP)
+        else:
+            header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())
         self._send(identity, [wire.encode_header(header)])
 
     def _reply_error(self, identity: bytes, request: wire.Header | None, text: str) -> None:

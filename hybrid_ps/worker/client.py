@@ -86,6 +86,7 @@ class PSClient:
         self._tickets: dict[int, Ticket] = {}
         self._shard_of_request: dict[int, int] = {}
         self._pushes_in_flight: list[Ticket] = []
+        self.stop_at: int | None = None  # set when shard 0 announces a stop clock (preemption)
 
     def __enter__(self) -> "PSClient":
         return self
@@ -146,6 +147,12 @@ class PSClient:
         ticket = self._broadcast(wire.Op.CHECKPOINT, clock, f"checkpoint at clock {clock}")
         self.wait(ticket)
         return ticket.reply_clock
+
+    def request_stop(self) -> Ticket:
+        """Tell shard 0 that this group got a preemption signal (it picks the stop clock)."""
+        ticket = Ticket(wire.Op.STOP, "stop request")
+        self._send(0, ticket, wire.Op.STOP, 0, [], 0)
+        return ticket
 
     def bye(self) -> None:
         """Wait for every outstanding reply, then tell every shard this group leaves."""
@@ -236,6 +243,8 @@ class PSClient:
             return
         ticket.pending.discard(header.request_id)
         ticket.reply_clock = header.clock
+        if header.flags & wire.FLAG_STOP:
+            self.stop_at = header.clock
         if header.op is wire.Op.PULL_REPLY:
             positions = ticket.placement.pop(header.request_id)
             ticket.values[positions] = wire.values_from_frame(frames[1], header)

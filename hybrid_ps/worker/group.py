@@ -76,6 +76,12 @@ class WorkerGroup:
         wait_quietly(self.comm.Ibcast(values, root=0))
         return keys, values
 
+    def broadcast_flag(self, flag: bool) -> bool:
+        """The leader's ``flag`` on every member (members wait without spinning)."""
+        value = np.array([1 if flag else 0], dtype=np.int64)
+        wait_quietly(self.comm.Ibcast(value, root=0))
+        return bool(value[0])
+
     def allreduce_sum(self, buffer: np.ndarray) -> np.ndarray:
         """Sum ``buffer`` over the group in place (one buffer-based Allreduce)."""
         self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)

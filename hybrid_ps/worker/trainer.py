@@ -21,6 +21,7 @@ import numpy as np
 from ..config import Config
 from ..data.batch import Batch
 from ..metrics import MetricsWriter, RateMeter
+from ..preemption import StopRequest
 from ..wire import FINAL_CLOCK
 from .client import PSClient
 from .group import WorkerGroup
@@ -29,7 +30,7 @@ __all__ = ["GroupTrainer", "GroupResult"]
 
 log = logging.getLogger(__name__)
 
-_STATS = 3  # extra slots at the end of the Allreduce buffer: loss sum, rows, correct predictions
+_STATS = 4  # extra slots at the end of the Allreduce buffer: loss sum, rows, correct predictions, stop signals
 
 
 @dataclass
@@ -43,11 +44,13 @@ class GroupResult:
     eval_correct: float = 0.0
     eval_rows: int = 0
     seconds: float = 0.0
+    preempted: bool = False
 
     def as_array(self) -> np.ndarray:
         """The numbers as a float64 vector (for a world-level sum)."""
         return np.array(
-            [self.steps, self.samples, self.train_loss_sum, self.eval_loss_sum, self.eval_correct, self.eval_rows, self.seconds],
+            [self.steps, self.samples, self.train_loss_sum, self.eval_loss_sum, self.eval_correct, self.eval_rows,
+             self.seconds, self.preempted],
             dtype=np.float64,
         )
 
@@ -67,6 +70,8 @@ class GroupTrainer:
             shard wrote its part of a checkpoint, to publish it.
         start_clock: steps already done (resuming): training continues at this
             clock, and every rank skips that many of its minibatches.
+        stop_request: this process's preemption flag; any rank's flag stops the
+            whole job at one clock, with a checkpoint.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class GroupTrainer:
         metrics: MetricsWriter | None = None,
         publish: Callable[[int, "GroupResult"], None] | None = None,
         start_clock: int = 0,
+        stop_request: StopRequest | None = None,
     ) -> None:
         self.config = config
         self.group = group
@@ -91,6 +97,10 @@ class GroupTrainer:
         self.publish = publish
         self.clock = start_clock
         self.start_clock = start_clock
+        self.stop_request = stop_request or StopRequest()
+        self._stopping = False  # leader: the stop clock is reached
+        self._stop_sent = False
+        self._clock_ticket = None
         self.meter = RateMeter()
         self._next_report = time.monotonic() + config.train.log_interval
         self._delay = config.train.delay_seconds if config.train.delay_group == group_id else 0.0
@@ -99,11 +109,18 @@ class GroupTrainer:
         """Train, evaluate if configured, and leave the PS tier; returns the group's sums."""
         result = GroupResult()
         self._train(result)
-        if self.client is not None:
-            self.client.finish()
-            self._checkpoint(FINAL_CLOCK, result)
-        if self.config.train.final_eval:
-            self._evaluate(result)
+        result.preempted = self.group.broadcast_flag(self._stopping)
+        if result.preempted:
+            if self.client is not None:
+                self._checkpoint(self.clock, result)
+                log.warning("preempted: stopped at clock %d%s", self.clock,
+                            "; resume with --resume latest" if self.publish else "")
+        else:
+            if self.client is not None:
+                self.client.finish()
+                self._checkpoint(FINAL_CLOCK, result)
+            if self.config.train.final_eval:
+                self._evaluate(result)
         if self.client is not None:
             self.client.bye()
         result.seconds = self.meter.elapsed
@@ -117,6 +134,8 @@ class GroupTrainer:
         """Steps 2-3: union of keys, leader pull at ``clock``, broadcast; ``None`` = all exhausted."""
         keys = self.model.touched_keys(batch) if batch is not None else None
         union = self.group.gather_keys(keys)
+        if self._stopping:
+            union = None  # the leader ends the loop for everybody
         values = None
         if self.group.is_leader and union is not None:
             if self._delay:
@@ -128,6 +147,8 @@ class GroupTrainer:
         max_steps = self.config.train.max_steps
         batches = itertools.islice(self._epochs(), self.start_clock, None)  # resume where the cut was
         while not max_steps or self.clock < max_steps:
+            if self.group.is_leader:
+                self._stopping = self._stop_clock_reached()
             batch = next(batches, None)
             pulled = self._exchange(batch, self.clock)
             if pulled is None:
@@ -137,9 +158,13 @@ class GroupTrainer:
             if batch is not None and batch.num_rows:
                 loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
                 totals[: keys.size] = grad
-                totals[keys.size :] = (loss, batch.num_rows, 0)
+                totals[keys.size : keys.size + 2] = (loss, batch.num_rows)
+            totals[-1] = self.stop_request.requested
             self.group.allreduce_sum(totals)
-            loss_sum, rows = float(totals[-3]), int(totals[-2])
+            loss_sum, rows = float(totals[-4]), int(totals[-3])
+            if self.group.is_leader and totals[-1] and not self._stop_sent:
+                self.client.request_stop()
+                self._stop_sent = True
             if self.group.is_leader and rows:
                 gradient = totals[: keys.size] / rows
                 self.client.push(keys, gradient.reshape(-1, self.model.width), self.clock)
@@ -148,11 +173,21 @@ class GroupTrainer:
             result.steps, result.samples = self.clock, result.samples + rows
             result.train_loss_sum += loss_sum
             if self.group.is_leader:
-                self.client.clock(self.clock)
+                self._clock_ticket = self.client.clock(self.clock)
                 every = self.config.train.checkpoint_every
                 if every and self.clock % every == 0:
                     self._checkpoint(self.clock, result)
             self._maybe_report()
+
+    def _stop_clock_reached(self) -> bool:
+        """Leader: whether shard 0 announced a stop clock that this group has reached.
+
+        Shard 0 answers every CLOCK at once; waiting for that answer before each
+        step guarantees the group learns the stop clock before passing it.
+        """
+        if self._clock_ticket is not None:
+            self.client.wait(self._clock_ticket)
+        return self.client.stop_at is not None and self.clock >= self.client.stop_at
 
     def _checkpoint(self, clock: int, result: GroupResult) -> None:
         """Leader: stop at ``clock`` until every shard wrote the cut, then publish it."""
@@ -175,7 +210,7 @@ class GroupTrainer:
             keys, values = pulled
             loss, _, probability = self.model.loss_and_gradient(batch, keys, values)
             correct = np.sum((probability > 0.5) == (batch.labels > 0.5))
-            totals[:] = (loss, batch.num_rows, correct)
+            totals[:3] = (loss, batch.num_rows, correct)
         self.group.allreduce_sum(totals)
         result.eval_loss_sum += totals[0]
         result.eval_rows += int(totals[1])

@@ -57,3 +57,40 @@ def test_resume_with_another_optimizer_is_refused(run_job, tmp_path):
     job = run_job(4, *RESUME, *ckpt, "--resume", "latest", "--optimizer", "sgd", timeout=120)
     assert job.returncode != 0
     assert "trained with optimizer 'adagrad', this job uses 'sgd'" in job.stderr
+
+
+def test_preemption_signal_checkpoints_one_cut_and_resume_finishes_the_job(run_job, tmp_path):
+    """SIGUSR1 to mpiexec (as Slurm sends before walltime): every shard writes the same clock, exit 0;
+    the resumed job then trains exactly the rows that were left."""
+    import os
+    import signal
+    import time
+
+    from mpi_launch.detect import find_mpiexec
+
+    output = tmp_path / "preempted"
+    args = ["--rows", "40000", "--features", "2000", "--nnz-per-row", "10", "--epochs", "3", "--batch-size", "64",
+            "--delay-group", "1", "--delay-seconds", "0.01", "--log-interval", "0.2", "--output-dir", str(output)]
+    job = subprocess.Popen([find_mpiexec(), "-n", "8", sys.executable, "-m", "hybrid_ps.train", *args],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    metrics = output / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and '"progress"' not in (metrics.read_text() if metrics.exists() else ""):
+        time.sleep(0.1)
+    job.send_signal(signal.SIGUSR1)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 0, stderr[-3000:]
+    assert "stop requested" in stderr and "preempted: stopped at clock" in stderr
+    root = output / "checkpoints"
+    with h5py.File(root / (root / "latest").read_text().strip() / "model.h5") as f:
+        cut = int(f.attrs["clock"])
+        assert f["clock_table"][()].tolist() == [cut, cut]
+    first = [json.loads(line) for line in metrics.read_text().splitlines()][-1]
+    assert first["kind"] == "summary" and first["preempted"]
+    assert first["samples"] < 3 * 40000
+
+    resumed = run_job(8, *args[:-2], "--resume", "latest", "--checkpoint-dir", str(root))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at clocks [{cut}, {cut}]" in resumed.stderr
+    assert first["samples"] + resumed.summary["samples"] == 3 * 40000  # nothing lost, nothing repeated
+    assert resumed.summary["final_logloss"] < 0.6
