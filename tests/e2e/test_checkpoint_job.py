@@ -94,3 +94,26 @@ def test_preemption_signal_checkpoints_one_cut_and_resume_finishes_the_job(run_j
     assert f"at clocks [{cut}, {cut}]" in resumed.stderr
     assert first["samples"] + resumed.summary["samples"] == 3 * 40000  # nothing lost, nothing repeated
     assert resumed.summary["final_logloss"] < 0.6
+
+
+def test_hdf5_tools_read_the_checkpoint(run_job):
+    """The format is plain HDF5: Debian's h5ls/h5dump read model.h5 (virtual datasets, links) and shards."""
+    import os
+    import shutil
+
+    if not shutil.which("h5ls"):
+        if os.environ.get("HYBRID_PS_REQUIRE_HDF5_TOOLS"):
+            pytest.fail("h5ls not found although HYBRID_PS_REQUIRE_HDF5_TOOLS is set (apt-get install hdf5-tools)")
+        pytest.skip("hdf5-tools not installed (apt-get install hdf5-tools); CI installs it and requires it")
+    job = run_job(4, "--rows", "3000", "--features", "300")
+    assert job.returncode == 0, job.stderr[-3000:]
+    root = job.output_dir / "checkpoints"
+    ckpt = root / (root / "latest").read_text().strip()
+    listing = subprocess.run(["h5ls", "-r", str(ckpt / "model.h5")], capture_output=True, text=True, check=True).stdout
+    for name in ("/model/keys", "/model/values", "/shards/shard-0", "/clock_table", "/config/optimizer"):
+        assert name in listing
+    dump = subprocess.run(["h5dump", "-d", "/model/values", str(ckpt / "model.h5")], capture_output=True,
+                          text=True, cwd=ckpt, check=True).stdout
+    assert "H5T_IEEE_F32LE" in dump
+    shard = subprocess.run(["h5dump", "-A", str(ckpt / "shard-0.h5")], capture_output=True, text=True, check=True)
+    assert '"hybrid_ps shard"' in shard.stdout
