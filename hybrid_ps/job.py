@@ -130,6 +130,7 @@ def _run_worker(
         start = 0
         if config.train.resume:
             start = int(checkpoint.resume_clocks(config.resume_path, topology.layout.num_groups)[topology.group])
+            _warn_if_positions_differ(config, topology)
         trainer = GroupTrainer(config, group, topology.group, model,
                                lambda: shard.batches(config.train.batch_size), client, metrics, publish, start, stop)
         result = trainer.run()
@@ -137,6 +138,16 @@ def _run_worker(
         if client is not None:
             client.close()
     return result.as_array() if topology.is_leader else np.zeros_like(result.as_array())
+
+
+def _warn_if_positions_differ(config: Config, topology: Topology) -> None:
+    """Readers resume by skipping the batches already trained: exact only with the same ranks and batch size."""
+    recorded = checkpoint.checkpoint_info(config.resume_path)["data"]
+    now = {"worker_ranks": topology.layout.num_workers, "batch_size": config.train.batch_size}
+    changed = {k: (recorded.get(k), v) for k, v in now.items() if recorded.get(k) not in (None, v)}
+    if changed and topology.rank == 0:
+        log.warning("resuming with %s different from the checkpoint: each rank skips as many of its own "
+                    "batches as were trained, so data positions are approximate", changed)
 
 
 def _publisher(config: Config, topology: Topology, model: LogisticRegression):
@@ -152,7 +163,8 @@ def _publisher(config: Config, topology: Topology, model: LogisticRegression):
                 "group_samples": result.samples,
                 "group_train_logloss_progressive": result.train_loss_sum / max(result.samples, 1),
             },
-            "data": {"source": config.data.path or "synthetic", **({} if config.data.path else {
+            "data": {"source": config.data.path or "synthetic", "worker_ranks": topology.layout.num_workers,
+                     "batch_size": config.train.batch_size, **({} if config.data.path else {
                 "rows": config.data.rows, "features": config.data.features, "nnz_per_row": config.data.nnz_per_row,
                 "zipf_exponent": config.data.zipf_exponent, "seed": config.data.seed})},
         }
