@@ -8,7 +8,7 @@ import pytest
 
 from hybrid_ps.config import build_parser, load_config
 
-CONFIGS = sorted((Path(__file__).parents[2] / "jobs").glob("*.toml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "jobs").glob("**/*.toml"))
 
 
 def test_there_are_example_configs():

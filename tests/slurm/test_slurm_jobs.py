@@ -1,0 +1,72 @@
+"""jobs/slurm/train.sbatch under a real Slurm: a whole run, then preemption, requeue and resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "jobs" / "slurm" / "train.sbatch"
+
+
+def _submit(slurm, tmp_path, train_args: str, *sbatch_args: str) -> tuple[int, Path, Path]:
+    output_dir = tmp_path / "run"
+    log = tmp_path / "job.out"
+    exports = ",".join([
+        "ALL", f"HYBRID_PS_PYTHON={sys.executable}", f"PYTHONPATH={REPO}", f"OUTPUT_DIR={output_dir}",
+        f"TRAIN_ARGS={train_args}",
+    ])
+    done = slurm.run("sbatch", "--parsable", "--chdir", str(REPO), "--output", str(log), "--export", exports,
+                     *sbatch_args, str(SCRIPT), timeout=400)
+    return int(done.stdout.strip().split(";")[0]), output_dir, log
+
+
+def _latest(output_dir: Path) -> Path:
+    root = output_dir / "checkpoints"
+    return root / (root / "latest").read_text().strip()
+
+
+def test_sbatch_trains_and_checkpoints(slurm, tmp_path):
+    job, output_dir, log = _submit(slurm, tmp_path, "--rows 20000 --features 2000", "--wait")
+    text = log.read_text()
+    assert f"hybrid_ps: job {job} on" in text and "hybrid_ps: exit 0" in text, text[-3000:]
+    assert "done: 40000 samples" in text
+    assert "[worker 0/0]" in text and "[server 1]" in text
+    with h5py.File(_latest(output_dir) / "model.h5") as f:
+        assert f.attrs["total_keys"] > 1000
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def test_preemption_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    args = ("--rows 40000 --features 2000 --epochs 5 --batch-size 64 --delay-group 1 --delay-seconds 0.03 "
+            "--log-interval 0.5")
+    job, output_dir, log = _submit(slurm, tmp_path, args)
+    _wait_for(lambda: log.exists() and "train logloss" in log.read_text(), 120, "the job to start training")
+    slurm.run("scancel", "--signal=USR1", "--batch", str(job))
+    _wait_for(lambda: "requeueing job" in log.read_text(), 120, "the job to checkpoint and requeue itself")
+    first_cut = int(_latest(output_dir).name.split("-")[1])
+    _wait_for(lambda: slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=False).returncode == 0,
+              60, "the requeued job to accept a start time")
+    _wait_for(lambda: str(job) not in slurm.run("squeue", "-h", "-o", "%i").stdout, 300, "the requeued job to finish")
+    text = log.read_text()
+    assert "restart 1" in text, text[-3000:]
+    assert f"resuming from {output_dir}/checkpoints/ckpt-{first_cut}" in text
+    assert re.search(rf"resumed \d+ keys at clocks \[{first_cut}, {first_cut}\]", text)
+    assert "done:" in text and text.rstrip().endswith("hybrid_ps: exit 0")
+    assert int(_latest(output_dir).name.split("-")[1]) > first_cut
