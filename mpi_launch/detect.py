@@ -6,9 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-__all__ = ["find_mpiexec", "mpi_implementation", "idle_friendly_environment"]
+__all__ = [
+    "find_mpiexec",
+    "mpi_implementation",
+    "idle_friendly_environment",
+    "scheduler",
+    "allocation",
+    "Allocation",
+]
 
 
 def find_mpiexec() -> str:
@@ -59,3 +68,50 @@ def idle_friendly_environment(implementation: str, ranks: int, cores: int | None
             env["PRTE_MCA_rmaps_default_mapping_policy"] = ":oversubscribe"
             env["OMPI_MCA_mpi_yield_when_idle"] = "1"
     return env
+
+
+def scheduler(env: Mapping[str, str] | None = None) -> str:
+    """``"slurm"``, ``"pbs"`` or ``"local"``: where this process runs, from the environment."""
+    env = os.environ if env is None else env
+    if env.get("SLURM_JOB_ID"):
+        return "slurm"
+    if env.get("PBS_JOBID"):
+        return "pbs"
+    return "local"
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the scheduler gave the job: MPI ranks and distinct nodes (``None`` = not known)."""
+
+    scheduler: str
+    ranks: int | None
+    nodes: int | None
+
+
+def allocation(env: Mapping[str, str] | None = None) -> Allocation:
+    """Ranks and nodes of the current allocation.
+
+    Slurm: ``SLURM_NTASKS`` and ``SLURM_JOB_NUM_NODES``. PBS: ``PBS_NP`` (Torque)
+    or the lines of ``PBS_NODEFILE`` (one per rank slot; PBS Pro), and the
+    distinct hosts in it. Local: unknown.
+    """
+    env = os.environ if env is None else env
+    kind = scheduler(env)
+    if kind == "slurm":
+        return Allocation(kind, _int(env.get("SLURM_NTASKS")), _int(env.get("SLURM_JOB_NUM_NODES")))
+    if kind == "pbs":
+        hosts: list[str] = []
+        nodefile = env.get("PBS_NODEFILE")
+        if nodefile and Path(nodefile).is_file():
+            hosts = [line.strip() for line in Path(nodefile).read_text().splitlines() if line.strip()]
+        ranks = _int(env.get("PBS_NP")) or (len(hosts) or None)
+        return Allocation(kind, ranks, len(set(hosts)) or _int(env.get("PBS_NUM_NODES")))
+    return Allocation(kind, None, None)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None

@@ -25,7 +25,8 @@ def _submit(slurm, tmp_path, train_args: str, *sbatch_args: str) -> tuple[int, P
         f"TRAIN_ARGS={train_args}",
     ])
     done = slurm.run("sbatch", "--parsable", "--chdir", str(REPO), "--output", str(log), "--export", exports,
-                     *sbatch_args, str(SCRIPT), timeout=400)
+                     *sbatch_args, str(SCRIPT), timeout=400, check=False)  # --wait: the job's exit code
+    assert done.stdout.strip(), f"sbatch failed: {done.stderr}"
     return int(done.stdout.strip().split(";")[0]), output_dir, log
 
 
@@ -61,12 +62,27 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     slurm.run("scancel", "--signal=USR1", "--batch", str(job))
     _wait_for(lambda: "requeueing job" in log.read_text(), 120, "the job to checkpoint and requeue itself")
     first_cut = int(_latest(output_dir).name.split("-")[1])
-    _wait_for(lambda: slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=False).returncode == 0,
-              60, "the requeued job to accept a start time")
-    _wait_for(lambda: str(job) not in slurm.run("squeue", "-h", "-o", "%i").stdout, 300, "the requeued job to finish")
+
+    def restarted() -> bool:  # a requeued job waits ~120 s unless told to start now
+        slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=False)
+        return "restart 1" in log.read_text()
+
+    _wait_for(restarted, 120, "the requeued job to start again")
+    _wait_for(lambda: log.read_text().count("hybrid_ps: exit") == 2, 300, "the requeued job to finish")
     text = log.read_text()
     assert "restart 1" in text, text[-3000:]
     assert f"resuming from {output_dir}/checkpoints/ckpt-{first_cut}" in text
     assert re.search(rf"resumed \d+ keys at clocks \[{first_cut}, {first_cut}\]", text)
     assert "done:" in text and text.rstrip().endswith("hybrid_ps: exit 0")
     assert int(_latest(output_dir).name.split("-")[1]) > first_cut
+
+
+def test_a_failing_rank_fails_the_slurm_job_with_its_error(slurm, tmp_path):
+    bad = tmp_path / "bad.svm"
+    bad.write_text("".join(f"1 {i}:1\n" for i in range(1, 300)) + "1 2:x\n" + "".join(f"0 {i}:1\n" for i in range(1, 300)))
+    job, _, log = _submit(slurm, tmp_path, f"--data {bad}", "--wait")
+    text = log.read_text()
+    assert f"{bad}:300: value is not a number" in text, text[-3000:]
+    assert re.search(r"hybrid_ps: exit [1-9]", text)
+    state = slurm.run("scontrol", "show", "job", str(job), check=False).stdout
+    assert "JobState=FAILED" in state or "ExitCode=0:0" not in state
