@@ -63,7 +63,14 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     _wait_for(lambda: "requeueing job" in log.read_text(), 120, "the job to checkpoint and requeue itself")
     first_cut = int(_latest(output_dir).name.split("-")[1])
 
-    def restarted() -> bool:  # a requeued job waits ~120 s unless told to start now
+    # A requeued job waits ~120 s before it may start again. Slurm revokes the old run's credential at
+    # requeue time, so a new start within the same second is refused: wait until the job is pending
+    # again and 2 s have passed, then ask it to start now.
+    _wait_for(lambda: slurm.run("squeue", "-h", "-j", str(job), "-o", "%T", check=False).stdout.strip() == "PENDING",
+              60, "the requeued job to be pending")
+    time.sleep(2)
+
+    def restarted() -> bool:
         slurm.run("scontrol", "update", f"jobid={job}", "StartTime=now", check=False)
         return "restart 1" in log.read_text()
 
