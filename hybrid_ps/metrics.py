@@ -114,8 +114,8 @@ class MetricsWriter:
 
     def write(self, kind: str, **fields: Any) -> None:
         """Write a record ``{"kind": kind, "time": ..., **fields}`` and flush it."""
-        record = {"kind": kind, "time": round(time.time(), 3), **fields}
-        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        record = _finite({"kind": kind, "time": round(time.time(), 3), **fields})
+        self._file.write(json.dumps(record, default=_jsonable, allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -127,6 +127,17 @@ class MetricsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null (they are not JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _jsonable(value: Any) -> Any:

@@ -39,7 +39,7 @@ class LogisticRegression:
         position = np.searchsorted(keys, batch.keys)
         margin = np.bincount(
             batch.row_ids, weights=w[position] * batch.values, minlength=batch.num_rows
-        )
+        ).astype(np.float64, copy=False)  # bincount of no weights returns int64
         margin += w[-1] if keys[-1] == BIAS_KEY else 0.0
         return margin, position
 
@@ -57,5 +57,6 @@ class LogisticRegression:
         probability = sigmoid(margin)
         residual = probability - labels
         grad = np.bincount(position, weights=residual[batch.row_ids] * batch.values, minlength=keys.size)
+        grad = grad.astype(np.float64, copy=False)
         grad[-1] += residual.sum()
         return loss, grad, probability

@@ -170,6 +170,8 @@ class ShardService:
             return
         if header.group >= self.clock.num_groups:
             raise WireError(f"group {header.group} out of range (job has {self.clock.num_groups})")
+        if op in (wire.Op.PULL, wire.Op.PUSH) and header.width != self.shard.width:
+            raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
         if op is wire.Op.PULL:
             keys = self._checked_keys(body[1], header)
             self.stats.keys_pulled += keys.size
@@ -181,8 +183,6 @@ class ShardService:
             return
         if op is wire.Op.PUSH:
             keys = self._checked_keys(body[1], header)
-            if header.width != self.shard.width:
-                raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
             grads = wire.values_from_frame(body[2], header)
             self.shard.push(keys, grads)
             self.stats.keys_pushed += keys.size

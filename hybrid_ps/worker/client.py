@@ -35,6 +35,7 @@ class Ticket:
     pending: set[int] = field(default_factory=set)
     values: np.ndarray | None = None
     placement: dict[int, np.ndarray] = field(default_factory=dict)
+    error: str | None = None  # a shard's rejection: waiting on the ticket again raises it again
     reply_clock: int = 0  # the clock field of the last reply (a checkpoint's cut)
     shard_clocks: np.ndarray | None = None  # pulls: each group's clock when the shards answered (min over shards)
 
@@ -176,10 +177,12 @@ class PSClient:
                 arrived for ``timeout`` seconds.
         """
         deadline = time.monotonic() + self.timeout
+        if ticket.error:
+            raise ShardUnavailableError(ticket.error)
         while not ticket.done:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                shards = sorted({self._shard_of_request[r] for r in ticket.pending})
+                shards = sorted({self._shard_of_request.get(r, -1) for r in ticket.pending} - {-1})
                 raise ShardUnavailableError(
                     f"group {self.group}: no reply in {self.timeout:g}s to the {ticket.what} "
                     f"from shard(s) {', '.join(f'{s} ({self.endpoints[s]})' for s in shards)}"
@@ -235,9 +238,11 @@ class PSClient:
         self._shard_of_request.pop(header.request_id, None)
         if header.op is wire.Op.ERROR:
             what = ticket.what if ticket else f"request {header.request_id}"
-            raise ShardUnavailableError(
-                f"shard {shard} ({self.endpoints[shard]}) rejected the {what}: {wire.error_text(frames[1])}"
-            )
+            message = f"shard {shard} ({self.endpoints[shard]}) rejected the {what}: {wire.error_text(frames[1])}"
+            if ticket is not None:
+                ticket.pending.discard(header.request_id)
+                ticket.error = message
+            raise ShardUnavailableError(message)
         if ticket is None:
             log.warning("reply from shard %d to unknown request %d ignored", shard, header.request_id)
             return

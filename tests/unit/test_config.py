@@ -1,82 +1,323 @@
-"""Config: precedence, validation naming the field, --help."""
+"""hybrid_ps.config: defaults, TOML < --set < flags precedence, typed conversion, validation naming the field, --help."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 
 from hybrid_ps.config import Config, build_parser, load_config
-from hybrid_ps.errors import ConfigError
+from hybrid_ps.errors import ConfigError, HybridPSError
 
 
 def _load(*argv: str) -> Config:
     return load_config(build_parser().parse_args(list(argv)))
 
 
+def _toml(tmp_path, text: str, name: str = "job.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _all_fields() -> list[tuple[str, dataclasses.Field]]:
+    config = Config()
+    return [
+        (f"{section.name}.{f.name}", f)
+        for section in dataclasses.fields(Config)
+        for f in dataclasses.fields(getattr(config, section.name))
+    ]
+
+
+# -- defaults --------------------------------------------------------------------------------------
+
+
 def test_defaults_validate():
-    config = _load()
-    assert config.optimizer.name == "adagrad" and config.cluster.staleness == 2
+    config = Config()
+    assert config.validate() is config
+    loaded = _load()
+    assert loaded.to_dict() == Config().to_dict()
+    assert loaded.cluster.staleness == 2 and loaded.optimizer.name == "adagrad"
+    assert loaded.data.path == "" and loaded.train.final_eval is True
 
 
-def test_precedence_toml_then_set_then_flags(tmp_path):
-    path = tmp_path / "job.toml"
-    path.write_text('[data]\nrows = 10\nfeatures = 7\n[cluster]\nstaleness = "inf"\n[train]\nfinal_eval = false\n')
-    config = _load("--config", str(path), "--set", "data.rows=20", "--set", "data.seed=4", "--rows", "30")
-    assert (config.data.rows, config.data.features, config.data.seed) == (30, 7, 4)
-    assert config.cluster.staleness == math.inf and config.train.final_eval is False
+def test_to_dict_and_derived_paths():
+    config = _load("--output-dir", "runs/x")
+    data = config.to_dict()
+    assert set(data) == {"cluster", "data", "optimizer", "train"}
+    assert data["data"]["rows"] == 200_000
+    assert config.checkpoint_root == "runs/x/checkpoints" and config.resume_path == ""
+    config = _load("--checkpoint-dir", "/ckpt", "--resume", "latest")
+    assert config.checkpoint_root == "/ckpt" and config.resume_path == "/ckpt"
+    assert _load("--resume", "/a/ckpt-3").resume_path == "/a/ckpt-3"
+
+
+# -- precedence ------------------------------------------------------------------------------------
+
+
+def test_toml_overrides_defaults(tmp_path):
+    path = _toml(tmp_path, '[data]\nrows = 10\nzipf_exponent = 2\n[optimizer]\nname = "ftrl"\nl1 = 0.5\n'
+                           '[train]\nfinal_eval = false\n[cluster]\nbind_host = "10.0.0.1"\n')
+    config = _load("--config", path)
+    assert config.data.rows == 10 and isinstance(config.data.rows, int)
+    assert config.data.zipf_exponent == 2.0 and isinstance(config.data.zipf_exponent, float)
+    assert (config.optimizer.name, config.optimizer.l1) == ("ftrl", 0.5)
+    assert config.train.final_eval is False and config.cluster.bind_host == "10.0.0.1"
+    assert config.data.features == 100_000  # untouched fields keep their defaults
+
+
+def test_set_overrides_toml_and_flags_override_set(tmp_path):
+    path = _toml(tmp_path, "[data]\nrows = 10\nfeatures = 7\nseed = 1\n")
+    assert _load("--config", path).data.rows == 10
+    config = _load("--config", path, "--set", "data.rows=20", "--set", "data.seed=4")
+    assert (config.data.rows, config.data.features, config.data.seed) == (20, 7, 4)
+    config = _load("--config", path, "--set", "data.rows=20", "--rows", "30")
+    assert (config.data.rows, config.data.features) == (30, 7)
+    # the order on the command line does not matter: flags always win over --set
+    config = _load("--rows", "30", "--set", "data.rows=20", "--config", path)
+    assert config.data.rows == 30
+
+
+def test_repeated_set_the_last_wins_and_spaces_are_stripped():
+    config = _load("--set", "data.rows=5", "--set", " data.rows = 6 ")
+    assert config.data.rows == 6
+
+
+def test_every_field_can_be_set_by_its_flag():
+    parser = build_parser()
+    flags = {}
+    for action in parser._actions:
+        if action.dest and "." in action.dest:
+            flags[action.dest] = action.option_strings[0]
+    assert set(flags) == {name for name, _ in _all_fields()}
+    assert flags["cluster.max_keys_per_message"] == "--cluster-max-keys-per-message"
+    assert flags["optimizer.learning_rate"] == "--lr"
+    config = _load("--cluster-max-keys-per-message", "1234", "--lr", "0.25", "--vnodes", "16",
+                   "--optimizer", "sgd", "--final-eval", "no", "--staleness", "asp", "--data", "")
+    assert config.cluster.max_keys_per_message == 1234 and config.optimizer.learning_rate == 0.25
+    assert config.cluster.vnodes == 16 and config.optimizer.name == "sgd"
+    assert config.train.final_eval is False and config.cluster.staleness == math.inf
+
+
+# -- staleness -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "toml_value, expected", [('"inf"', math.inf), ("inf", math.inf), ('"asp"', math.inf), ('"bsp"', 0), ("0", 0),
+                             ("5", 5), ("3.0", 3)]
+)
+def test_staleness_in_toml(tmp_path, toml_value, expected):
+    config = _load("--config", _toml(tmp_path, f"[cluster]\nstaleness = {toml_value}\n"))
+    assert config.cluster.staleness == expected
+
+
+@pytest.mark.parametrize("value, expected", [("inf", math.inf), ("INF", math.inf), ("0", 0), ("7", 7)])
+def test_staleness_flag(value, expected):
+    assert _load("--staleness", value).cluster.staleness == expected
+    assert _load("--set", f"cluster.staleness={value}").cluster.staleness == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "soon", "-inf"])
+def test_bad_staleness_names_the_field(value):
+    with pytest.raises(ConfigError, match=f"cluster.staleness: invalid value '{re.escape(value)}'"):
+        _load(f"--staleness={value}")  # "=": argparse would take "-inf" for an option
+
+
+# -- validation names the field --------------------------------------------------------------------
+
+RANGE_CHECKS = [
+    ("cluster.servers", "-1", ">= 0"),
+    ("cluster.groups", "-2", ">= 0"),
+    ("cluster.ps_timeout", "0", "> 0"),
+    ("cluster.ps_timeout", "-1", "> 0"),
+    ("cluster.vnodes", "0", ">= 1"),
+    ("cluster.max_keys_per_message", "0", ">= 1"),
+    ("data.rows", "0", ">= 1"),
+    ("data.rows", "-5", ">= 1"),
+    ("data.features", "0", ">= 1"),
+    ("data.nnz_per_row", "0", ">= 1"),
+    ("data.zipf_exponent", "0", "> 0"),
+    ("optimizer.learning_rate", "0", "> 0"),
+    ("optimizer.learning_rate", "-0.1", "> 0"),
+    ("optimizer.l1", "-1", ">= 0"),
+    ("optimizer.l2", "-1e-4", ">= 0"),
+    ("optimizer.ftrl_beta", "-1", ">= 0"),
+    ("train.epochs", "0", ">= 1"),
+    ("train.batch_size", "0", ">= 1"),
+    ("train.max_steps", "-1", ">= 0"),
+    ("train.log_interval", "0", "> 0"),
+    ("train.delay_seconds", "-0.5", ">= 0"),
+    ("train.checkpoint_every", "-1", ">= 0"),
+    ("train.keep", "0", ">= 1"),
+]
+
+
+@pytest.mark.parametrize("name, value, rule", RANGE_CHECKS, ids=[f"{n}={v}" for n, v, _ in RANGE_CHECKS])
+def test_range_errors_name_the_field_and_quote_the_value(name, value, rule):
+    with pytest.raises(ConfigError) as error:
+        _load("--set", f"{name}={value}")
+    message = str(error.value)
+    assert message.startswith(f"{name} must be {rule}, got ")
+    assert float(message.rsplit("got ", 1)[1]) == float(value)
+
+
+@pytest.mark.parametrize("name, value", [("cluster.servers", "0"), ("train.max_steps", "0"), ("optimizer.l2", "0"),
+                                         ("cluster.vnodes", "1"), ("train.keep", "1"), ("train.delay_seconds", "0")])
+def test_boundary_values_are_accepted(name, value):
+    _load("--set", f"{name}={value}")
+
+
+def test_every_range_check_is_reachable_from_validate():
+    """Each check listed above fails on Config.validate() directly too (no parser involved)."""
+    for name, value, rule in RANGE_CHECKS:
+        config = Config()
+        section, key = name.split(".")
+        kind = type(getattr(getattr(config, section), key))
+        setattr(getattr(config, section), key, kind(float(value)))
+        with pytest.raises(ConfigError, match=f"^{re.escape(name)} must be {re.escape(rule)}"):
+            config.validate()
+
+
+def test_l1_needs_ftrl():
+    with pytest.raises(ConfigError, match="optimizer.l1 needs optimizer.name = 'ftrl', got 'adagrad'"):
+        _load("--l1", "0.1")
+    assert _load("--l1", "0.1", "--optimizer", "ftrl").optimizer.l1 == 0.1
+
+
+def test_data_path_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="data.path: no such file '/no/such/file.svm'"):
+        _load("--data", "/no/such/file.svm")
+    with pytest.raises(ConfigError, match="data.path: no such file"):
+        _load("--data", str(tmp_path))  # a directory is not a data file
+    existing = tmp_path / "train.svm"
+    existing.write_text("1 1:1\n")
+    assert _load("--data", str(existing)).data.path == str(existing)
+
+
+def test_optimizer_name_choices():
+    with pytest.raises(ConfigError, match="optimizer.name: 'adam' is not one of sgd, adagrad, ftrl"):
+        _load("--set", "optimizer.name=adam")
+    with pytest.raises(SystemExit):  # argparse refuses the flag itself
+        build_parser().parse_args(["--optimizer", "adam"])
+
+
+# -- type errors -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--rows", "-5"], "data.rows must be >= 1, got -5"),
-        (["--batch-size", "0"], "train.batch_size must be >= 1, got 0"),
-        (["--lr", "0"], "optimizer.learning_rate must be > 0"),
-        (["--l1", "0.1"], "optimizer.l1 needs optimizer.name = 'ftrl'"),
         (["--rows", "ten"], "data.rows: invalid value 'ten'"),
         (["--rows", "1.5"], "data.rows: invalid value '1.5'"),
-        (["--staleness", "-1"], "cluster.staleness: invalid value '-1'"),
-        (["--final-eval", "maybe"], "train.final_eval: invalid value 'maybe'"),
+        (["--rows", ""], "data.rows: invalid value ''"),
+        (["--set", "train.epochs=2.5"], "train.epochs: invalid value '2.5'"),
+        (["--final-eval", "maybe"], "train.final_eval: invalid value 'maybe': expected true or false"),
+        (["--set", "train.checkpoint=maybe"], "train.checkpoint: invalid value 'maybe'"),
+        (["--lr", "fast"], "optimizer.learning_rate: invalid value 'fast'"),
+        (["--lr", "nan"], "optimizer.learning_rate: invalid value 'nan': NaN is not a valid setting"),
         (["--set", "data.rowz=1"], "--set: unknown setting 'data.rowz'"),
-        (["--set", "rows"], "expected SECTION.KEY=VALUE"),
-        (["--data", "/no/such/file.svm"], "data.path: no such file"),
-        (["--set", "optimizer.name=adam"], "optimizer.name: 'adam' is not one of sgd, adagrad, ftrl"),
+        (["--set", "model.width=1"], "--set: unknown setting 'model.width'"),
+        (["--set", "rows"], "--set 'rows': expected SECTION.KEY=VALUE"),
     ],
 )
-def test_errors_name_the_field(argv, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+def test_command_line_errors_name_the_field(argv, message):
+    with pytest.raises(ConfigError) as error:
         _load(*argv)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("YES", True), ("on", True), ("1", True),
+                                             ("false", False), ("No", False), ("off", False), ("0", False)])
+def test_bool_spellings(value, expected):
+    assert _load("--final-eval", value).train.final_eval is expected
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[data]\nrows = "many"\n', "data.rows: invalid value 'many'"),
+        ("[data]\nrows = 1.5\n", "data.rows: invalid value 1.5: expected a whole number"),
+        ("[train]\nepochs = true\n", "train.epochs: invalid value True: expected a whole number"),
+        ('[train]\nfinal_eval = "maybe"\n', "train.final_eval: invalid value 'maybe'"),
+        ("[train]\nfinal_eval = 2\n", "train.final_eval: invalid value 2"),
+        ("[optimizer]\nlearning_rate = true\n", "optimizer.learning_rate: invalid value True: expected a number"),
+        ("[optimizer]\nlearning_rate = nan\n", "optimizer.learning_rate: invalid value nan"),
+        ("[cluster]\nbind_host = 5\n", "cluster.bind_host: invalid value 5: expected a string"),
+        ("[optimizer]\nname = 1\n", "optimizer.name: invalid value 1: expected a string"),
+        ("[cluster]\nstaleness = -1\n", "cluster.staleness: invalid value -1"),
+        ("[cluster]\nstaleness = 0.5\n", "cluster.staleness: invalid value 0.5"),
+        ("[data]\nrows = 0\n", "data.rows must be >= 1, got 0"),
+    ],
+)
+def test_toml_type_errors_name_the_field(tmp_path, text, message):
+    with pytest.raises(ConfigError) as error:
+        _load("--config", _toml(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_toml_whole_floats_are_accepted_for_ints(tmp_path):
+    config = _load("--config", _toml(tmp_path, "[data]\nrows = 300.0\n[optimizer]\nlearning_rate = 1\n"))
+    assert config.data.rows == 300 and isinstance(config.data.rows, int)
+    assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
+
+
+# -- bad files -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
         ("[cluster\n", "invalid TOML"),
+        ("rows = = 3\n", "invalid TOML"),
         ("[clusters]\nservers = 1\n", "unknown section [clusters]"),
+        ("rows = 10\n", "unknown section [rows]"),
         ("[cluster]\nserverz = 1\n", "unknown setting 'cluster.serverz'"),
-        ('[data]\nrows = "many"\n', "data.rows: invalid value 'many'"),
-        ("[train]\nepochs = true\n", "train.epochs: invalid value True"),
+        ("[data]\nrows = 1\n[data.extra]\nx = 1\n", "unknown setting 'data.extra'"),
     ],
 )
-def test_bad_toml_files(tmp_path, text, message):
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
+def test_bad_toml_files_name_the_file(tmp_path, text, message):
+    path = _toml(tmp_path, text, "bad.toml")
     with pytest.raises(ConfigError) as error:
-        _load("--config", str(path))
+        _load("--config", path)
     assert message in str(error.value)
-    if "invalid value" not in message:
-        assert str(path) in str(error.value)
+    assert path in str(error.value)
+
+
+def test_unknown_section_lists_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"expected cluster, data, optimizer, train"):
+        _load("--config", _toml(tmp_path, "[model]\nwidth = 1\n"))
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="config file not found"):
-        _load("--config", str(tmp_path / "nope.toml"))
+    missing = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=f"{re.escape(missing)}: config file not found"):
+        _load("--config", missing)
 
 
-def test_help_explains_every_setting():
-    text = build_parser().format_help()
-    for section in dataclasses.fields(Config):
-        for field in dataclasses.fields(getattr(Config(), section.name)):
-            assert f"[{section.name}.{field.name}]" in text
+def test_unreadable_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        _load("--config", str(tmp_path))  # a directory
+
+
+def test_config_errors_are_hybrid_ps_errors():
+    assert issubclass(ConfigError, HybridPSError)
+
+
+# -- --help ----------------------------------------------------------------------------------------
+
+
+def test_help_mentions_every_field_with_its_flag_and_default():
+    text = " ".join(build_parser().format_help().split())  # unwrap argparse's line breaks
+    for section in ("[cluster]", "[data]", "[optimizer]", "[train]"):
+        assert section in text
+    for name, f in _all_fields():
+        assert f"[{name}]" in text, name
+        assert f"(default: {f.default!r})" in text, name
+        flag = f.metadata.get("flag") or "--" + name.replace(".", "-").replace("_", "-")
+        assert flag in text, name
+        first_words = " ".join(f.metadata["help"].split()[:3])
+        assert first_words in text, name
+    for option in ("--config", "--set", "--debug"):
+        assert option in text

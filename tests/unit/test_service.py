@@ -1,189 +1,596 @@
-"""A live shard over real ZeroMQ sockets (shard loops in threads): push/pull, SSP deferral, bad messages."""
+"""hybrid_ps.server.service + hybrid_ps.worker.client over real ZeroMQ sockets on 127.0.0.1.
+
+Every shard runs ``ShardService.serve()`` in a background thread; ``PSClient`` (and, for malformed
+messages, a raw DEALER socket) runs in the test thread. Each test gets its own ZeroMQ context.
+"""
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
 from hybrid_ps import wire
-from hybrid_ps.errors import ShardUnavailableError
+from hybrid_ps.errors import HybridPSError, ShardUnavailableError
 from hybrid_ps.partition import HashRing
 from hybrid_ps.server.optimizers import make_optimizer
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard
 from hybrid_ps.worker.client import PSClient
 
+REPO = Path(__file__).resolve().parents[2]
+NOT_ANSWERED = 0.3  # seconds a held-back pull is watched to stay unanswered
+
 
 class Cluster:
-    """``shards`` shard services in threads, SGD with learning rate 1 (so a push of g sets w = -g)."""
+    """``shards`` ShardServices serving in threads, plus the clients and raw sockets of one test."""
 
-    def __init__(self, shards: int, groups: int, staleness: float) -> None:
-        self.ring = HashRing(range(shards))
+    def __init__(self, shards: int = 2, groups: int = 1, staleness: float = 0, width: int = 1,
+                 optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24) -> None:
+        self.context = zmq.Context()
+        self.ring = HashRing(range(shards), vnodes=64)
         self.groups = groups
+        self.width = width
+        self.optimizer = (optimizer, learning_rate)
         self.services = [
-            ShardService(Shard(1, make_optimizer("sgd", 1.0)), i, self.ring, groups, staleness)
-            for i in range(shards)
+            ShardService(Shard(width, make_optimizer(optimizer, learning_rate), capacity=16), shard, self.ring,
+                         groups, staleness, max_keys=max_keys, context=self.context)
+            for shard in range(shards)
         ]
-        self.threads = [threading.Thread(target=s.serve, daemon=True) for s in self.services]
+        self.results: dict[int, object] = {}
+        self.threads = [threading.Thread(target=self._serve, args=(i,), daemon=True) for i in range(shards)]
         for thread in self.threads:
             thread.start()
-        self.clients: list[PSClient] = []
+        self._sockets: list[zmq.Socket] = []
+        self._clients: list[PSClient] = []
 
-    def client(self, group: int, timeout: float = 10.0) -> PSClient:
-        client = PSClient([s.endpoint for s in self.services], group, self.groups, self.ring, timeout=timeout)
-        self.clients.append(client)
+    def _serve(self, index: int) -> None:
+        try:
+            self.results[index] = self.services[index].serve()
+        except BaseException as e:  # surfaced by the tests that check the result
+            self.results[index] = e
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [s.endpoint for s in self.services]
+
+    def client(self, group: int = 0, timeout: float = 10.0, **kwargs) -> PSClient:
+        kwargs.setdefault("width", self.width)
+        client = PSClient(self.endpoints, group, self.groups, self.ring, timeout=timeout, context=self.context,
+                          **kwargs)
+        self._clients.append(client)
         return client
 
+    def dealer(self, shard: int) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoints[shard])
+        self._sockets.append(sock)
+        return sock
+
+    def keys_of(self, shard: int, count: int, seed: int = 0) -> np.ndarray:
+        """``count`` sorted unique keys owned by ``shard``."""
+        rng = np.random.default_rng(seed)
+        candidates = np.unique(rng.integers(0, 2**63, count * self.ring.num_shards * 4, dtype=np.uint64))
+        owned = candidates[self.ring.shard_of(candidates) == shard][:count]
+        assert owned.size == count
+        return owned
+
     def stop(self) -> None:
-        for client in self.clients:
+        for client in self._clients:
             client.close()
-        with PSClient([s.endpoint for s in self.services], 0, self.groups, self.ring, timeout=10) as admin:
-            if any(t.is_alive() for t in self.threads):
-                admin.shutdown()
-        for thread, service in zip(self.threads, self.services):
-            thread.join(timeout=10)
+        for sock in self._sockets:
+            sock.close(0)
+        for index, thread in enumerate(self.threads):
+            if thread.is_alive():
+                admin = self.dealer(index)
+                admin.send(wire.encode_header(wire.Header(wire.Op.SHUTDOWN, request_id=1)))
+                admin.poll(5000)
+                admin.close(0)
+            thread.join(timeout=5)
+        for service in self.services:
             service.close()
+        alive = [t for t in self.threads if t.is_alive()]
+        self.context.destroy(linger=0)
+        assert not alive, "a shard thread did not stop"
 
 
 @pytest.fixture
-def cluster(request):
-    shards, groups, staleness = getattr(request, "param", (2, 1, 0))
-    running = Cluster(shards, groups, staleness)
-    yield running
-    running.stop()
+def make_cluster():
+    clusters: list[Cluster] = []
+
+    def make(**kwargs) -> Cluster:
+        cluster = Cluster(**kwargs)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
 
 
-def _keys(n: int, seed: int = 0) -> np.ndarray:
-    return np.unique(np.random.default_rng(seed).integers(0, 2**62, n, dtype=np.uint64))
-
-
-def test_push_pull_round_trip_over_two_shards(cluster):
-    client = cluster.client(0)
-    keys = _keys(5000)
-    np.testing.assert_array_equal(client.wait(client.pull(keys, 0)), np.zeros((keys.size, 1)))
-    grads = np.random.default_rng(1).normal(size=(keys.size, 1)).astype(np.float32)
-    client.push(keys, grads, 0)
-    client.clock(1)
-    np.testing.assert_allclose(client.wait(client.pull(keys, 1)), -grads, rtol=1e-6)
-    assert sum(len(s.shard) for s in cluster.services) == keys.size
-    assert all(len(s.shard) > 0 for s in cluster.services)
+def _random_keys(count: int, seed: int) -> np.ndarray:
+    return np.unique(np.random.default_rng(seed).integers(0, 2**64 - 2, count, dtype=np.uint64))
 
 
 def _answered_within(client: PSClient, ticket, seconds: float) -> bool:
-    client.timeout = seconds
+    """Wait for ``ticket`` at most ``seconds``; the ticket stays usable when it times out."""
+    saved, client.timeout = client.timeout, seconds
     try:
         client.wait(ticket)
         return True
-    except ShardUnavailableError:
+    except ShardUnavailableError as e:
+        assert "no reply in" in str(e), e
         return False
     finally:
-        client.timeout = 10.0
+        client.timeout = saved
 
 
-@pytest.mark.parametrize("cluster", [(1, 2, 1)], indirect=True)
-def test_ssp_defers_a_pull_until_the_slow_group_catches_up(cluster):
-    fast, slow = cluster.client(0), cluster.client(1)
-    keys = _keys(10)
-    for clock in range(3):
-        fast.clock(clock + 1)
-    ticket = fast.pull(keys, 3)  # needs the slowest group at >= 3 - 1 = 2
-    assert not _answered_within(fast, ticket, 0.3)
-    slow.wait(slow.clock(1))
-    assert not _answered_within(fast, ticket, 0.3)
-    slow.wait(slow.clock(2))
-    fast.wait(ticket)
-    assert ticket.shard_clocks.tolist() == [3, 2]
-    assert cluster.services[0].stats.deferred_pulls == 1
-
-
-@pytest.mark.parametrize("cluster", [(1, 2, 0)], indirect=True)
-def test_final_clock_pull_waits_for_every_group_to_finish(cluster):
-    first, second = cluster.client(0), cluster.client(1)
-    ticket = first.pull(_keys(5), wire.FINAL_CLOCK)
-    first.finish()
-    assert not _answered_within(first, ticket, 0.3)
-    second.wait(second.finish())
-    first.wait(ticket)
-
-
-def test_bye_from_every_group_stops_the_shards(cluster):
-    cluster.client(0).bye()
-    for thread in cluster.threads:
-        thread.join(timeout=5)
-        assert not thread.is_alive()
-
-
-def _raw_request(endpoint: str, frames: list) -> list[bytes]:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
-        sock.send_multipart(frames)
-        assert sock.poll(5000), "the shard did not answer"
-        return sock.recv_multipart()
-    finally:
-        sock.close()
+def _request(sock: zmq.Socket, frames: list) -> list[bytes]:
+    sock.send_multipart(frames)
+    assert sock.poll(5000), "the shard did not answer"
+    return sock.recv_multipart()
 
 
 def _header(op: wire.Op, **fields) -> bytes:
-    return wire.encode_header(wire.Header(op, request_id=77, **fields))
+    fields.setdefault("request_id", 77)
+    return wire.encode_header(wire.Header(op, **fields))
 
 
-@pytest.mark.parametrize("cluster", [(1, 1, 0)], indirect=True)
-def test_malformed_messages_get_an_error_and_change_nothing(cluster):
+def _u64(keys) -> bytes:
+    return np.asarray(keys, dtype="<u8").tobytes()
+
+
+# -- push and pull ---------------------------------------------------------------------------------
+
+
+def test_push_pull_round_trip_across_two_shards_equals_a_numpy_reference(make_cluster):
+    lr, eps = 0.5, 1e-6
+    cluster = make_cluster(shards=2, optimizer="adagrad", learning_rate=lr, width=2)
+    client = cluster.client()
+    universe = _random_keys(3000, seed=1)
+    weights = np.zeros((universe.size, 2))
+    accumulator = np.zeros((universe.size, 2))
+    rng = np.random.default_rng(2)
+    for step in range(4):
+        keys = np.sort(rng.choice(universe, 1500, replace=False))
+        grads = rng.normal(size=(keys.size, 2)).astype(np.float32)
+        client.push(keys, grads, step)  # asynchronous; acknowledgements are collected later
+        rows = np.searchsorted(universe, keys)
+        accumulator[rows] += grads.astype(np.float64) ** 2
+        weights[rows] -= lr * grads / np.sqrt(accumulator[rows] + eps)
+        client.wait(client.clock(step + 1))
+        pulled = client.wait(client.pull(universe, step + 1))
+        assert pulled.shape == (universe.size, 2) and pulled.dtype == np.float32
+        np.testing.assert_allclose(pulled, weights, rtol=1e-5, atol=1e-6)
+    client.drain()
+    touched = universe[np.any(weights != 0, axis=1)]
+    assert sum(len(s.shard) for s in cluster.services) == touched.size
+    for shard_id, service in enumerate(cluster.services):
+        held = service.shard.export()[0]
+        assert held.size > 0.3 * touched.size  # both shards carry a fair part
+        assert np.all(cluster.ring.shard_of(held) == shard_id)  # and only keys they own
+        assert service.stats.requests["PUSH"] == 4 and service.stats.requests["PULL"] == 4
+    assert sum(s.stats.keys_pulled for s in cluster.services) == 4 * universe.size
+
+
+def test_pull_of_unseen_keys_is_zeros_and_inserts_nothing(make_cluster):
+    cluster = make_cluster(shards=2, width=3)
+    client = cluster.client()
+    keys = _random_keys(500, seed=3)
+    np.testing.assert_array_equal(client.wait(client.pull(keys, 0)), np.zeros((keys.size, 3)))
+    assert all(len(s.shard) == 0 for s in cluster.services)
+
+
+def test_pull_of_no_keys_completes_at_once(make_cluster):
+    client = make_cluster(shards=2).client()
+    ticket = client.pull(np.zeros(0, np.uint64), 0)
+    assert ticket.done and client.wait(ticket).shape == (0, 1)
+
+
+def test_pull_only_asks_the_shards_owning_the_keys(make_cluster):
+    cluster = make_cluster(shards=2)
+    client = cluster.client()
+    keys = cluster.keys_of(1, 20)
+    client.push(keys, np.ones((20, 1), np.float32), 0)
+    np.testing.assert_array_equal(client.wait(client.pull(keys, 0)), -np.ones((20, 1)))
+    client.drain()
+    assert "PULL" not in cluster.services[0].stats.requests and "PUSH" not in cluster.services[0].stats.requests
+    assert cluster.services[1].stats.requests["PULL"] == 1
+
+
+def test_pushes_in_flight_are_bounded(make_cluster):
+    cluster = make_cluster(shards=1)
+    client = cluster.client(max_pushes_in_flight=2)
+    keys = _random_keys(10, seed=4)
+    tickets = [client.push(keys, np.ones((10, 1), np.float32), step) for step in range(6)]
+    assert len(client._pushes_in_flight) <= 2
+    assert all(t.done for t in tickets[:3])  # the oldest ones had to be acknowledged before more were sent
+    client.drain()
+    assert all(t.done for t in tickets)
+    np.testing.assert_array_equal(client.wait(client.pull(keys, 0)), -6 * np.ones((10, 1)))
+
+
+def test_clock_ack_carries_the_request_id_and_the_slowest_clock(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=math.inf)
+    sock = cluster.dealer(0)
+    reply = _request(sock, [_header(wire.Op.CLOCK, group=1, clock=4, request_id=123)])
+    header = wire.decode_header(reply)
+    assert (header.op, header.request_id, header.group, header.clock) == (wire.Op.ACK, 123, 1, 0)
+    assert cluster.services[0].clock.clocks.tolist() == [0, 4]
+
+
+# -- bounded staleness -----------------------------------------------------------------------------
+
+
+def test_ssp_pull_waits_for_the_slow_group(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=1)
+    service = cluster.services[0]
+    fast, slow = cluster.client(0), cluster.client(1)
+    keys = _random_keys(50, seed=5)
+    for clock in range(1, 4):
+        fast.wait(fast.clock(clock))
+    assert fast.wait(fast.pull(keys, 1)) is not None  # 0 >= 1 - 1: answered at once
+    ticket = fast.pull(keys, 3)  # needs the slowest group at >= 3 - 1 = 2
+    assert not _answered_within(fast, ticket, NOT_ANSWERED) and not ticket.done
+    slow.wait(slow.clock(1))
+    assert not _answered_within(fast, ticket, NOT_ANSWERED) and not ticket.done
+    grads = np.random.default_rng(6).normal(size=(keys.size, 1)).astype(np.float32)
+    slow.push(keys, grads, 1)  # sent before clock 2 on the same socket: applied before the pull is released
+    slow.wait(slow.clock(2))
+    values = fast.wait(ticket)
+    assert ticket.done
+    np.testing.assert_allclose(values, -grads, rtol=1e-6)
+    assert ticket.shard_clocks.tolist() == [3, 2]
+    assert fast.shard_clocks.tolist() == [3, 2]
+    assert service.stats.deferred_pulls == 1
+
+
+def test_staleness_zero_is_lock_step(make_cluster):
+    cluster = make_cluster(shards=2, groups=2, staleness=0)
+    first, second = cluster.client(0), cluster.client(1)
+    keys = _random_keys(100, seed=7)
+    for clock in range(1, 3):
+        first.wait(first.clock(clock))
+        ticket = first.pull(keys, clock)  # needs every group at >= clock
+        assert not _answered_within(first, ticket, NOT_ANSWERED)
+        second.wait(second.clock(clock))
+        first.wait(ticket)
+        assert ticket.shard_clocks.tolist() == [clock, clock]
+        assert second.wait(second.pull(keys, clock)) is not None  # the other group is not held back either
+    assert [s.stats.deferred_pulls for s in cluster.services] == [2, 2]
+
+
+def test_asp_never_holds_a_pull_back(make_cluster):
+    cluster = make_cluster(shards=2, groups=3, staleness=math.inf)
+    client = cluster.client(0)
+    ticket = client.pull(_random_keys(30, seed=8), 10**6)
+    assert _answered_within(client, ticket, 5.0)
+    assert all(s.stats.deferred_pulls == 0 for s in cluster.services)
+
+
+@pytest.mark.parametrize("staleness", [0, math.inf])
+def test_final_clock_pull_waits_for_every_group_to_finish(make_cluster, staleness):
+    cluster = make_cluster(shards=2, groups=2, staleness=staleness)
+    first, second = cluster.client(0), cluster.client(1)
+    keys = _random_keys(40, seed=9)
+    for clock in range(1, 4):
+        first.wait(first.clock(clock))
+        second.wait(second.clock(clock))
+    ticket = first.pull(keys, wire.FINAL_CLOCK)
+    assert not _answered_within(first, ticket, NOT_ANSWERED)
+    first.wait(first.finish())
+    assert not _answered_within(first, ticket, NOT_ANSWERED)
+    second.wait(second.finish())
+    first.wait(ticket)
+    assert ticket.shard_clocks.tolist() == [wire.FINAL_CLOCK, wire.FINAL_CLOCK]
+
+
+def test_a_finished_group_does_not_hold_back_the_others(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=0)
+    running, done = cluster.client(0), cluster.client(1)
+    running.wait(running.clock(5))
+    ticket = running.pull(_random_keys(5, seed=10), 5)
+    assert not _answered_within(running, ticket, NOT_ANSWERED)
+    done.wait(done.finish())
+    running.wait(ticket)
+    assert ticket.shard_clocks.tolist() == [5, wire.FINAL_CLOCK]
+
+
+# -- malformed messages ----------------------------------------------------------------------------
+
+
+def test_malformed_messages_get_an_error_and_change_nothing(make_cluster):
+    cluster = make_cluster(shards=2, groups=1, max_keys=1000)
     service = cluster.services[0]
     good = cluster.client(0)
-    keys = _keys(100)
-    good.push(keys, np.ones((keys.size, 1), np.float32), 0)
-    before = good.wait(good.pull(keys, 0)).copy()
-    k2 = np.array([1, 2], "<u8").tobytes()
-    nan = np.array([np.nan, 1], np.float32).tobytes()
+    universe = _random_keys(400, seed=11)
+    good.push(universe, np.ones((universe.size, 1), np.float32), 0)
+    good.wait(good.clock(1))
+    before = good.wait(good.pull(universe, 1)).copy()
+    held_before = len(service.shard)
+    errors_before = service.stats.errors
+
+    own = cluster.keys_of(0, 3, seed=12)  # fresh keys owned by shard 0 (never pushed)
+    foreign = cluster.keys_of(1, 3, seed=12)
+    pushed = universe[cluster.ring.shard_of(universe) == 0][:3]
+    nan = np.array([[np.nan], [1.0], [2.0]], np.float32).tobytes()
+    inf = np.array([[1.0], [np.inf], [2.0]], np.float32).tobytes()
+    ones = np.ones((3, 1), np.float32).tobytes()
     bad_messages = {
-        "garbage": [b"\x00garbage"],
-        "truncated header": [_header(wire.Op.PULL)[:-3], k2],
-        "wrong frame count": [_header(wire.Op.PUSH, num_keys=2), k2],
-        "wrong key length": [_header(wire.Op.PULL, num_keys=3), k2],
-        "unsorted keys": [_header(wire.Op.PULL, num_keys=2), np.array([2, 1], "<u8").tobytes()],
-        "NaN values": [_header(wire.Op.PUSH, num_keys=2), k2, nan],
-        "wrong width": [_header(wire.Op.PUSH, num_keys=2, width=2), k2, np.ones(4, np.float32).tobytes()],
-        "unknown group": [_header(wire.Op.CLOCK, group=5, clock=3)],
-        "a reply as request": [_header(wire.Op.ACK)],
+        "garbage bytes": ([b"\x00garbage\xff"], None),
+        "empty frame": ([b""], None),
+        "truncated header": ([_header(wire.Op.PULL, num_keys=3)[:-3], _u64(own)], None),
+        "bad magic": ([b"XX" + _header(wire.Op.CLOCK)[2:]], None),
+        "bad version": ([_header(wire.Op.CLOCK)[:2] + b"\x09" + _header(wire.Op.CLOCK)[3:]], None),
+        "PUSH without values": ([_header(wire.Op.PUSH, num_keys=3), _u64(own)], None),
+        "PULL with an extra frame": ([_header(wire.Op.PULL, num_keys=3), _u64(own), ones], None),
+        "CLOCK with a frame": ([_header(wire.Op.CLOCK, clock=9), b"x"], None),
+        "wrong key length": ([_header(wire.Op.PULL, num_keys=3), _u64(own[:2])], 77),
+        "wrong key length in a push": ([_header(wire.Op.PUSH, num_keys=2), _u64(own), ones], 77),
+        "unsorted keys": ([_header(wire.Op.PUSH, num_keys=3), _u64(own[::-1]), ones], 77),
+        "too many keys": ([_header(wire.Op.PULL, num_keys=1001), _u64(np.arange(1001))], 77),
+        "keys of another shard (pull)": ([_header(wire.Op.PULL, num_keys=3), _u64(foreign)], 77),
+        "keys of another shard (push)": ([_header(wire.Op.PUSH, num_keys=3), _u64(foreign), ones], 77),
+        "NaN values (new keys)": ([_header(wire.Op.PUSH, num_keys=3), _u64(own), nan], 77),
+        "Inf values (known keys)": ([_header(wire.Op.PUSH, num_keys=3), _u64(pushed), inf], 77),
+        "short values frame": ([_header(wire.Op.PUSH, num_keys=3), _u64(pushed), ones[:-4]], 77),
+        "wrong width (new keys)": ([_header(wire.Op.PUSH, num_keys=3, width=2), _u64(own), ones * 2], 77),
+        "pull of another width": ([_header(wire.Op.PULL, num_keys=3, width=2), _u64(own)], 77),
+        "unknown group (clock)": ([_header(wire.Op.CLOCK, group=5, clock=3)], 77),
+        "unknown group (push)": ([_header(wire.Op.PUSH, group=1, num_keys=3), _u64(pushed), ones], 77),
+        "unknown group (finish)": ([_header(wire.Op.FINISH, group=2**32 - 1)], 77),
+        "a reply as a request": ([_header(wire.Op.ACK)], 77),
+        "checkpoint without a checkpoint directory": ([_header(wire.Op.CHECKPOINT, clock=1)], 77),
     }
-    for name, frames in bad_messages.items():
-        reply = _raw_request(service.endpoint, frames)
+    sock = cluster.dealer(0)
+    for name, (frames, request_id) in bad_messages.items():
+        reply = _request(sock, frames)
         header = wire.decode_header(reply)
         assert header.op is wire.Op.ERROR, name
-        assert wire.error_text(reply[1]), name
-    assert service.stats.errors == len(bad_messages)
-    np.testing.assert_array_equal(good.wait(good.pull(keys, 0)), before)
-    assert service.clock.clocks.tolist() == [0]
+        assert header.request_id == (request_id or 0), name
+        assert wire.error_text(reply[1]).strip(), name
+    assert service.stats.errors - errors_before == len(bad_messages)
+
+    # nothing the rejected messages carried reached the parameters, the keys or the clock
+    assert len(service.shard) == held_before
+    np.testing.assert_array_equal(good.wait(good.pull(universe, 1)), before)
+    np.testing.assert_array_equal(good.wait(good.pull(own, 1)), np.zeros((3, 1)))
+    assert service.clock.clocks.tolist() == [1] and not service.clock.finished.any()
+    assert cluster.threads[0].is_alive()
+    # and the shard keeps serving a correct client
+    good.push(universe, np.ones((universe.size, 1), np.float32), 1)
+    good.wait(good.clock(2))
+    np.testing.assert_array_equal(good.wait(good.pull(universe, 2)), before - 1)
 
 
-def test_keys_owned_by_another_shard_are_refused(cluster):
-    service = cluster.services[0]
-    keys = _keys(200)
-    foreign = np.sort(keys[cluster.ring.shard_of(keys) == 1])[:3]
-    reply = _raw_request(service.endpoint, [_header(wire.Op.PULL, num_keys=3), foreign.astype("<u8").tobytes()])
+@pytest.mark.parametrize(
+    "frames, text",
+    [
+        ([b"short"], "header is 5 bytes"),
+        ([b"XX" + _header(wire.Op.CLOCK)[2:]], "bad magic"),
+        ([_header(wire.Op.PUSH, num_keys=2), _u64([1, 2])], "PUSH needs 3 frames, got 2"),
+        ([_header(wire.Op.PULL, num_keys=3), _u64([1, 2])], "keys frame is 16 bytes"),
+        ([_header(wire.Op.PULL, num_keys=2), _u64([2, 1])], "strictly increasing"),
+        ([_header(wire.Op.CLOCK, group=5)], "group 5 out of range (job has 1)"),
+        ([_header(wire.Op.PUSH, num_keys=1, width=2), _u64([1]), np.ones(2, np.float32).tobytes()],
+         "width 2, this shard holds width 1"),
+        ([_header(wire.Op.PULL, num_keys=1, width=3), _u64([1])], "width 3, this shard holds width 1"),
+        ([_header(wire.Op.PUSH, num_keys=1), _u64([1]), np.array([np.inf], np.float32).tobytes()], "NaN or Inf"),
+        ([_header(wire.Op.PULL, num_keys=2000), _u64(np.arange(2000))], "2000 keys exceed the limit of 1000"),
+        ([_header(wire.Op.ACK)], "ACK is a reply, not a request"),
+        ([_header(wire.Op.CHECKPOINT)], "without a checkpoint directory"),
+    ],
+)
+def test_error_replies_explain_the_problem(make_cluster, frames, text):
+    cluster = make_cluster(shards=1, max_keys=1000)
+    reply = _request(cluster.dealer(0), frames)
     assert wire.decode_header(reply).op is wire.Op.ERROR
-    assert "belongs to shard 1" in wire.error_text(reply[1])
+    assert text in wire.error_text(reply[1])
 
 
-@pytest.mark.parametrize("cluster", [(1, 1, 0)], indirect=True)
-def test_error_replies_surface_in_the_client(cluster):
-    client = cluster.client(0)
-    with pytest.raises(ShardUnavailableError, match="rejected the push of 1 keys.*NaN or Inf"):
-        client.wait(client.push(np.array([3], np.uint64), np.array([[np.nan]], np.float32), 0))
+def test_error_for_keys_of_another_shard_names_the_owner(make_cluster):
+    cluster = make_cluster(shards=2)
+    foreign = cluster.keys_of(1, 2)
+    reply = _request(cluster.dealer(0), [_header(wire.Op.PULL, num_keys=2), _u64(foreign)])
+    assert f"key {foreign[0]} belongs to shard 1, not 0" in wire.error_text(reply[1])
 
 
-def test_timeout_names_the_shard():
-    silent = zmq.Context.instance().socket(zmq.ROUTER)
-    port = silent.bind_to_random_port("tcp://127.0.0.1")
+def test_nan_push_error_names_nan(make_cluster):
+    cluster = make_cluster(shards=1)
+    reply = _request(cluster.dealer(0), [_header(wire.Op.PUSH, num_keys=1), _u64([5]),
+                                         np.array([np.nan], np.float32).tobytes()])
+    assert "NaN or Inf" in wire.error_text(reply[1])
+    assert len(cluster.services[0].shard) == 0
+
+
+def test_handle_ignores_messages_with_nobody_to_answer():
+    ring = HashRing([0])
+    context = zmq.Context()
     try:
-        with PSClient([f"tcp://127.0.0.1:{port}"], 0, 1, HashRing([0]), timeout=0.3) as client:
-            with pytest.raises(ShardUnavailableError, match=f"no reply in 0.3s to the pull of 2 keys.*127.0.0.1:{port}"):
-                client.wait(client.pull(np.array([1, 2], np.uint64), 0))
+        with ShardService(Shard(1, make_optimizer("sgd", 1.0)), 0, ring, 1, 0, context=context) as service:
+            service.handle([b"identity-only"])
+            assert service.stats.errors == 1
+    finally:
+        context.destroy(linger=0)
+
+
+# -- errors in the client --------------------------------------------------------------------------
+
+
+def test_an_error_reply_surfaces_as_shard_unavailable_with_the_shards_text(make_cluster):
+    cluster = make_cluster(shards=2)
+    client = cluster.client(0)
+    keys = cluster.keys_of(1, 3)
+    grads = np.array([[1.0], [np.nan], [2.0]], np.float32)
+    with pytest.raises(ShardUnavailableError) as error:
+        client.wait(client.push(keys, grads, 0))
+    text = str(error.value)
+    assert "shard 1" in text and cluster.endpoints[1] in text
+    assert "rejected the push of 3 keys at clock 0" in text
+    assert "values contain NaN or Inf" in text
+    assert isinstance(error.value, HybridPSError)
+
+
+def test_a_client_of_an_unknown_group_is_refused(make_cluster):
+    cluster = make_cluster(shards=1, groups=2)
+    client = cluster.client(0)
+    client.group = 7  # a misconfigured leader
+    with pytest.raises(ShardUnavailableError, match=r"rejected the clock 1: group 7 out of range \(job has 2\)"):
+        client.wait(client.clock(1))
+    assert cluster.services[0].clock.clocks.tolist() == [0, 0]
+
+
+def test_waiting_again_on_a_rejected_ticket_raises_shard_unavailable(make_cluster):
+    """Regression (found by this test): PSClient._on_reply dropped a rejected request from
+    ``_shard_of_request`` but kept it in ``ticket.pending``, so waiting on that ticket again polled until
+    the timeout and then failed with ``KeyError`` while building its message. A second wait must raise
+    ShardUnavailableError again, at once, and the client must stay usable.
+    """
+    cluster = make_cluster(shards=1)
+    client = cluster.client(0, timeout=5.0, max_pushes_in_flight=1)
+    ticket = client.push(np.array([3], np.uint64), np.array([[np.nan]], np.float32), 0)
+    with pytest.raises(ShardUnavailableError, match="NaN or Inf"):
+        client.wait(ticket)
+    started = time.monotonic()
+    try:
+        client.wait(ticket)
+        raised: BaseException | None = None
+    except Exception as e:  # noqa: BLE001 - the type is what this test checks
+        raised = e
+    elapsed = time.monotonic() - started
+    assert isinstance(raised, ShardUnavailableError), (
+        f"BUG in PSClient: waiting again on a ticket a shard rejected raised {raised!r} instead of "
+        "ShardUnavailableError (PSClient._on_reply drops the request from _shard_of_request but keeps it in "
+        "ticket.pending, so PSClient.wait's timeout message raises KeyError)"
+    )
+    assert "NaN or Inf" in str(raised) and elapsed < 1.0, (raised, elapsed)
+    # the rejected push neither blocks later pushes (max_pushes_in_flight = 1) nor the rest of the client
+    keys = np.array([3, 4], np.uint64)
+    for step in range(3):
+        client.push(keys, np.ones((2, 1), np.float32), step)
+    client.drain()
+    np.testing.assert_array_equal(client.wait(client.pull(keys, 0)), -3 * np.ones((2, 1)))
+
+
+def test_a_client_of_another_width_is_not_silently_broadcast(make_cluster):
+    """Regression (found by this test): ShardService checked ``header.width`` on PUSH but not on PULL;
+    the PULL_REPLY then carried the shard's width 1 and ``PSClient._on_reply`` assigned the ``[n, 1]``
+    values into its ``[n, 2]`` buffer, so numpy broadcast them: a width-2 client silently got every value
+    duplicated. A pull of another width must fail with an error naming the width.
+    """
+    cluster = make_cluster(shards=1, width=1)
+    keys = _random_keys(4, seed=13)
+    writer = cluster.client(0)
+    writer.push(keys, np.array([[1.0], [2.0], [3.0], [4.0]], np.float32), 0)
+    writer.drain()
+    wide = cluster.client(0, width=2, timeout=2.0)
+    try:
+        values = wide.wait(wide.pull(keys, 0))
+        outcome = f"returned {values.tolist()}"
+    except HybridPSError as e:
+        outcome = None
+        assert "width" in str(e)
+    assert outcome is None, (
+        f"BUG: a width-2 PSClient pulling from a width-1 shard {outcome} (values broadcast across the width) "
+        "instead of an error; ShardService accepts a PULL whose header width differs from the shard's"
+    )
+
+
+def test_wait_timeout_names_the_silent_shard_endpoint(make_cluster):
+    cluster = make_cluster(shards=1)
+    silent = cluster.context.socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    silent_endpoint = f"tcp://127.0.0.1:{port}"
+    ring = HashRing(range(2), vnodes=64)
+    keys = _random_keys(200, seed=14)
+    owners = ring.shard_of(keys)
+    assert set(owners.tolist()) == {0, 1}
+    try:
+        with PSClient([cluster.endpoints[0], silent_endpoint], 0, 1, ring, timeout=0.3,
+                      context=cluster.context) as client:
+            started = time.monotonic()
+            with pytest.raises(ShardUnavailableError) as error:
+                client.wait(client.pull(keys, 0))
+            elapsed = time.monotonic() - started
+        text = str(error.value)
+        assert f"no reply in 0.3s to the pull of {keys.size} keys at clock 0" in text
+        assert f"shard(s) 1 ({silent_endpoint})" in text
+        assert cluster.endpoints[0] not in text  # shard 0 did answer
+        assert 0.25 < elapsed < 3.0
     finally:
         silent.close(0)
+
+
+def test_wait_timeout_on_a_held_back_pull_names_the_shard(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=0)
+    client = cluster.client(0, timeout=0.3)
+    client.wait(client.clock(1))
+    with pytest.raises(ShardUnavailableError, match=f"group 0: no reply in 0.3s to the pull of 3 keys at clock 1 "
+                                                    f"from shard\\(s\\) 0 \\({cluster.endpoints[0]}\\)"):
+        client.wait(client.pull(_random_keys(3, seed=15), 1))
+
+
+# -- stopping --------------------------------------------------------------------------------------
+
+
+def test_bye_from_every_group_stops_serve(make_cluster):
+    cluster = make_cluster(shards=2, groups=2)
+    first, second = cluster.client(0), cluster.client(1)
+    keys = _random_keys(100, seed=16)
+    first.push(keys, np.ones((keys.size, 1), np.float32), 0)
+    first.bye()  # drains the unacknowledged push first
+    time.sleep(0.2)
+    assert all(t.is_alive() for t in cluster.threads)  # group 1 is still there
+    np.testing.assert_array_equal(second.wait(second.pull(keys, 0)), -np.ones((keys.size, 1)))
+    second.bye()
+    for thread in cluster.threads:
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+    for index, service in enumerate(cluster.services):
+        stats = cluster.results[index]
+        assert stats is service.stats, stats
+        assert stats.requests["BYE"] == 2 and stats.errors == 0
+        assert service.left.all() and service.clock.finished.all()
+
+
+def test_bye_releases_a_final_clock_pull_of_the_other_group(make_cluster):
+    cluster = make_cluster(shards=1, groups=2)
+    first, second = cluster.client(0), cluster.client(1)
+    ticket = first.pull(_random_keys(5, seed=17), wire.FINAL_CLOCK)
+    first.wait(first.finish())
+    assert not _answered_within(first, ticket, NOT_ANSWERED)
+    second.bye()
+    first.wait(ticket)
+    assert cluster.threads[0].is_alive()  # group 0 finished but has not left
+
+
+def test_shutdown_stops_serve_at_once(make_cluster):
+    cluster = make_cluster(shards=2, groups=3)
+    cluster.client(1).shutdown()
+    for index, thread in enumerate(cluster.threads):
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert cluster.results[index].requests == {"SHUTDOWN": 1}
+
+
+# -- boundaries ------------------------------------------------------------------------------------
+
+
+def test_shard_service_and_client_never_import_mpi4py():
+    code = (
+        "import sys; sys.modules['mpi4py'] = None\n"  # any import of mpi4py now fails
+        "import hybrid_ps.server.service, hybrid_ps.server.shard, hybrid_ps.worker.client, hybrid_ps.wire\n"
+        "import hybrid_ps.partition, hybrid_ps.staleness, hybrid_ps.transport\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

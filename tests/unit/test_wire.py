@@ -1,4 +1,4 @@
-"""Wire format: header round trip and every validation rule."""
+"""hybrid_ps.wire: header round trip for every op and every validation rule of headers and frames."""
 
 from __future__ import annotations
 
@@ -8,90 +8,282 @@ import numpy as np
 import pytest
 
 from hybrid_ps import wire
-from hybrid_ps.errors import WireError
+from hybrid_ps.errors import HybridPSError, WireError
 
-
-def _frames(op: wire.Op, *extra: bytes, **fields) -> list[bytes]:
-    return [wire.encode_header(wire.Header(op, **fields)), *extra]
-
-
-@pytest.mark.parametrize("op", list(wire.Op))
-def test_header_round_trip(op):
-    frames = [b""] * wire._FRAMES_FOR_OP[op]
-    frames[0] = wire.encode_header(wire.Header(op, group=3, request_id=2**40, clock=-5, num_keys=7, width=4))
-    header = wire.decode_header(frames)
-    assert (header.op, header.group, header.request_id, header.clock, header.num_keys, header.width) == (
-        op, 3, 2**40, -5, 7, 4)
-    assert len(frames[0]) == wire.HEADER_SIZE
-
-
-def test_final_clock_fits_the_header():
-    header = wire.decode_header(_frames(wire.Op.ACK, clock=wire.FINAL_CLOCK))
-    assert header.clock == wire.FINAL_CLOCK
+# Frames each op carries (header included), straight from the table in the module docstring.
+FRAMES = {
+    wire.Op.PULL: 2,
+    wire.Op.PUSH: 3,
+    wire.Op.CLOCK: 1,
+    wire.Op.FINISH: 1,
+    wire.Op.BYE: 1,
+    wire.Op.SHUTDOWN: 1,
+    wire.Op.CHECKPOINT: 1,
+    wire.Op.STOP: 1,
+    wire.Op.ACK: 1,
+    wire.Op.PULL_REPLY: 3,
+    wire.Op.ERROR: 2,
+}
 
 
 def _raw_header(**changes) -> bytes:
+    """A header packed by hand, so that fields encode_header would refuse can be forged."""
     fields = dict(magic=wire.MAGIC, version=wire.VERSION, op=int(wire.Op.CLOCK), dtype=0, flags=0, group=0,
                   request_id=1, clock=0, num_keys=0, width=1)
     fields.update(changes)
     return struct.pack(wire.HEADER_FORMAT, *fields.values())
 
 
-@pytest.mark.parametrize(
-    "frames, message",
-    [
-        ([], "empty message"),
-        ([b"short"], "header is 5 bytes"),
-        ([_raw_header(magic=b"XX")], "bad magic"),
-        ([_raw_header(version=99)], "wire version 99"),
-        ([_raw_header(op=42)], "unknown op 42"),
-        ([_raw_header(dtype=7)], "unknown dtype code 7"),
-        ([_raw_header(width=0)], "width must be >= 1"),
-        ([_raw_header(), b"extra"], "CLOCK needs 1 frames, got 2"),
-        ([_raw_header(op=int(wire.Op.PUSH)), b""], "PUSH needs 3 frames, got 2"),
-    ],
-)
-def test_bad_headers_are_rejected(frames, message):
-    with pytest.raises(WireError, match=message):
+def _message(op: wire.Op, header: bytes | None = None, frames: int | None = None) -> list[bytes]:
+    count = FRAMES[op] if frames is None else frames
+    first = header if header is not None else wire.encode_header(wire.Header(op))
+    return [first] + [b""] * (count - 1)
+
+
+# -- header layout and round trip ----------------------------------------------------------------
+
+
+def test_header_layout_is_fixed_and_little_endian():
+    assert wire.HEADER_FORMAT.startswith("<")
+    assert wire.HEADER_SIZE == struct.calcsize(wire.HEADER_FORMAT) == 2 + 4 + 4 + 8 + 8 + 8 + 4
+    encoded = wire.encode_header(wire.Header(wire.Op.PULL, group=1, request_id=2, clock=3, num_keys=4, width=5))
+    assert len(encoded) == wire.HEADER_SIZE
+    assert encoded[:2] == b"HP" == wire.MAGIC
+    assert encoded[2] == wire.VERSION
+    assert encoded[3] == int(wire.Op.PULL)
+    assert encoded[4] == 0  # dtype code of float32
+    assert int.from_bytes(encoded[6:10], "little") == 1  # group, u32 little endian
+
+
+def test_every_op_has_a_frame_count_and_requests_are_below_replies():
+    assert set(FRAMES) == set(wire.Op)
+    requests = [op for op in wire.Op if op < 64]
+    replies = [op for op in wire.Op if op >= 64]
+    assert {wire.Op.ACK, wire.Op.PULL_REPLY, wire.Op.ERROR} == set(replies)
+    assert wire.Op.PULL in requests and wire.Op.PUSH in requests
+
+
+@pytest.mark.parametrize("op", list(wire.Op), ids=lambda op: op.name)
+def test_header_round_trip_for_every_op(op):
+    header = wire.Header(op, group=2**32 - 1, request_id=2**64 - 1, clock=-(2**63), num_keys=2**64 - 1,
+                         width=2**32 - 1, flags=255)
+    frames = _message(op, wire.encode_header(header))
+    decoded = wire.decode_header(frames)
+    assert decoded == header
+    assert decoded.op is op and isinstance(decoded.op, wire.Op)
+    assert decoded.dtype == np.dtype("<f4")
+
+
+@pytest.mark.parametrize("op", list(wire.Op), ids=lambda op: op.name)
+def test_round_trip_of_small_values_and_memoryview_frames(op):
+    header = wire.Header(op, group=3, request_id=12345, clock=wire.FINAL_CLOCK, num_keys=7, width=4,
+                         flags=wire.FLAG_STOP)
+    frames = [memoryview(bytearray(wire.encode_header(header)))] + [memoryview(b"")] * (FRAMES[op] - 1)
+    assert wire.decode_header(frames) == header
+
+
+def test_defaults_of_a_header():
+    decoded = wire.decode_header([wire.encode_header(wire.Header(wire.Op.ACK))])
+    assert (decoded.group, decoded.request_id, decoded.clock, decoded.num_keys, decoded.width, decoded.flags) == (
+        0, 0, 0, 0, 1, 0)
+
+
+def test_final_clock_is_int64_max():
+    assert wire.FINAL_CLOCK == 2**63 - 1
+
+
+# -- header validation -----------------------------------------------------------------------------
+
+
+def test_empty_message():
+    with pytest.raises(WireError, match="empty message"):
+        wire.decode_header([])
+
+
+@pytest.mark.parametrize("length", [0, 1, wire.HEADER_SIZE - 1, wire.HEADER_SIZE + 1, 1000])
+def test_header_of_the_wrong_length(length):
+    raw = (_raw_header() * 40)[:length]
+    with pytest.raises(WireError, match=f"header is {length} bytes, expected {wire.HEADER_SIZE}"):
+        wire.decode_header([raw])
+
+
+@pytest.mark.parametrize("magic", [b"XX", b"hp", b"\x00\x00", b"PH"])
+def test_bad_magic(magic):
+    with pytest.raises(WireError, match="bad magic"):
+        wire.decode_header([_raw_header(magic=magic)])
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_bad_version(version):
+    with pytest.raises(WireError, match=f"wire version {version}, this build speaks {wire.VERSION}"):
+        wire.decode_header([_raw_header(version=version)])
+
+
+@pytest.mark.parametrize("op", [0, 9, 42, 63, 67, 255])
+def test_unknown_op(op):
+    with pytest.raises(WireError, match=f"unknown op {op}$"):
+        wire.decode_header([_raw_header(op=op)])
+
+
+@pytest.mark.parametrize("dtype", [1, 2, 7, 255])
+def test_unknown_dtype(dtype):
+    with pytest.raises(WireError, match=f"unknown dtype code {dtype}"):
+        wire.decode_header([_raw_header(dtype=dtype)])
+
+
+@pytest.mark.parametrize("op", list(wire.Op), ids=lambda op: op.name)
+def test_wrong_frame_count_for_every_op(op):
+    expected = FRAMES[op]
+    for count in {1, 2, 3, 4} - {expected}:
+        frames = _message(op, wire.encode_header(wire.Header(op)), count)
+        with pytest.raises(WireError, match=f"{op.name} needs {expected} frames, got {count}"):
+            wire.decode_header(frames)
+
+
+@pytest.mark.parametrize("op", [wire.Op.PULL, wire.Op.PUSH, wire.Op.CLOCK])
+def test_width_zero(op):
+    frames = _message(op, _raw_header(op=int(op), width=0))
+    with pytest.raises(WireError, match="width must be >= 1, got 0"):
         wire.decode_header(frames)
+
+
+def test_wire_errors_are_hybrid_ps_errors():
+    assert issubclass(WireError, HybridPSError)
+
+
+def test_encode_refuses_unknown_dtypes():
+    with pytest.raises(KeyError):
+        wire.encode_header(wire.Header(wire.Op.PUSH, dtype=np.dtype("<f8")))
+
+
+# -- keys frames -----------------------------------------------------------------------------------
+
+
+def test_keys_frame_decodes_uint64_little_endian():
+    keys = np.array([0, 1, 2**32, 2**63, 2**64 - 1], dtype="<u8")
+    decoded = wire.keys_from_frame(keys.tobytes(), keys.size, max_keys=10)
+    assert decoded.dtype == np.dtype("<u8")
+    np.testing.assert_array_equal(decoded, keys)
 
 
 def test_keys_frame_is_a_zero_copy_view():
     keys = np.array([1, 5, 9], dtype="<u8")
     buffer = bytearray(keys.tobytes())
     view = wire.keys_from_frame(memoryview(buffer), 3, max_keys=10)
-    np.testing.assert_array_equal(view, keys)
+    assert np.shares_memory(view, np.frombuffer(buffer, dtype=np.uint8))
     buffer[0:8] = np.array([2], "<u8").tobytes()
-    assert view[0] == 2  # shares memory with the frame
+    assert view[0] == 2  # a write to the frame shows through
+
+
+def test_keys_frame_view_of_an_array_buffer_shares_memory():
+    keys = np.arange(10, 20, dtype="<u8")
+    view = wire.keys_from_frame(memoryview(keys).cast("B"), keys.size, max_keys=100)
+    assert np.shares_memory(view, keys)
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_empty_and_single_key_frames(count):
+    keys = np.array([7], "<u8")[:count]
+    assert wire.keys_from_frame(keys.tobytes(), count, max_keys=1).size == count
 
 
 @pytest.mark.parametrize(
-    "keys, count, limit, message",
+    "frame, count, message",
     [
-        ([1, 2, 3], 4, 10, "keys frame is 24 bytes"),
-        ([1, 2, 3], 3, 2, "exceed the limit of 2"),
-        ([1, 3, 3], 3, 10, "strictly increasing"),
-        ([3, 2], 2, 10, "strictly increasing"),
+        (np.array([1, 2, 3], "<u8").tobytes(), 4, "keys frame is 24 bytes, expected 4 \\* 8"),
+        (np.array([1, 2, 3], "<u8").tobytes(), 2, "keys frame is 24 bytes, expected 2 \\* 8"),
+        (np.array([1, 2, 3], "<u8").tobytes()[:-1], 3, "keys frame is 23 bytes"),
+        (b"", 1, "keys frame is 0 bytes"),
     ],
 )
-def test_bad_keys_frames(keys, count, limit, message):
+def test_keys_frame_length_mismatch(frame, count, message):
     with pytest.raises(WireError, match=message):
-        wire.keys_from_frame(np.array(keys, "<u8").tobytes(), count, limit)
+        wire.keys_from_frame(frame, count, max_keys=10)
 
 
-def test_values_frame_shape_length_and_finiteness():
+def test_too_many_keys_is_checked_before_the_length():
+    with pytest.raises(WireError, match="3 keys exceed the limit of 2 per message"):
+        wire.keys_from_frame(np.array([1, 2, 3], "<u8").tobytes(), 3, max_keys=2)
+    # a forged huge count is refused without looking at (or allocating for) the frame
+    with pytest.raises(WireError, match="exceed the limit"):
+        wire.keys_from_frame(b"", 2**64 - 1, max_keys=1 << 24)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [[1, 3, 3], [3, 2], [5, 6, 7, 1], [2**64 - 1, 0], [0, 0]],
+)
+def test_keys_must_be_strictly_increasing(keys):
+    with pytest.raises(WireError, match="strictly increasing"):
+        wire.keys_from_frame(np.array(keys, "<u8").tobytes(), len(keys), max_keys=10)
+
+
+def test_increasing_keys_compare_as_unsigned():
+    keys = np.array([2**62, 2**63, 2**64 - 2], "<u8")  # would look decreasing as int64
+    np.testing.assert_array_equal(wire.keys_from_frame(keys.tobytes(), 3, 10), keys)
+
+
+# -- values frames ---------------------------------------------------------------------------------
+
+
+def test_values_frame_shape_and_zero_copy():
     header = wire.Header(wire.Op.PUSH, num_keys=2, width=3)
     values = np.arange(6, dtype=np.float32)
-    np.testing.assert_array_equal(wire.values_from_frame(values.tobytes(), header), values.reshape(2, 3))
-    with pytest.raises(WireError, match="values frame is 20 bytes"):
-        wire.values_from_frame(values[:5].tobytes(), header)
-    for bad in (np.nan, np.inf, -np.inf):
-        values[4] = bad
-        with pytest.raises(WireError, match="NaN or Inf"):
-            wire.values_from_frame(values.tobytes(), header)
+    buffer = bytearray(values.tobytes())
+    decoded = wire.values_from_frame(memoryview(buffer), header)
+    assert decoded.shape == (2, 3) and decoded.dtype == np.dtype("<f4")
+    np.testing.assert_array_equal(decoded, values.reshape(2, 3))
+    assert np.shares_memory(decoded, np.frombuffer(buffer, dtype=np.uint8))
 
 
-def test_error_text_is_bounded_and_never_raises():
+def test_values_frame_with_no_keys():
+    header = wire.Header(wire.Op.PUSH, num_keys=0, width=4)
+    assert wire.values_from_frame(b"", header).shape == (0, 4)
+
+
+@pytest.mark.parametrize("size", [0, 20, 28, 48])
+def test_values_frame_length(size):
+    header = wire.Header(wire.Op.PUSH, num_keys=2, width=3)
+    with pytest.raises(WireError, match=f"values frame is {size} bytes, expected 2 keys \\* width 3 \\* 4"):
+        wire.values_from_frame(b"\x00" * size, header)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 3, 5])
+def test_values_frame_rejects_non_finite(bad, where):
+    header = wire.Header(wire.Op.PUSH, num_keys=2, width=3)
+    values = np.arange(6, dtype=np.float32)
+    values[where] = bad
+    with pytest.raises(WireError, match="NaN or Inf"):
+        wire.values_from_frame(values.tobytes(), header)
+
+
+def test_values_frame_accepts_extreme_finite_values():
+    header = wire.Header(wire.Op.PUSH, num_keys=1, width=4)
+    finfo = np.finfo(np.float32)
+    values = np.array([finfo.max, -finfo.max, finfo.tiny, -0.0], np.float32)
+    np.testing.assert_array_equal(wire.values_from_frame(values.tobytes(), header)[0], values)
+
+
+# -- error text ------------------------------------------------------------------------------------
+
+
+def test_error_text_decodes_utf8():
     assert wire.error_text(b"bad thing") == "bad thing"
+    assert wire.error_text("schlüssel ✓".encode()) == "schlüssel ✓"
+    assert wire.error_text(memoryview(b"from a frame")) == "from a frame"
+    assert wire.error_text(b"") == ""
+
+
+def test_error_text_is_bounded():
     assert len(wire.error_text(b"x" * 100_000)) == 4096
+    assert wire.error_text(b"x" * 100_000) == "x" * 4096
+    assert len(wire.error_text(memoryview(b"y" * 5000))) == 4096
+    # a multibyte character cut at the bound never raises and never grows the text
+    text = wire.error_text("é".encode() * 3000)
+    assert len(text) <= 4096 and text.startswith("é")
+
+
+def test_error_text_never_raises_on_invalid_utf8():
     assert wire.error_text(b"\xff\xfe") == "\ufffd\ufffd"
+    assert wire.error_text(b"ok \xc3") == "ok \ufffd"
