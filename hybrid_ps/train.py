@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from .config import build_parser, load_config
 from .errors import HybridPSError, TopologyError
@@ -12,6 +13,8 @@ from .preemption import StopRequest
 from .topology import plan_layout
 
 log = logging.getLogger("hybrid_ps.train")
+
+_ABORT_GRACE_SECONDS = 1.0
 
 _DESCRIPTION = """Train sparse logistic regression with MPI worker groups and a ZeroMQ parameter-server tier.
 Settings come from defaults < --config FILE < --set SECTION.KEY=VALUE < the flags below."""
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.exception("rank %d failed", rank)
         sys.stderr.flush()
+        # MPI_Abort makes the launcher kill every process at once; output still sitting in the launcher's
+        # pipes would be lost, and with it the one line saying what went wrong. Give it a moment to drain.
+        time.sleep(_ABORT_GRACE_SECONDS)
         world.Abort(1)
     return 0
 

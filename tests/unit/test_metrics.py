@@ -118,7 +118,8 @@ def test_accuracy_matches_sklearn():
 
 def test_accuracy_by_hand():
     assert accuracy(np.array([1, 0, 1, 0]), np.array([0.9, 0.2, 0.4, 0.6])) == 0.5
-    assert accuracy(np.array([1, 0]), np.array([0.5, 0.5])) == 0.5  # p = 0.5 predicts the negative class
+    assert accuracy(np.array([0, 0]), np.array([0.5, 0.5])) == 1.0  # p = 0.5 predicts the negative class
+    assert accuracy(np.array([1]), np.array([0.5])) == 0.0
     assert accuracy(np.array([1.0, 0.0, 1.0]), np.array([0.51, 0.49, 1.0])) == 1.0
 
 
