@@ -80,6 +80,8 @@ class TrainConfig:
     resume: str = _option("", "resume from a checkpoint: 'latest' (in the checkpoint root) or a path", "--resume")
     delay_group: int = _option(-1, "fault injection: group whose every step is slowed (-1 = none)", "--delay-group")
     delay_seconds: float = _option(0.0, "fault injection: extra seconds per step for delay_group", "--delay-seconds")
+    delay_factor: float = _option(1.0, "fault injection: delay_group's steps take this many times as long", "--delay-factor")
+    prefetch: bool = _option(True, "pull the next step's keys while computing this step (overlaps PS latency)", "--prefetch")
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Config:
             ("train.max_steps", self.train.max_steps >= 0, ">= 0"),
             ("train.log_interval", self.train.log_interval > 0, "> 0"),
             ("train.delay_seconds", self.train.delay_seconds >= 0, ">= 0"),
+            ("train.delay_factor", self.train.delay_factor >= 1, ">= 1"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 0, ">= 0"),
             ("train.keep", self.train.keep >= 1, ">= 1"),
         ]

@@ -179,16 +179,18 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
     """Sum the leaders' results over the world (servers and members add zeros)."""
     totals = np.zeros_like(local)
     wait_quietly(topology.world.Iallreduce(local, totals))
-    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted = totals
+    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted, train_seconds, ps_seconds = totals
     groups = topology.layout.num_groups
-    wall = seconds / groups
+    wall, train_wall = seconds / groups, train_seconds / groups
     summary = JobSummary(
         layout=topology.layout.describe(),
         staleness=str(config.cluster.staleness),
         steps_per_group=steps / groups,
         samples=int(samples),
         seconds=round(wall, 3),
-        samples_per_s=samples / wall if wall else math.nan,
+        train_seconds=round(train_wall, 3),
+        samples_per_s=samples / train_wall if train_wall else math.nan,
+        ps_wait_share=ps_seconds / train_seconds if train_seconds else math.nan,
         train_logloss_progressive=train_loss / samples if samples else math.nan,
         final_logloss=eval_loss / eval_rows if eval_rows else math.nan,
         final_accuracy=eval_correct / eval_rows if eval_rows else math.nan,
@@ -203,9 +205,10 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
                      summary["train_logloss_progressive"])
         else:
             log.info(
-                "done: %d samples in %.1fs (%.0f samples/s), progressive logloss %.4f, final logloss %.4f, "
-                "accuracy %.4f over %d rows",
-                summary["samples"], wall, summary["samples_per_s"], summary["train_logloss_progressive"],
+                "done: %d samples in %.1fs of training (%.0f samples/s, %.0f%% of it waiting on the PS), "
+                "progressive logloss %.4f, final logloss %.4f, accuracy %.4f over %d rows",
+                summary["samples"], train_wall, summary["samples_per_s"], 100 * summary["ps_wait_share"],
+                summary["train_logloss_progressive"],
                 summary["final_logloss"], summary["final_accuracy"], summary["eval_rows"],
             )
     return summary

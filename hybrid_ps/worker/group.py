@@ -39,6 +39,18 @@ class WorkerGroup:
         self.size = comm.Get_size()
         self.is_leader = self.rank == 0
         self._counts = np.zeros(self.size, dtype=np.int64)
+        self._reduce_buffer = np.zeros(0, dtype=np.float32)
+
+    def reduce_buffer(self, size: int) -> np.ndarray:
+        """A float32 buffer of ``size`` for ``allreduce_sum``: one allocation reused across steps.
+
+        Its contents are left over from the last step: write every element. Fresh
+        memory every step would cost page faults that take longer than the
+        Allreduce itself (benchmarks/allreduce.py); the buffer only ever grows.
+        """
+        if size > self._reduce_buffer.size:
+            self._reduce_buffer = np.zeros(max(size, 2 * self._reduce_buffer.size), dtype=np.float32)
+        return self._reduce_buffer[:size]
 
     def gather_keys(self, keys: np.ndarray | None) -> np.ndarray | None:
         """Leader gets the sorted union of every member's keys; ``None`` marks an exhausted member.

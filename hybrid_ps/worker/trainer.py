@@ -34,6 +34,15 @@ _STATS = 4  # extra slots at the end of the Allreduce buffer: loss sum, rows, co
 
 
 @dataclass
+class _Exchange:
+    """A step's input on its way: the rank's batch, the leader's key union and its pull in flight."""
+
+    batch: Batch | None
+    union: np.ndarray | None
+    ticket: object | None
+
+
+@dataclass
 class GroupResult:
     """What a group reports at the end (sums over the group; leader's copy is authoritative)."""
 
@@ -45,12 +54,14 @@ class GroupResult:
     eval_rows: int = 0
     seconds: float = 0.0
     preempted: bool = False
+    train_seconds: float = 0.0
+    ps_seconds: float = 0.0  # the leader's time blocked on the PS tier during training
 
     def as_array(self) -> np.ndarray:
         """The numbers as a float64 vector (for a world-level sum)."""
         return np.array(
             [self.steps, self.samples, self.train_loss_sum, self.eval_loss_sum, self.eval_correct, self.eval_rows,
-             self.seconds, self.preempted],
+             self.seconds, self.preempted, self.train_seconds, self.ps_seconds],
             dtype=np.float64,
         )
 
@@ -103,7 +114,10 @@ class GroupTrainer:
         self._clock_ticket = None
         self.meter = RateMeter()
         self._next_report = time.monotonic() + config.train.log_interval
-        self._delay = config.train.delay_seconds if config.train.delay_group == group_id else 0.0
+        self._delay_group = config.train.delay_group == group_id
+        self._delay = config.train.delay_seconds if self._delay_group else 0.0
+        self._ps_seconds = 0.0  # leader: time blocked on the PS tier (pull and clock waits, push sends)
+        self._cycle_mark = (time.monotonic(), 0.0)  # leader: (time, PS seconds) when the last step ended
 
     def run(self) -> GroupResult:
         """Train, evaluate if configured, and leave the PS tier; returns the group's sums."""
@@ -130,54 +144,113 @@ class GroupTrainer:
         for _ in range(self.config.train.epochs):
             yield from self.batches()
 
-    def _exchange(self, batch: Batch | None, clock: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Steps 2-3: union of keys, leader pull at ``clock``, broadcast; ``None`` = all exhausted."""
+    def _start_exchange(self, batch: Batch | None, clock: int) -> "_Exchange":
+        """Steps 2-3a: union of the members' keys; the leader sends the pull for ``clock`` (not waited for)."""
         keys = self.model.touched_keys(batch) if batch is not None else None
         union = self.group.gather_keys(keys)
-        if self._stopping:
-            union = None  # the leader ends the loop for everybody
-        values = None
+        ticket = None
         if self.group.is_leader and union is not None:
-            if self._delay:
-                time.sleep(self._delay)
-            values = self.client.wait(self.client.pull(union, clock))
+            ticket = self.client.pull(union, clock)
+        return _Exchange(batch, union, ticket)
+
+    def _finish_exchange(self, exchange: "_Exchange", can_stop: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+        """Step 3b: the leader waits for the pulled values and broadcasts them; ``None`` = stop (everybody).
+
+        With ``can_stop`` the leader first checks whether shard 0 announced a stop clock this group reached.
+        """
+        values = None
+        if self.group.is_leader:
+            if self._delay and exchange.union is not None:
+                time.sleep(self._delay)  # here the members wait in a quiet broadcast, not a spinning Allreduce
+            if can_stop:
+                self._stopping = self._stop_clock_reached()
+            if exchange.ticket is not None and not self._stopping:
+                values = self._wait_on_ps(exchange.ticket)
+        union = None if self._stopping else exchange.union
         return self.group.broadcast_pulled(union, values, self.model.width)
 
+    def _exchange(self, batch: Batch | None, clock: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Steps 2-3 without overlap: union, pull, broadcast."""
+        return self._finish_exchange(self._start_exchange(batch, clock))
+
     def _train(self, result: GroupResult) -> None:
+        """The step loop. With ``train.prefetch`` the pull for step ``c + 1`` goes out before step ``c``'s
+        gradient is computed, so its round trip overlaps the compute and the Allreduce.
+
+        The prefetched pull reaches the shards before this group's push of step ``c``: it may miss the
+        group's own last update. SSP still holds: a read at clock ``c + 1`` must only see updates of
+        clocks ``< c + 1 - s``; at ``s = 0`` the shards hold the pull until this group's ``clock(c + 1)``,
+        which follows the push on the same socket.
+        """
         max_steps = self.config.train.max_steps
         batches = itertools.islice(self._epochs(), self.start_clock, None)  # resume where the cut was
-        while not max_steps or self.clock < max_steps:
-            if self.group.is_leader:
-                self._stopping = self._stop_clock_reached()
-            batch = next(batches, None)
-            pulled = self._exchange(batch, self.clock)
+        more_steps = lambda clock: not max_steps or clock < max_steps  # noqa: E731
+        upcoming = self._start_exchange(next(batches, None), self.clock) if more_steps(self.clock) else None
+        while upcoming is not None:
+            current = upcoming
+            pulled = self._finish_exchange(current, can_stop=True)
             if pulled is None:
                 break
-            keys, values = pulled
-            totals = np.zeros(keys.size + _STATS, dtype=np.float32)
-            if batch is not None and batch.num_rows:
-                loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
-                totals[: keys.size] = grad
-                totals[keys.size : keys.size + 2] = (loss, batch.num_rows)
-            totals[-1] = self.stop_request.requested
-            self.group.allreduce_sum(totals)
-            loss_sum, rows = float(totals[-4]), int(totals[-3])
-            if self.group.is_leader and totals[-1] and not self._stop_sent:
+            upcoming = None
+            if self.config.train.prefetch and more_steps(self.clock + 1):
+                upcoming = self._start_exchange(next(batches, None), self.clock + 1)
+            self._step(current.batch, *pulled, result)
+            if upcoming is None and more_steps(self.clock) and not self.config.train.prefetch:
+                upcoming = self._start_exchange(next(batches, None), self.clock)
+        result.train_seconds, result.ps_seconds = self.meter.elapsed, self._ps_seconds
+
+    def _step(self, batch: Batch | None, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
+        """Steps 4-5: gradient, one Allreduce (gradient + stats), the leader's push and clock."""
+        totals = self.group.reduce_buffer(keys.size + _STATS)  # [gradient..., loss, rows, (unused), stop]
+        loss, rows = 0.0, 0
+        if batch is not None and batch.num_rows:
+            loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
+            totals[: keys.size] = grad
+            rows = batch.num_rows
+        else:
+            totals[: keys.size] = 0.0
+        totals[keys.size :] = (loss, rows, 0.0, self.stop_request.requested)
+        self.group.allreduce_sum(totals)
+        loss_sum, rows = float(totals[-4]), int(totals[-3])
+        if self.group.is_leader:
+            if totals[-1] and not self._stop_sent:
                 self.client.request_stop()
                 self._stop_sent = True
-            if self.group.is_leader and rows:
-                gradient = totals[: keys.size] / rows
-                self.client.push(keys, gradient.reshape(-1, self.model.width), self.clock)
-            self.clock += 1
-            self.meter.add(rows, loss_sum)
-            result.steps, result.samples = self.clock, result.samples + rows
-            result.train_loss_sum += loss_sum
-            if self.group.is_leader:
-                self._clock_ticket = self.client.clock(self.clock)
-                every = self.config.train.checkpoint_every
-                if every and self.clock % every == 0:
-                    self._checkpoint(self.clock, result)
-            self._maybe_report()
+            self._slow_down()
+            if rows:
+                gradient = totals[: keys.size] / rows  # a new array: ZeroMQ sends it after the buffer is reused
+                self._timed_on_ps(self.client.push, keys, gradient.reshape(-1, self.model.width), self.clock)
+        self.clock += 1
+        self.meter.add(rows, loss_sum)
+        result.steps, result.samples = self.clock, result.samples + rows
+        result.train_loss_sum += loss_sum
+        if self.group.is_leader:
+            self._clock_ticket = self.client.clock(self.clock)
+            every = self.config.train.checkpoint_every
+            if every and self.clock % every == 0:
+                self._checkpoint(self.clock, result)
+        self._maybe_report()
+
+    def _slow_down(self) -> None:
+        """Fault injection: stretch this step's own work (not its PS waits) by ``train.delay_factor``."""
+        now = time.monotonic()
+        mark, ps_seconds_then = self._cycle_mark
+        factor = self.config.train.delay_factor
+        if self._delay_group and factor > 1:
+            work = (now - mark) - (self._ps_seconds - ps_seconds_then)
+            time.sleep((factor - 1) * max(work, 0.0))
+        self._cycle_mark = (time.monotonic(), self._ps_seconds)
+
+    def _wait_on_ps(self, ticket) -> np.ndarray | None:
+        """Leader: ``client.wait(ticket)``, counting the time blocked on the PS tier."""
+        return self._timed_on_ps(self.client.wait, ticket)
+
+    def _timed_on_ps(self, call: Callable, *args):
+        started = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            self._ps_seconds += time.monotonic() - started
 
     def _stop_clock_reached(self) -> bool:
         """Leader: whether shard 0 announced a stop clock that this group has reached.
@@ -186,7 +259,7 @@ class GroupTrainer:
         step guarantees the group learns the stop clock before passing it.
         """
         if self._clock_ticket is not None:
-            self.client.wait(self._clock_ticket)
+            self._wait_on_ps(self._clock_ticket)
         return self.client.stop_at is not None and self.clock >= self.client.stop_at
 
     def _checkpoint(self, clock: int, result: GroupResult) -> None:

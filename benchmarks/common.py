@@ -1,0 +1,87 @@
+"""What every benchmark shares: timing, tables, the final ratio line, and the results file.
+
+A benchmark measures its raw baseline (raw mpi4py, raw pyzmq, numpy memcpy, a
+reference library) in the same run, prints a table, writes
+``benchmarks/results/<name>.json`` (the source of the table in
+benchmarks/README.md, see ``python -m benchmarks.summary``) and prints its
+headline ratio as the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["best_time", "print_table", "print_ratio", "save_results", "peak_rss_bytes", "RESULTS_DIR"]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def best_time(run: Callable[[], Any], repeat: int = 5, min_seconds: float = 0.05) -> float:
+    """Seconds per call of ``run``: the best of ``repeat`` rounds, each long enough to time reliably.
+
+    The minimum is the figure least disturbed by the other processes of a noisy machine.
+    """
+    run()  # warm up: page faults, lazy imports, connection setup
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds or calls >= 1 << 16:
+            break
+        calls *= 2
+    best = elapsed / calls
+    for _ in range(repeat - 1):
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print ``rows`` under ``columns`` as an aligned plain-text table."""
+    cells = [[_format(value) for value in row] for row in rows]
+    widths = [max(len(str(column)), *(len(row[i]) for row in cells)) for i, column in enumerate(columns)]
+    print("  ".join(str(column).rjust(width) for column, width in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(value.rjust(width) for value, width in zip(row, widths)))
+
+
+def print_ratio(name: str, ratio: float, baseline: str, target: str) -> None:
+    """The benchmark's last line: its headline ratio, against what, and the target."""
+    print(f"RATIO {name}: {ratio:.2f}x {baseline} (target {target})", flush=True)
+
+
+def save_results(name: str, results: dict[str, Any]) -> Path:
+    """Write ``results`` (plus when and where) to ``benchmarks/results/<name>.json``."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    record = {
+        "benchmark": name,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **results,
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0 or 0.01 <= abs(value) < 1e6:
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return f"{value:.3g}"
+    return str(value)
