@@ -85,3 +85,25 @@ def _format(value: Any) -> str:
             return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
         return f"{value:.3g}"
     return str(value)
+
+
+def run_training(ranks: int, args: Sequence[str], output_dir: str | Path, timeout: float = 1800) -> list[dict]:
+    """Run ``hybrid_ps.train`` on ``ranks`` MPI ranks (through ``mpi_launch``) and return its metrics records.
+
+    Raises:
+        RuntimeError: the job failed; the message ends with its last log lines.
+    """
+    import subprocess
+    import sys
+
+    output_dir = Path(output_dir)
+    command = [sys.executable, "-m", "mpi_launch", "-n", str(ranks), "--", *args, "--output-dir", str(output_dir)]
+    job = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if job.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit {job.returncode}:\n{job.stderr[-2000:]}")
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary_of(records: list[dict]) -> dict:
+    """The ``summary`` record of a job's metrics records."""
+    return next(record for record in records if record.get("kind") == "summary")

@@ -50,6 +50,7 @@ class DataConfig:
     nnz_per_row: int = _option(20, "synthetic data: features per row", "--nnz-per-row")
     zipf_exponent: float = _option(1.1, "synthetic data: power-law exponent of feature frequency", "--zipf-exponent")
     seed: int = _option(0, "synthetic data: random seed (same data for any rank count)", "--seed")
+    preload: bool = _option(True, "read this rank's rows into memory once, before training (false = stream every pass)", "--preload")
 
 
 @dataclass
@@ -81,6 +82,9 @@ class TrainConfig:
     delay_group: int = _option(-1, "fault injection: group whose every step is slowed (-1 = none)", "--delay-group")
     delay_seconds: float = _option(0.0, "fault injection: extra seconds per step for delay_group", "--delay-seconds")
     delay_factor: float = _option(1.0, "fault injection: delay_group's steps take this many times as long", "--delay-factor")
+    straggle_probability: float = _option(
+        0.0, "fault injection: each step of every group is stretched by delay_factor with this probability "
+        "(transient stragglers; delay_group is then ignored)", "--straggle-probability")
     prefetch: bool = _option(True, "pull the next step's keys while computing this step (overlaps PS latency)", "--prefetch")
 
 
@@ -119,6 +123,7 @@ class Config:
             ("train.log_interval", self.train.log_interval > 0, "> 0"),
             ("train.delay_seconds", self.train.delay_seconds >= 0, ">= 0"),
             ("train.delay_factor", self.train.delay_factor >= 1, ">= 1"),
+            ("train.straggle_probability", 0 <= self.train.straggle_probability <= 1, "in [0, 1]"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 0, ">= 0"),
             ("train.keep", self.train.keep >= 1, ">= 1"),
         ]

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import checkpoint
 from .config import Config
-from .data import open_data_shard
+from .data import batch_source
 from .logs import configure_logging
 from .metrics import MetricsWriter
 from .models.logistic import BIAS_KEY, LogisticRegression
@@ -120,7 +120,7 @@ def _run_worker(
     endpoints = exchange_endpoints(topology, None)
     group = WorkerGroup(topology.group_comm)
     num_workers = topology.layout.num_workers
-    shard = open_data_shard(config.data, topology.rank, num_workers)
+    batches = batch_source(config.data, config.train.batch_size, topology.rank, num_workers)
     client = None
     if topology.is_leader:
         client = PSClient(endpoints, topology.group, topology.layout.num_groups, ring, model.width,
@@ -132,7 +132,7 @@ def _run_worker(
             start = int(checkpoint.resume_clocks(config.resume_path, topology.layout.num_groups)[topology.group])
             _warn_if_positions_differ(config, topology)
         trainer = GroupTrainer(config, group, topology.group, model,
-                               lambda: shard.batches(config.train.batch_size), client, metrics, publish, start, stop)
+                               batches, client, metrics, publish, start, stop)
         result = trainer.run()
     finally:
         if client is not None:

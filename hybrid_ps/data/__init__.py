@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import time
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
     from ..config import DataConfig
+    from .batch import Batch
     from .libsvm import LibsvmShard
     from .synthetic import SyntheticShard
 
-__all__ = ["open_data_shard"]
+__all__ = ["open_data_shard", "batch_source"]
+
+log = logging.getLogger(__name__)
 
 
 def open_data_shard(config: "DataConfig", rank: int, num_ranks: int) -> "LibsvmShard | SyntheticShard":
@@ -25,3 +30,18 @@ def open_data_shard(config: "DataConfig", rank: int, num_ranks: int) -> "LibsvmS
         zipf_exponent=config.zipf_exponent, seed=config.seed,
     )
     return SyntheticShard(spec, rank, num_ranks)
+
+
+def batch_source(config: "DataConfig", batch_size: int, rank: int, num_ranks: int) -> Callable[[], Iterable["Batch"]]:
+    """A function that returns one pass over this rank's minibatches.
+
+    With ``config.preload`` the rows are read (or generated) once, here, and every
+    pass replays them from memory; otherwise every pass streams them again.
+    """
+    shard = open_data_shard(config, rank, num_ranks)
+    if not config.preload:
+        return lambda: shard.batches(batch_size)
+    started = time.monotonic()
+    held = list(shard.batches(batch_size))
+    log.debug("rank %d: %d rows in memory in %.2fs", rank, sum(b.num_rows for b in held), time.monotonic() - started)
+    return lambda: iter(held)

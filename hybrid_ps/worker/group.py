@@ -53,12 +53,14 @@ class WorkerGroup:
         return self._reduce_buffer[:size]
 
     def gather_keys(self, keys: np.ndarray | None) -> np.ndarray | None:
-        """Leader gets the sorted union of every member's keys; ``None`` marks an exhausted member.
+        """Leader gets the sorted union of every member's sorted unique keys; ``None`` marks an exhausted member.
 
         Returns:
             On the leader: the union (empty array if members have keys but none
             touched), or ``None`` when every member is exhausted. Elsewhere ``None``.
         """
+        if self.size == 1:
+            return None if keys is None else np.array(keys, dtype=np.uint64)  # already sorted and unique
         local = np.ascontiguousarray(keys if keys is not None else np.zeros(0, np.uint64), dtype=np.uint64)
         count = np.array([local.size if keys is not None else _STOP], dtype=np.int64)
         wait_quietly(self.comm.Igather(count, self._counts if self.is_leader else None, root=0))

@@ -21,6 +21,7 @@ import numpy as np
 from ..config import Config
 from ..data.batch import Batch
 from ..metrics import MetricsWriter, RateMeter
+from ..models.logistic import PreparedBatch
 from ..preemption import StopRequest
 from ..wire import FINAL_CLOCK
 from .client import PSClient
@@ -35,9 +36,9 @@ _STATS = 4  # extra slots at the end of the Allreduce buffer: loss sum, rows, co
 
 @dataclass
 class _Exchange:
-    """A step's input on its way: the rank's batch, the leader's key union and its pull in flight."""
+    """A step's input on its way: the rank's prepared batch, the leader's key union and its pull in flight."""
 
-    batch: Batch | None
+    batch: PreparedBatch | None
     union: np.ndarray | None
     ticket: object | None
 
@@ -117,6 +118,7 @@ class GroupTrainer:
         self._delay_group = config.train.delay_group == group_id
         self._delay = config.train.delay_seconds if self._delay_group else 0.0
         self._ps_seconds = 0.0  # leader: time blocked on the PS tier (pull and clock waits, push sends)
+        self._straggle_draws = np.random.default_rng([config.data.seed, group_id])
         self._cycle_mark = (time.monotonic(), 0.0)  # leader: (time, PS seconds) when the last step ended
 
     def run(self) -> GroupResult:
@@ -146,12 +148,12 @@ class GroupTrainer:
 
     def _start_exchange(self, batch: Batch | None, clock: int) -> "_Exchange":
         """Steps 2-3a: union of the members' keys; the leader sends the pull for ``clock`` (not waited for)."""
-        keys = self.model.touched_keys(batch) if batch is not None else None
-        union = self.group.gather_keys(keys)
+        prepared = self.model.prepare(batch) if batch is not None else None
+        union = self.group.gather_keys(prepared.keys if prepared is not None else None)
         ticket = None
         if self.group.is_leader and union is not None:
             ticket = self.client.pull(union, clock)
-        return _Exchange(batch, union, ticket)
+        return _Exchange(prepared, union, ticket)
 
     def _finish_exchange(self, exchange: "_Exchange", can_stop: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
         """Step 3b: the leader waits for the pulled values and broadcasts them; ``None`` = stop (everybody).
@@ -168,10 +170,6 @@ class GroupTrainer:
                 values = self._wait_on_ps(exchange.ticket)
         union = None if self._stopping else exchange.union
         return self.group.broadcast_pulled(union, values, self.model.width)
-
-    def _exchange(self, batch: Batch | None, clock: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Steps 2-3 without overlap: union, pull, broadcast."""
-        return self._finish_exchange(self._start_exchange(batch, clock))
 
     def _train(self, result: GroupResult) -> None:
         """The step loop. With ``train.prefetch`` the pull for step ``c + 1`` goes out before step ``c``'s
@@ -199,14 +197,14 @@ class GroupTrainer:
                 upcoming = self._start_exchange(next(batches, None), self.clock)
         result.train_seconds, result.ps_seconds = self.meter.elapsed, self._ps_seconds
 
-    def _step(self, batch: Batch | None, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
+    def _step(self, batch: PreparedBatch | None, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
         """Steps 4-5: gradient, one Allreduce (gradient + stats), the leader's push and clock."""
         totals = self.group.reduce_buffer(keys.size + _STATS)  # [gradient..., loss, rows, (unused), stop]
         loss, rows = 0.0, 0
-        if batch is not None and batch.num_rows:
+        if batch is not None and batch.batch.num_rows:
             loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
             totals[: keys.size] = grad
-            rows = batch.num_rows
+            rows = batch.batch.num_rows
         else:
             totals[: keys.size] = 0.0
         totals[keys.size :] = (loss, rows, 0.0, self.stop_request.requested)
@@ -232,14 +230,21 @@ class GroupTrainer:
         self._maybe_report()
 
     def _slow_down(self) -> None:
-        """Fault injection: stretch this step's own work (not its PS waits) by ``train.delay_factor``."""
+        """Fault injection: stretch this step's own work (not its PS waits) by ``train.delay_factor``
+        in ``delay_group``, or in any group at random with ``straggle_probability``."""
         now = time.monotonic()
         mark, ps_seconds_then = self._cycle_mark
         factor = self.config.train.delay_factor
-        if self._delay_group and factor > 1:
+        if factor > 1 and self._is_straggling():
             work = (now - mark) - (self._ps_seconds - ps_seconds_then)
             time.sleep((factor - 1) * max(work, 0.0))
         self._cycle_mark = (time.monotonic(), self._ps_seconds)
+
+    def _is_straggling(self) -> bool:
+        probability = self.config.train.straggle_probability
+        if probability > 0:
+            return bool(self._straggle_draws.random() < probability)
+        return self._delay_group
 
     def _wait_on_ps(self, ticket) -> np.ndarray | None:
         """Leader: ``client.wait(ticket)``, counting the time blocked on the PS tier."""
@@ -272,18 +277,19 @@ class GroupTrainer:
     def _evaluate(self, result: GroupResult) -> None:
         """One pass over the data with the final model (pulls wait until every group finished)."""
         for batch in self.batches():
-            pulled = self._exchange(batch, FINAL_CLOCK)
-            self._accumulate_eval(batch, pulled, result)
-        while (pulled := self._exchange(None, FINAL_CLOCK)) is not None:
+            exchange = self._start_exchange(batch, FINAL_CLOCK)
+            self._accumulate_eval(exchange.batch, self._finish_exchange(exchange), result)
+        while (pulled := self._finish_exchange(self._start_exchange(None, FINAL_CLOCK))) is not None:
             self._accumulate_eval(None, pulled, result)  # other members still have rows
 
-    def _accumulate_eval(self, batch: Batch | None, pulled: tuple[np.ndarray, np.ndarray] | None, result: GroupResult) -> None:
+    def _accumulate_eval(self, batch: PreparedBatch | None, pulled: tuple[np.ndarray, np.ndarray] | None,
+                         result: GroupResult) -> None:
         totals = np.zeros(_STATS, dtype=np.float64)
-        if batch is not None and batch.num_rows:
+        if batch is not None and batch.batch.num_rows:
             keys, values = pulled
             loss, _, probability = self.model.loss_and_gradient(batch, keys, values)
-            correct = np.sum((probability > 0.5) == (batch.labels > 0.5))
-            totals[:3] = (loss, batch.num_rows, correct)
+            correct = np.sum((probability > 0.5) == (batch.batch.labels > 0.5))
+            totals[:3] = (loss, batch.batch.num_rows, correct)
         self.group.allreduce_sum(totals)
         result.eval_loss_sum += totals[0]
         result.eval_rows += int(totals[1])
