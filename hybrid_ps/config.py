@@ -85,7 +85,7 @@ class TrainConfig:
     straggle_probability: float = _option(
         0.0, "fault injection: each step of every group is stretched by delay_factor with this probability "
         "(transient stragglers; delay_group is then ignored)", "--straggle-probability")
-    prefetch: bool = _option(True, "pull the next step's keys while computing this step (overlaps PS latency)", "--prefetch")
+    prefetch: bool = _option(True, "at staleness >= 1, pull the next step's keys while computing this step (overlaps PS latency)", "--prefetch")
 
 
 @dataclass

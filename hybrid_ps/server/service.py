@@ -217,9 +217,14 @@ class ShardService:
         return keys
 
     def _choose_stop_clock(self, why: str) -> None:
-        """Pick the clock every group stops at: one past the fastest group (once)."""
+        """Pick the clock every group stops at (once): two past the fastest group.
+
+        Leaders read the stop clock from the acknowledgement of the clock before their
+        last one (they do not wait for the newest), so one clock of margin keeps every
+        group from passing the stop clock before it learns it.
+        """
         if self.stop_at is None:
-            self.stop_at = int(self.clock.clocks.max()) + 1
+            self.stop_at = int(self.clock.clocks.max()) + 2
             log.warning("shard %d: stop requested (%s): every group stops at clock %d", self.shard_id, why, self.stop_at)
 
     def _maybe_checkpoint(self) -> None:

@@ -10,6 +10,7 @@ One step of group ``g`` at clock ``c`` (see DESIGN.md):
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import time
@@ -112,9 +113,11 @@ class GroupTrainer:
         self.stop_request = stop_request or StopRequest()
         self._stopping = False  # leader: the stop clock is reached
         self._stop_sent = False
-        self._clock_ticket = None
+        self._clock_tickets: collections.deque = collections.deque(maxlen=2)  # the last two CLOCK messages
         self.meter = RateMeter()
         self._next_report = time.monotonic() + config.train.log_interval
+        # at s = 0 a prefetched pull waits for this group's own next clock anyway: nothing to overlap
+        self._prefetch = config.train.prefetch and config.cluster.staleness >= 1
         self._delay_group = config.train.delay_group == group_id
         self._delay = config.train.delay_seconds if self._delay_group else 0.0
         self._ps_seconds = 0.0  # leader: time blocked on the PS tier (pull and clock waits, push sends)
@@ -172,13 +175,12 @@ class GroupTrainer:
         return self.group.broadcast_pulled(union, values, self.model.width)
 
     def _train(self, result: GroupResult) -> None:
-        """The step loop. With ``train.prefetch`` the pull for step ``c + 1`` goes out before step ``c``'s
-        gradient is computed, so its round trip overlaps the compute and the Allreduce.
+        """The step loop. With ``train.prefetch`` (and staleness >= 1) the pull for step ``c + 1`` goes
+        out before step ``c``'s gradient is computed, so its round trip overlaps the compute and the Allreduce.
 
-        The prefetched pull reaches the shards before this group's push of step ``c``: it may miss the
-        group's own last update. SSP still holds: a read at clock ``c + 1`` must only see updates of
-        clocks ``< c + 1 - s``; at ``s = 0`` the shards hold the pull until this group's ``clock(c + 1)``,
-        which follows the push on the same socket.
+        The prefetched pull reaches the shards before this group's push of step ``c``, so it may miss
+        the group's own last update. SSP still holds: a read at clock ``c + 1`` must see the updates
+        of clocks ``< c + 1 - s`` only, and ``c < c + 1 - s`` is false for ``s >= 1``.
         """
         max_steps = self.config.train.max_steps
         batches = itertools.islice(self._epochs(), self.start_clock, None)  # resume where the cut was
@@ -190,10 +192,10 @@ class GroupTrainer:
             if pulled is None:
                 break
             upcoming = None
-            if self.config.train.prefetch and more_steps(self.clock + 1):
+            if self._prefetch and more_steps(self.clock + 1):
                 upcoming = self._start_exchange(next(batches, None), self.clock + 1)
             self._step(current.batch, *pulled, result)
-            if upcoming is None and more_steps(self.clock) and not self.config.train.prefetch:
+            if upcoming is None and more_steps(self.clock) and not self._prefetch:
                 upcoming = self._start_exchange(next(batches, None), self.clock)
         result.train_seconds, result.ps_seconds = self.meter.elapsed, self._ps_seconds
 
@@ -223,7 +225,7 @@ class GroupTrainer:
         result.steps, result.samples = self.clock, result.samples + rows
         result.train_loss_sum += loss_sum
         if self.group.is_leader:
-            self._clock_ticket = self.client.clock(self.clock)
+            self._clock_tickets.append(self.client.clock(self.clock))
             every = self.config.train.checkpoint_every
             if every and self.clock % every == 0:
                 self._checkpoint(self.clock, result)
@@ -260,11 +262,14 @@ class GroupTrainer:
     def _stop_clock_reached(self) -> bool:
         """Leader: whether shard 0 announced a stop clock that this group has reached.
 
-        Shard 0 answers every CLOCK at once; waiting for that answer before each
-        step guarantees the group learns the stop clock before passing it.
+        Shard 0 answers every CLOCK at once, with the stop clock once there is one.
+        Before step ``c + 1`` the leader waits for the answer to ``clock(c)``, not to
+        the ``clock(c + 1)`` it just sent: that answer queues behind the shard's work
+        on this step's push. Shard 0 picks the stop clock two past the fastest
+        group, so reading it one answer late still stops the group in time.
         """
-        if self._clock_ticket is not None:
-            self._wait_on_ps(self._clock_ticket)
+        if len(self._clock_tickets) == 2:
+            self._wait_on_ps(self._clock_tickets[0])
         return self.client.stop_at is not None and self.clock >= self.client.stop_at
 
     def _checkpoint(self, clock: int, result: GroupResult) -> None:

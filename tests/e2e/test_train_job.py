@@ -133,10 +133,9 @@ def _single_group_logloss(run_job, staleness: int, prefetch: str) -> float:
     return job.summary["final_logloss"]
 
 
-def test_prefetching_keeps_bsp_exact_and_overlaps_under_ssp(run_job):
-    """One group: at s = 0 the prefetched pull waits for the group's own clock, so training is identical;
-    at s = 2 it is answered before the group's own last push, so the trajectory differs (but still learns)."""
-    assert _single_group_logloss(run_job, 0, "true") == pytest.approx(_single_group_logloss(run_job, 0, "false"), abs=1e-7)
+def test_prefetching_overlaps_the_pull_with_the_groups_own_push(run_job):
+    """One group at s = 2: the prefetched pull of step c + 1 is answered before the group's own push of
+    step c, so the trajectory differs from pulling in order (deterministically, one group), and still learns."""
     overlapped, in_order = _single_group_logloss(run_job, 2, "true"), _single_group_logloss(run_job, 2, "false")
     assert overlapped != pytest.approx(in_order, abs=1e-7)
-    assert overlapped < 0.6
+    assert overlapped < 0.6 and in_order < 0.6
