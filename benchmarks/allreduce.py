@@ -20,7 +20,7 @@ from mpi4py import MPI
 
 from hybrid_ps.worker.group import WorkerGroup
 
-from .common import print_ratio, print_table, save_results
+from .common import finish, print_table
 
 SIZES = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
 ROUND_BYTES = 64 << 20  # each round moves about this many bytes, at least 4 calls
@@ -80,10 +80,10 @@ def main() -> None:
                 [[r["bytes"], r["raw_us"], r["raw_GBps"], r["path_us"], r["ratio"], r["path_pack_us"],
                   r["ratio_with_pack"], r["ratio_fresh"]] for r in rows])
     large = [r["ratio"] for r in rows if r["bytes"] >= 1 << 20]
-    save_results(f"allreduce-{comm.size}ranks", {"ranks": comm.size, "rows": rows, "headline": min(large)})
-    print_ratio(f"allreduce ({comm.size} ranks, >= 1 MB, worst size)", min(large), "raw Comm.Allreduce bandwidth",
-                ">= 0.9x")
-
+    worst = min(large)
+    finish(f"allreduce-{comm.size}ranks", {"ranks": comm.size, "rows": rows},
+           f"allreduce, {comm.size} ranks, >= 1 MB (worst size)", worst, "raw Comm.Allreduce", ">= 0.9x",
+           worst >= 0.9)
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)

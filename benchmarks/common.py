@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["best_time", "print_table", "print_ratio", "save_results", "peak_rss_bytes", "RESULTS_DIR"]
+__all__ = ["best_time", "print_table", "print_ratio", "finish", "save_results", "peak_rss_bytes", "run_training",
+           "summary_of", "RESULTS_DIR"]
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(os.environ.get("HYBRID_PS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+"""Where results go; the smoke tests point ``HYBRID_PS_BENCH_RESULTS`` elsewhere to keep the committed figures."""
 
 
 def best_time(run: Callable[[], Any], repeat: int = 5, min_seconds: float = 0.05) -> float:
@@ -58,6 +60,14 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 def print_ratio(name: str, ratio: float, baseline: str, target: str) -> None:
     """The benchmark's last line: its headline ratio, against what, and the target."""
     print(f"RATIO {name}: {ratio:.2f}x {baseline} (target {target})", flush=True)
+
+
+def finish(name: str, results: dict[str, Any], headline: str, ratio: float, baseline: str, target: str,
+           met: bool) -> None:
+    """Save ``results`` with the headline (for ``benchmarks.summary``), then print the ratio line last."""
+    save_results(name, {**results, "headline": {"what": headline, "ratio": ratio, "baseline": baseline,
+                                                "target": target, "met": bool(met)}})
+    print_ratio(headline, ratio, baseline, target)
 
 
 def save_results(name: str, results: dict[str, Any]) -> Path:

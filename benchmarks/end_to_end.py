@@ -22,7 +22,7 @@ import numpy as np
 
 from hybrid_ps.data.synthetic import SyntheticSpec, generate_all
 
-from .common import print_ratio, print_table, run_training, save_results, summary_of
+from .common import finish, print_table, run_training, summary_of
 
 
 def sklearn_reference(spec: SyntheticSpec, epochs: int) -> dict:
@@ -87,15 +87,14 @@ def main() -> None:
           f"{cores} cores; hybrid_ps batch {args.batch_size} rows per rank, AdaGrad lr {args.lr}")
     print_table(["trainer", "setup", "train s", "samples/s", "per core", "logloss", "PS wait", "vs sklearn"], rows)
     first = runs[0]
-    save_results("end_to_end", {"spec": {"rows": spec.rows, "features": spec.features, "nnz_per_row": spec.nnz_per_row,
-                                         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
-                                "sklearn": reference, "hybrid_ps": runs,
-                                "headline": first["samples_per_s"] / reference["samples_per_s"]})
-    better = "better" if first["logloss"] <= reference["logloss"] else "worse"
-    print_ratio(f"end to end (hybrid_ps -n {first['ranks']} samples/s, logloss {first['logloss']:.4f} {better} than "
-                f"{reference['logloss']:.4f})", first["samples_per_s"] / reference["samples_per_s"],
-                "SGDClassifier samples/s", ">= 1x at equal or better logloss")
-
+    ratio = first["samples_per_s"] / reference["samples_per_s"]
+    better = first["logloss"] <= reference["logloss"]
+    finish("end_to_end", {"spec": {"rows": spec.rows, "features": spec.features, "nnz_per_row": spec.nnz_per_row,
+                                   "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+                          "sklearn": reference, "hybrid_ps": runs},
+           f"end to end, hybrid_ps -n {first['ranks']} samples/s (logloss {first['logloss']:.4f} vs "
+           f"{reference['logloss']:.4f})", ratio, "SGDClassifier samples/s", ">= 1x at equal or better logloss",
+           ratio >= 1 and better)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from .common import RESULTS_DIR, print_ratio, print_table, run_training, save_results, summary_of
+from .common import RESULTS_DIR, finish, print_table, run_training, summary_of
 
 STALENESS = ["0", "1", "3", "10", "inf"]
 SCENARIOS = {
@@ -108,10 +108,10 @@ def main() -> None:
     plot(curves, png)
     print(f"plot: {png}")
     ssp = max(results["transient"]["runs"][s]["speedup_vs_bsp"] for s in ("1", "3", "10"))
-    save_results("staleness", {"ranks": args.ranks, "groups": args.groups, "rows": args.rows, "epochs": args.epochs,
-                               "scenarios": {k: v for k, v in SCENARIOS.items()}, "results": results, "headline": ssp})
-    print_ratio("staleness (best of s = 1, 3, 10, transient stragglers)", ssp, "BSP time to target", ">= 1.5x")
-
+    finish("staleness", {"ranks": args.ranks, "groups": args.groups, "rows": args.rows, "epochs": args.epochs,
+                         "scenarios": SCENARIOS, "results": results},
+           "staleness, time to target: best of s = 1, 3, 10 (transient stragglers)", ssp, "BSP", ">= 1.5x",
+           ssp >= 1.5)
 
 if __name__ == "__main__":
     main()

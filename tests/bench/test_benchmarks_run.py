@@ -1,0 +1,66 @@
+"""Smoke tests: every benchmark runs end to end at a tiny size and ends with its ratio line.
+
+Not timed tests: they check the benchmarks still work, never how fast anything is.
+Results go to a temporary directory, not over the committed figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path: Path, *command: str, timeout: float = 300) -> str:
+    env = {**os.environ, "HYBRID_PS_BENCH_RESULTS": str(tmp_path)}
+    job = subprocess.run(list(command), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-3000:]
+    last = job.stdout.strip().splitlines()[-1]
+    assert last.startswith("RATIO "), job.stdout[-2000:]
+    return job.stdout
+
+
+def _headline(tmp_path: Path, name: str) -> dict:
+    return json.loads((tmp_path / f"{name}.json").read_text())["headline"]
+
+
+def test_allreduce_benchmark(tmp_path):
+    mpiexec = str(Path(sys.executable).with_name("mpiexec"))
+    if not Path(mpiexec).exists():
+        pytest.skip("no mpiexec next to this Python")
+    _run(tmp_path, sys.executable, "-m", "mpi_launch", "-n", "2", "--module", "benchmarks.allreduce")
+    assert _headline(tmp_path, "allreduce-2ranks")["ratio"] > 0
+
+
+def test_overlap_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.overlap", "--rows", "20000", "--batch-size", "256")
+    assert "leader blocked on PS" in out
+    assert 0 <= _headline(tmp_path, "overlap")["ratio"] < 1
+
+
+def test_end_to_end_benchmark(tmp_path):
+    _run(tmp_path, sys.executable, "-m", "benchmarks.end_to_end", "--rows", "20000", "--features", "5000",
+         "--epochs", "1", "--batch-size", "512", "--ranks", "2")
+    assert _headline(tmp_path, "end_to_end")["ratio"] > 0
+
+
+def test_staleness_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.staleness", "--ranks", "5", "--groups", "2",
+               "--rows", "20000", "--epochs", "2", timeout=600)
+    assert (tmp_path / "staleness.png").stat().st_size > 1000
+    assert "transient" in out and _headline(tmp_path, "staleness")["ratio"] > 0
+
+
+def test_summary_lists_the_results(tmp_path):
+    _run(tmp_path, sys.executable, "-m", "benchmarks.overlap", "--rows", "20000", "--batch-size", "256")
+    table = subprocess.run([sys.executable, "-m", "benchmarks.summary"], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "HYBRID_PS_BENCH_RESULTS": str(tmp_path)}, check=True).stdout
+    assert table.splitlines()[0].startswith("| benchmark |") and "| overlap |" in table
