@@ -77,9 +77,10 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=3)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--log-interval", type=float, default=0.25, help="seconds between loss-curve points")
     args = parser.parse_args()
     common = ["--groups", str(args.groups), "--rows", str(args.rows), "--epochs", str(args.epochs),
-              "--checkpoint", "false", "--final-eval", "false", "--log-interval", "0.25"]
+              "--checkpoint", "false", "--final-eval", "false", "--log-interval", str(args.log_interval)]
     curves: dict[str, dict] = {}
     table, results = [], {}
     for scenario, injection in SCENARIOS.items():
@@ -88,6 +89,9 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as output:
                 records = run_training(args.ranks, [*common, *injection, "--staleness", staleness], output)
             times, losses = loss_curve(records)
+            if not losses.size:
+                raise SystemExit(f"staleness {staleness}: the run logged no progress; use more --rows or a "
+                                 f"shorter --log-interval")
             curves[scenario][staleness] = (times, losses, summary_of(records))
         target = max(float(losses.min()) for _, losses, _ in curves[scenario].values()) + 1e-4
         bsp_time = time_to(target, *curves[scenario]["0"][:2])

@@ -19,14 +19,29 @@ __all__ = ["mix64", "HashRing"]
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_BUCKET_BITS = 16  # the owner table covers the ring in 2**16 equal arcs (512 KiB as int64, 64 KiB as int8)
+_CHUNK = 1 << 15  # keys hashed per step: the scratch arrays stay in cache and are allocated once per call
+_SPLIT_BY_MASKS = 8  # up to this many shards, split makes one pass per shard instead of sorting
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser, vectorised: a bijective uint64 -> uint64 hash."""
-    z = np.asarray(x, dtype=np.uint64) + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+    x = np.asarray(x, dtype=np.uint64)
+    z = np.empty_like(x)  # a new array: the input is never modified
+    _mix64_into(x, z, np.empty_like(x))
+    return z
+
+
+def _mix64_into(x: np.ndarray, z: np.ndarray, scratch: np.ndarray) -> None:
+    """``z = mix64(x)`` without temporaries (``scratch``: same shape, overwritten)."""
+    np.add(x, _GOLDEN, out=z)
+    for shift, multiplier in ((_S30, _M1), (_S27, _M2)):
+        np.right_shift(z, shift, out=scratch)
+        np.bitwise_xor(z, scratch, out=z)
+        np.multiply(z, multiplier, out=z)
+    np.right_shift(z, _S31, out=scratch)
+    np.bitwise_xor(z, scratch, out=z)
 
 
 class HashRing:
@@ -51,18 +66,64 @@ class HashRing:
         order = np.argsort(points, kind="stable")
         self._points = points[order]
         self._owners = owners[order].astype(np.int64)
+        self._slots = np.searchsorted(self.shard_ids, self._owners)  # each point's owner as an index of shard_ids
+        self._ids_are_slots = bool(np.array_equal(self.shard_ids, np.arange(ids.size)))
+        self._bucket_slots = self._bucket_table()
+        self._small_bucket_slots = self._bucket_slots.astype(np.int8) if ids.size < 128 else self._bucket_slots
+
+    def _bucket_table(self) -> np.ndarray:
+        """The owner slot of each of 2**_BUCKET_BITS equal arcs of the ring, -1 where several shards share it.
+
+        Most keys are then placed by one gather on their hash's top bits instead of a binary
+        search over every point (a branchy ~50 ns per key); keys in shared arcs take the search.
+        """
+        shift = np.uint64(64 - _BUCKET_BITS)
+        starts = np.arange(1 << _BUCKET_BITS, dtype=np.uint64) << shift
+        ends = starts | ((np.uint64(1) << shift) - np.uint64(1))
+        first = np.searchsorted(self._points, starts, side="left")  # == size: wraps to point 0
+        last = np.searchsorted(self._points, ends, side="left")
+        slots = np.append(self._slots, self._slots[0])  # point ``size`` is point 0 again
+        changes = np.concatenate([[0], np.cumsum(slots[1:] != slots[:-1])])
+        return np.where(changes[first] == changes[last], slots[first], -1).astype(np.int64)
 
     @property
     def num_shards(self) -> int:
         """How many shards are on the ring."""
         return int(self.shard_ids.size)
 
+    def _slot_of(self, keys: np.ndarray, small: bool = False) -> np.ndarray:
+        """The owner of every key as an index into ``shard_ids`` (same shape; int64, or int8 if ``small``).
+
+        Hashes in chunks into two small reused buffers: no hash-sized temporaries,
+        whose fresh pages cost more than the arithmetic.
+        """
+        keys = np.asarray(keys)
+        flat = np.ascontiguousarray(keys.reshape(-1), dtype=np.uint64)
+        table = self._small_bucket_slots if small else self._bucket_slots
+        slots = np.empty(flat.size, dtype=table.dtype)
+        hashed = np.empty(min(flat.size, _CHUNK), dtype=np.uint64)
+        scratch = np.empty_like(hashed)
+        shift = np.uint64(64 - _BUCKET_BITS)
+        for start in range(0, flat.size, _CHUNK):
+            stop = min(start + _CHUNK, flat.size)
+            h = hashed[: stop - start]
+            _mix64_into(flat[start:stop], h, scratch[: stop - start])
+            np.right_shift(h, shift, out=h)
+            np.take(table, h.view(np.int64), out=slots[start:stop], mode="clip")  # indices < table.size
+        shared = np.flatnonzero(slots < 0)
+        if shared.size:
+            index = np.searchsorted(self._points, mix64(flat[shared]), side="left")
+            index[index == self._points.size] = 0
+            slots[shared] = self._slots[index]
+        return slots.reshape(keys.shape)
+
     def shard_of(self, keys: np.ndarray) -> np.ndarray:
         """The owning shard id of every key (int64 array, same shape)."""
-        positions = mix64(keys)
-        index = np.searchsorted(self._points, positions, side="left")
-        index[index == self._points.size] = 0
-        return self._owners[index]
+        keys = np.asarray(keys)
+        if self.shard_ids.size == 1:
+            return np.full(keys.shape, self.shard_ids[0], dtype=np.int64)
+        slots = self._slot_of(keys)
+        return slots if self._ids_are_slots else self.shard_ids[slots]
 
     def split(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Group keys by shard, preserving their order inside each shard.
@@ -71,9 +132,24 @@ class HashRing:
             ``(order, bounds)``: ``keys[order[bounds[i]:bounds[i+1]]]`` are the
             keys of ``shard_ids[i]``.
         """
-        owners = self.shard_of(keys)
-        slot = np.searchsorted(self.shard_ids, owners)
-        order = np.argsort(slot, kind="stable")
-        counts = np.bincount(slot, minlength=self.num_shards)
+        if self.shard_ids.size <= _SPLIT_BY_MASKS:
+            parts = self.positions_by_shard(keys)
+            order = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            counts = np.array([part.size for part in parts])
+        else:  # a stable sort of small integers is a radix sort in numpy
+            slot = self._slot_of(keys, small=True).reshape(-1)
+            order = np.argsort(slot.astype(np.int16 if self.shard_ids.size < 1 << 15 else np.int64), kind="stable")
+            counts = np.bincount(slot.astype(np.intp), minlength=self.num_shards)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         return order, bounds
+
+    def positions_by_shard(self, keys: np.ndarray) -> list[np.ndarray]:
+        """For each of ``shard_ids`` in turn, the positions of its keys in (flattened) ``keys``, ascending."""
+        count = np.asarray(keys).size
+        if self.shard_ids.size == 1:
+            return [np.arange(count)]
+        slot = self._slot_of(keys, small=True).reshape(-1)
+        if self.shard_ids.size <= _SPLIT_BY_MASKS:  # a pass per shard beats a stable sort of the slots
+            return [np.flatnonzero(slot == index) for index in range(self.shard_ids.size)]
+        order, bounds = self.split(keys)
+        return [order[bounds[i] : bounds[i + 1]] for i in range(self.shard_ids.size)]

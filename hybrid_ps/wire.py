@@ -39,6 +39,7 @@ that clock: each group stops there and checkpoints. A pull whose
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from dataclasses import dataclass
 from typing import Sequence
@@ -208,9 +209,20 @@ def values_from_frame(frame: memoryview | bytes, header: Header) -> np.ndarray:
             f"width {header.width} * {itemsize}"
         )
     values = np.frombuffer(frame, dtype=header.dtype).reshape(header.num_keys, header.width)
-    if not bool(np.isfinite(values).all()):
+    if not _all_finite(values):
         raise WireError("values contain NaN or Inf")
     return values
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether no value is NaN or +-Inf: one vectorised sum, no boolean temporary of the array's size.
+
+    A NaN or an infinity makes the sum non-finite; a non-finite sum of finite
+    values (overflow) is told apart by the exact elementwise check.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.add.reduce(values, axis=None))
+    return math.isfinite(total) or bool(np.isfinite(values).all())
 
 
 def error_text(frame: memoryview | bytes) -> str:

@@ -34,7 +34,7 @@ class Ticket:
     what: str
     pending: set[int] = field(default_factory=set)
     values: np.ndarray | None = None
-    placement: dict[int, np.ndarray] = field(default_factory=dict)
+    placement: dict[int, np.ndarray | int] = field(default_factory=dict)  # request -> positions (int: all, in order)
     error: str | None = None  # a shard's rejection: waiting on the ticket again raises it again
     reply_clock: int = 0  # the clock field of the last reply (a checkpoint's cut)
     shard_clocks: np.ndarray | None = None  # pulls: each group's clock when the shards answered (min over shards)
@@ -110,11 +110,13 @@ class PSClient:
         a ``[len(keys), width]`` float32 array.
         """
         ticket = Ticket(wire.Op.PULL, f"pull of {keys.size} keys at clock {clock}")
-        ticket.values = np.empty((keys.size, self.width), dtype=np.float32)
-        for shard, positions in self._split(keys):
-            part = keys[positions]
+        parts = self._split(keys)
+        if len(parts) != 1 or parts[0][1] is not None:  # a single shard's reply becomes the values as it is
+            ticket.values = np.empty((keys.size, self.width), dtype=np.float32)
+        for shard, positions in parts:
+            part = np.ascontiguousarray(keys) if positions is None else np.take(keys, positions)
             request_id = self._send(shard, ticket, wire.Op.PULL, clock, [part], part.size)
-            ticket.placement[request_id] = positions
+            ticket.placement[request_id] = part.size if positions is None else positions
         return ticket
 
     def push(self, keys: np.ndarray, grads: np.ndarray, clock: int) -> Ticket:
@@ -122,12 +124,16 @@ class PSClient:
 
         Returns at once; the acknowledgements are collected by later waits.
         Blocks only if ``max_pushes_in_flight`` pushes are still unacknowledged.
+        The arrays may be sent zero-copy: do not modify them after the call.
         """
         grads = np.ascontiguousarray(grads, dtype=np.float32).reshape(keys.size, self.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
         for shard, positions in self._split(keys):
-            part = keys[positions]
-            self._send(shard, ticket, wire.Op.PUSH, clock, [part, grads[positions]], part.size)
+            if positions is None:
+                self._send(shard, ticket, wire.Op.PUSH, clock, [np.ascontiguousarray(keys), grads], keys.size)
+            else:
+                part = [np.take(keys, positions), np.take(grads, positions, axis=0)]
+                self._send(shard, ticket, wire.Op.PUSH, clock, part, positions.size)
         self._pushes_in_flight.append(ticket)
         self._limit_pushes_in_flight()
         return ticket
@@ -193,12 +199,19 @@ class PSClient:
 
     # -- internals ----------------------------------------------------------
 
-    def _split(self, keys: np.ndarray):
-        order, bounds = self.ring.split(keys)
-        for index, shard in enumerate(self.ring.shard_ids):
-            positions = order[bounds[index] : bounds[index + 1]]
+    def _split(self, keys: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+        """``(shard, positions of its keys)`` for every shard owning some; ``None``: all the keys, in order."""
+        if not keys.size:
+            return []
+        if self.ring.num_shards == 1:
+            return [(int(self.ring.shard_ids[0]), None)]
+        parts = []
+        for shard, positions in zip(self.ring.shard_ids.tolist(), self.ring.positions_by_shard(keys)):
+            if positions.size == keys.size:
+                return [(shard, None)]  # every key on one shard: no gather, no scatter
             if positions.size:
-                yield int(shard), positions
+                parts.append((shard, positions))
+        return parts
 
     def _broadcast(self, op: wire.Op, clock: int, what: str) -> Ticket:
         ticket = Ticket(op, what)
@@ -252,7 +265,23 @@ class PSClient:
             self.stop_at = header.clock
         if header.op is wire.Op.PULL_REPLY:
             positions = ticket.placement.pop(header.request_id)
-            ticket.values[positions] = wire.values_from_frame(frames[1], header)
+            asked = positions if isinstance(positions, int) else positions.size
+            if header.num_keys != asked:
+                raise ShardUnavailableError(
+                    f"shard {shard} ({self.endpoints[shard]}) answered {header.num_keys} keys of the {ticket.what}, "
+                    f"asked {asked}"
+                )
+            values = wire.values_from_frame(frames[1], header)
+            if ticket.values is None:  # the only reply: keep the received buffer (writable, zero-copy) ...
+                # ... unless ZeroMQ stored it unaligned (small messages live inside the message struct):
+                # MPI and fast numpy paths need aligned float32
+                ticket.values = values if values.flags.aligned else values.copy()
+            elif isinstance(positions, int):
+                ticket.values[...] = values
+            elif self.width == 1:  # a 1-D scatter is ~2x faster than scattering rows of one value
+                ticket.values.reshape(-1)[positions] = values.reshape(-1)
+            else:
+                ticket.values[positions] = values
             clocks = np.frombuffer(frames[2], dtype=np.int64)
             if clocks.size != self.shard_clocks.size:
                 raise ShardUnavailableError(

@@ -54,7 +54,7 @@ def test_end_to_end_benchmark(tmp_path):
 
 def test_staleness_benchmark(tmp_path):
     out = _run(tmp_path, sys.executable, "-m", "benchmarks.staleness", "--ranks", "5", "--groups", "2",
-               "--rows", "20000", "--epochs", "2", timeout=600)
+               "--rows", "20000", "--epochs", "2", "--log-interval", "0.02", timeout=600)
     assert (tmp_path / "staleness.png").stat().st_size > 1000
     assert "transient" in out and _headline(tmp_path, "staleness")["ratio"] > 0
 
