@@ -64,3 +64,11 @@ def test_summary_lists_the_results(tmp_path):
     table = subprocess.run([sys.executable, "-m", "benchmarks.summary"], cwd=REPO, capture_output=True, text=True,
                            env={**os.environ, "HYBRID_PS_BENCH_RESULTS": str(tmp_path)}, check=True).stdout
     assert table.splitlines()[0].startswith("| benchmark |") and "| overlap |" in table
+
+
+def test_transport_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.transport", "--max-keys", "10000")
+    assert out.strip().splitlines()[-1].startswith("RATIO PS transport")
+    record = json.loads((tmp_path / "transport.json").read_text())
+    assert record["headline"]["ratio"] > 0
+    assert {(row["shards"], row["keys"]) for row in record["rows"]} == {(s, n) for s in (1, 2) for n in (1000, 10000)}
