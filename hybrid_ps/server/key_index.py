@@ -16,6 +16,7 @@ __all__ = ["KeyIndex"]
 
 _SALT = np.uint64(0xD6E8FEB86659FD93)  # decorrelates from the ring, which also hashes keys
 _EMPTY = -1
+_REBUILD_CHUNK = 1 << 20  # keys placed per round when the table grows
 
 
 class KeyIndex:
@@ -51,21 +52,30 @@ class KeyIndex:
         return (mix64(keys ^ _SALT) & mask).astype(np.int64)
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """Slots of ``keys`` (int64), -1 where a key is absent."""
+        """Slots of ``keys`` (int64), -1 where a key is absent.
+
+        The first probe handles the whole batch with plain gathers and no boolean
+        indexing; only keys whose home position holds another key probe further.
+        """
         keys = np.asarray(keys, dtype=np.uint64)
-        result = np.full(keys.size, -1, dtype=np.int64)
-        pending = np.arange(keys.size)
         position = self._home(keys)
+        slots = self._table[position].astype(np.int64)
+        occupied = slots != _EMPTY
+        found = self.slot_keys[slots] == keys  # an empty home (-1) reads the last slot key: masked next
+        found &= occupied
+        result = np.where(found, slots, -1)
+        pending = np.flatnonzero(occupied & ~found)
+        position = position[pending]
         mask = self._table.size - 1
         while pending.size:
+            position = (position + 1) & mask
             slots = self._table[position]
             occupied = slots != _EMPTY
-            hit = occupied.copy()
-            hit[occupied] = self.slot_keys[slots[occupied]] == keys[pending[occupied]]
+            hit = occupied & (self.slot_keys[slots] == keys[pending])
             result[pending[hit]] = slots[hit]
             again = occupied & ~hit
             pending = pending[again]
-            position = (position[again] + 1) & mask
+            position = position[again]
         return result
 
     def insert(self, keys: np.ndarray) -> np.ndarray:
@@ -106,6 +116,13 @@ class KeyIndex:
             position = (position[~won] + 1) & mask
 
     def _rebuild(self, table_size: int) -> None:
+        """A new table of ``table_size`` holding every key, built from ``slot_keys``.
+
+        The old table is dropped first and keys are placed in chunks, so a rebuild
+        never holds two tables or full-size temporaries at once (benchmarks/memory.py).
+        """
+        self._table = None
         self._table = np.full(table_size, _EMPTY, dtype=np.int32)
-        if self._size:
-            self._place(np.arange(self._size, dtype=np.int64), self._home(self.keys))
+        for start in range(0, self._size, _REBUILD_CHUNK):
+            stop = min(start + _REBUILD_CHUNK, self._size)
+            self._place(np.arange(start, stop, dtype=np.int64), self._home(self.slot_keys[start:stop]))

@@ -72,3 +72,16 @@ def test_transport_benchmark(tmp_path):
     record = json.loads((tmp_path / "transport.json").read_text())
     assert record["headline"]["ratio"] > 0
     assert {(row["shards"], row["keys"]) for row in record["rows"]} == {(s, n) for s in (1, 2) for n in (1000, 10000)}
+
+
+def test_shard_apply_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.shard_apply", "--held", "200000", "--batch", "1000", "10000")
+    assert "push Mkeys/s" in out and _headline(tmp_path, "shard_apply")["ratio"] > 0
+
+
+def test_memory_benchmark(tmp_path):
+    _run(tmp_path, sys.executable, "-m", "benchmarks.memory", "--millions", "0.2", "--widths", "1", "4")
+    record = json.loads((tmp_path / "memory.json").read_text())
+    assert {(row["optimizer"], row["width"]) for row in record["rows"]} == {
+        (name, width) for name in ("sgd", "adagrad", "ftrl") for width in (1, 4)}
+    assert all(row["bytes_per_key"] > 0 for row in record["rows"])
