@@ -26,8 +26,8 @@ class PreparedBatch:
     Attributes:
         batch: the rows.
         keys: sorted unique keys the rows touch, then ``BIAS_KEY`` (the largest uint64, so still sorted).
-        inverse: int64 ``[nnz]``, the index in ``keys`` of each of ``batch.keys``.
-        row_ids: int64 ``[nnz]``, the row of each nonzero.
+        inverse: int32 (int64 for huge batches) ``[nnz]``, the index in ``keys`` of each of ``batch.keys``.
+        row_ids: int32 (or int64) ``[nnz]``, the row of each nonzero.
     """
 
     batch: Batch
@@ -54,7 +54,8 @@ class LogisticRegression:
         keys = np.empty(unique.size + 1, dtype=np.uint64)
         keys[:-1] = unique
         keys[-1] = BIAS_KEY
-        return PreparedBatch(batch, keys, inverse.reshape(-1), batch.row_ids)
+        index = np.int32 if batch.keys.size < 2**31 else np.int64  # half the memory when batches are kept
+        return PreparedBatch(batch, keys, inverse.reshape(-1).astype(index), batch.row_ids.astype(index))
 
     def touched_keys(self, batch: Batch) -> np.ndarray:
         """Sorted unique keys a batch needs, the bias key included."""

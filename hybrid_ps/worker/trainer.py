@@ -121,6 +121,7 @@ class GroupTrainer:
         self._delay_group = config.train.delay_group == group_id
         self._delay = config.train.delay_seconds if self._delay_group else 0.0
         self._ps_seconds = 0.0  # leader: time blocked on the PS tier (pull and clock waits, push sends)
+        self._prepared: dict[int, PreparedBatch] = {}  # preloaded data: id(batch) -> its prepared form
         self._straggle_draws = np.random.default_rng([config.data.seed, group_id])
         self._cycle_mark = (time.monotonic(), 0.0)  # leader: (time, PS seconds) when the last step ended
 
@@ -151,12 +152,21 @@ class GroupTrainer:
 
     def _start_exchange(self, batch: Batch | None, clock: int) -> "_Exchange":
         """Steps 2-3a: union of the members' keys; the leader sends the pull for ``clock`` (not waited for)."""
-        prepared = self.model.prepare(batch) if batch is not None else None
+        prepared = self._prepare(batch) if batch is not None else None
         union = self.group.gather_keys(prepared.keys if prepared is not None else None)
         ticket = None
         if self.group.is_leader and union is not None:
             ticket = self.client.pull(union, clock)
         return _Exchange(prepared, union, ticket)
+
+    def _prepare(self, batch: Batch) -> PreparedBatch:
+        """The model's view of ``batch``; with preloaded data (the same batches every pass) worked out once."""
+        if not self.config.data.preload:
+            return self.model.prepare(batch)
+        prepared = self._prepared.get(id(batch))
+        if prepared is None or prepared.batch is not batch:
+            prepared = self._prepared[id(batch)] = self.model.prepare(batch)
+        return prepared
 
     def _finish_exchange(self, exchange: "_Exchange", can_stop: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
         """Step 3b: the leader waits for the pulled values and broadcasts them; ``None`` = stop (everybody).

@@ -179,3 +179,22 @@ def test_sigmoid():
     margins = np.array([-1000.0, -5.0, 0.0, 5.0, 1000.0])
     np.testing.assert_allclose(sigmoid(margins), [0.0, 1 / (1 + np.exp(5)), 0.5, 1 / (1 + np.exp(-5)), 1.0],
                                rtol=1e-12, atol=1e-300)
+
+
+def test_prepared_batch_maps_every_nonzero_to_its_key():
+    batch = _batch()
+    prepared = LogisticRegression().prepare(batch)
+    assert prepared.keys[-1] == BIAS_KEY and np.all(np.diff(prepared.keys[:-1].astype(np.float64)) > 0)
+    np.testing.assert_array_equal(prepared.keys[prepared.inverse], batch.keys)
+    np.testing.assert_array_equal(prepared.row_ids, batch.row_ids)
+    wider = np.union1d(prepared.keys, np.array([3, 2**40], dtype=np.uint64))  # a group's union holds more keys
+    np.testing.assert_array_equal(wider[prepared.positions_in(wider)], batch.keys)
+
+
+def test_prepared_and_plain_batches_give_the_same_loss_and_gradient():
+    model, batch = LogisticRegression(), _batch(seed=5)
+    keys = np.union1d(model.touched_keys(batch), np.array([42], dtype=np.uint64))
+    weights = np.random.default_rng(0).normal(size=keys.size)
+    plain, prepared = model.loss_and_gradient(batch, keys, weights), model.loss_and_gradient(model.prepare(batch), keys, weights)
+    assert plain[0] == pytest.approx(prepared[0])
+    np.testing.assert_allclose(plain[1], prepared[1])
