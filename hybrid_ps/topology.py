@@ -54,7 +54,9 @@ class Layout:
     def describe(self) -> str:
         """One line, e.g. ``8 ranks: 2 servers, 2 groups of [3, 3] workers``."""
         sizes = [stop - start for start, stop in map(self.group_bounds, range(self.num_groups))]
-        return f"{self.world_size} ranks: {self.num_servers} servers, {self.num_groups} groups of {sizes} workers"
+        servers = f"{self.num_servers} server{'s' if self.num_servers != 1 else ''}"
+        groups = f"{self.num_groups} group{'s' if self.num_groups != 1 else ''}"
+        return f"{self.world_size} ranks: {servers}, {groups} of {sizes} workers"
 
 
 def plan_layout(world_size: int, servers: int = 0, groups: int = 0) -> Layout:

@@ -27,5 +27,5 @@ def test_pbs_script_trains_with_the_ranks_pbs_allocated(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "mpi_launch (pbs)" in output and " -n 4 " in output
-    assert "4 ranks: 1 servers, 1 groups of [3] workers" in output
+    assert "4 ranks: 1 server, 1 group of [3] workers" in output
     assert (tmp_path / "run" / "checkpoints" / "latest").is_file()

@@ -85,6 +85,7 @@ def test_group_of_a_server_rank_is_an_error():
 def test_describe():
     assert plan_layout(8, 2, 2).describe() == "8 ranks: 2 servers, 2 groups of [3, 3] workers"
     assert plan_layout(9, 2, 2).describe() == "9 ranks: 2 servers, 2 groups of [4, 3] workers"
+    assert plan_layout(4, 1, 1).describe() == "4 ranks: 1 server, 1 group of [3] workers"
 
 
 @pytest.mark.parametrize("world", [1, 0, -3])
