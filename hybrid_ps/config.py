@@ -36,6 +36,9 @@ class ClusterConfig:
     )
     bind_host: str = _option("auto", "address shards bind to (auto = this node's resolved hostname)", "--bind-host")
     ps_timeout: float = _option(600.0, "seconds a leader waits for a shard reply before failing", "--ps-timeout")
+    group_timeout: float = _option(
+        600.0, "seconds without a message from a group before shards stop waiting for it (0 = never); "
+        "it rejoins if it speaks again", "--group-timeout")
     vnodes: int = _option(256, "virtual nodes per shard on the consistent-hash ring", "--vnodes")
     max_keys_per_message: int = _option(1 << 24, "largest key count a shard accepts in one message")
 
@@ -107,6 +110,7 @@ class Config:
             ("cluster.servers", self.cluster.servers >= 0, ">= 0"),
             ("cluster.groups", self.cluster.groups >= 0, ">= 0"),
             ("cluster.ps_timeout", self.cluster.ps_timeout > 0, "> 0"),
+            ("cluster.group_timeout", self.cluster.group_timeout >= 0, ">= 0"),
             ("cluster.vnodes", self.cluster.vnodes >= 1, ">= 1"),
             ("cluster.max_keys_per_message", self.cluster.max_keys_per_message >= 1, ">= 1"),
             ("data.rows", self.data.rows >= 1, ">= 1"),

@@ -93,6 +93,7 @@ def _run_server(
         config.cluster.max_keys_per_message,
         checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
         stop_request=stop if topology.shard_id == 0 else None,
+        group_timeout=config.cluster.group_timeout,
     )
     if config.train.resume:
         _restore(service, config, ring, topology)

@@ -3,7 +3,8 @@
 Group ``g`` at clock ``c`` has finished ``c`` steps. A pull for step ``c``
 may be answered once the slowest group has finished ``c - s`` steps, with
 ``s`` the staleness bound: ``s = 0`` is BSP (lock-step), ``s = inf`` is ASP.
-A group that finished training counts as infinitely far ahead.
+A group that finished training, or that a shard dropped after it fell
+silent, counts as infinitely far ahead; a dropped group may rejoin.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class VectorClock:
     def __init__(self, num_groups: int) -> None:
         self.clocks = np.zeros(num_groups, dtype=np.int64)
         self.finished = np.zeros(num_groups, dtype=bool)
+        self.dropped = np.zeros(num_groups, dtype=bool)
 
     @property
     def num_groups(self) -> int:
@@ -62,14 +64,35 @@ class VectorClock:
         """Record that ``group`` finished training."""
         self.finished[group] = True
 
+    def drop(self, group: int) -> None:
+        """Stop waiting for ``group`` (it fell silent): it no longer holds the others back."""
+        self.dropped[group] = True
+
+    def rejoin(self, group: int) -> int:
+        """Take a dropped ``group`` back at the slowest running group's clock (or its own, if later).
+
+        Returns:
+            The clock it rejoins at.
+        """
+        running = self.clocks[~self.done]  # the others: this group is still dropped here
+        self.dropped[group] = False
+        if running.size:
+            self.clocks[group] = max(int(self.clocks[group]), int(running.min()))
+        return int(self.clocks[group])
+
+    @property
+    def done(self) -> np.ndarray:
+        """Groups the SSP rule no longer waits for: finished or dropped."""
+        return self.finished | self.dropped
+
     def min_clock(self) -> int:
-        """The slowest unfinished group's clock (``FINAL_CLOCK`` when all finished)."""
-        running = self.clocks[~self.finished]
+        """The slowest running group's clock (``FINAL_CLOCK`` when all finished or dropped)."""
+        running = self.clocks[~self.done]
         return int(running.min()) if running.size else FINAL_CLOCK
 
     def effective(self) -> np.ndarray:
-        """Each group's clock for the SSP rule: ``FINAL_CLOCK`` for groups that finished."""
-        return np.where(self.finished, FINAL_CLOCK, self.clocks)
+        """Each group's clock for the SSP rule: ``FINAL_CLOCK`` for groups finished or dropped."""
+        return np.where(self.done, FINAL_CLOCK, self.clocks)
 
     def gap(self) -> int:
         """Fastest minus slowest clock over all groups."""
@@ -78,7 +101,7 @@ class VectorClock:
     def ready(self, clock: int, staleness: float) -> bool:
         """Whether a pull for step ``clock`` may be answered under ``staleness``."""
         if clock == FINAL_CLOCK:
-            return bool(self.finished.all())
+            return bool(self.done.all())
         if math.isinf(staleness):
             return True
         return self.min_clock() >= clock - staleness

@@ -71,6 +71,9 @@ class ShardService:
             asked for a checkpoint; ``None`` refuses CHECKPOINT requests.
         stop_request: shard 0 only: a preemption flag of this process; when set,
             the shard picks the stop clock as if a leader had sent STOP.
+        group_timeout: seconds without any message from a group before the shard
+            stops waiting for it in the SSP rule (0 = wait forever); a dropped
+            group that speaks again rejoins at the slowest running group's clock.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class ShardService:
         context: zmq.Context | None = None,
         checkpoint_writer: CheckpointWriter | None = None,
         stop_request: StopRequest | None = None,
+        group_timeout: float = 0.0,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -98,6 +102,8 @@ class ShardService:
         self._checkpoint_writer = checkpoint_writer
         self._checkpoint_requests: dict[int, tuple[bytes, wire.Header]] = {}
         self._stop_request = stop_request
+        self.group_timeout = group_timeout
+        self._last_heard = np.full(num_groups, time.monotonic())
         self.stop_at: int | None = None
         self._running = False
         self._context = context or zmq.Context.instance()
@@ -120,11 +126,15 @@ class ShardService:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         started = time.monotonic()
+        self._last_heard[:] = started
+        poll_ms = min(_POLL_MS, int(self.group_timeout * 250) + 1) if self.group_timeout else _POLL_MS
         log.info("shard %d serving at %s for %d groups", self.shard_id, self.endpoint, self.clock.num_groups)
         while self._running:
             if self._stop_request is not None and self._stop_request.requested:
                 self._choose_stop_clock(self._stop_request.signal_name)
-            if not poller.poll(_POLL_MS):
+            if self.group_timeout:
+                self._drop_silent_groups()
+            if not poller.poll(poll_ms):
                 continue
             for _ in range(_MAX_BATCH):
                 try:
@@ -170,6 +180,7 @@ class ShardService:
             return
         if header.group >= self.clock.num_groups:
             raise WireError(f"group {header.group} out of range (job has {self.clock.num_groups})")
+        self._heard_from(header.group)
         if op in (wire.Op.PULL, wire.Op.PUSH) and header.width != self.shard.width:
             raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
         if op is wire.Op.PULL:
@@ -193,7 +204,7 @@ class ShardService:
         elif op is wire.Op.BYE:
             self.clock.finish(header.group)
             self.left[header.group] = True
-            self._running = not bool(self.left.all())
+            self._running = not bool((self.left | self.clock.dropped).all())
         elif op is wire.Op.STOP:
             self._choose_stop_clock(f"group {header.group}")
         elif op is wire.Op.CHECKPOINT:
@@ -258,6 +269,29 @@ class ShardService:
         for identity, header in answered.values():
             reply = wire.Header(wire.Op.ACK, header.group, header.request_id, cut)
             self._send(identity, [wire.encode_header(reply)])
+
+    def _heard_from(self, group: int) -> None:
+        self._last_heard[group] = time.monotonic()
+        if self.clock.dropped[group]:
+            clock = self.clock.rejoin(group)
+            log.warning("shard %d: group %d is back: it rejoins at clock %d", self.shard_id, group, clock)
+
+    def _drop_silent_groups(self) -> None:
+        """Stop waiting for groups silent longer than ``group_timeout`` (crashed, or cut off).
+
+        A group whose pull this shard holds back is waiting, not silent.
+        """
+        silent = ~self.clock.done & ~self.left & (time.monotonic() - self._last_heard > self.group_timeout)
+        if not silent.any():
+            return
+        for pull in self._deferred:  # waiting on this shard is not silence
+            silent[pull.header.group] = False
+        for group in np.flatnonzero(silent).tolist():
+            self.clock.drop(group)
+            log.warning("shard %d: no message from group %d for %gs: it no longer holds the others back "
+                        "(clock %d); it rejoins if it speaks again", self.shard_id, group, self.group_timeout,
+                        int(self.clock.clocks[group]))
+        self._release_deferred()
 
     def _release_deferred(self) -> None:
         waiting = []

@@ -33,7 +33,8 @@ class Cluster:
     """``shards`` ShardServices serving in threads, plus the clients and raw sockets of one test."""
 
     def __init__(self, shards: int = 2, groups: int = 1, staleness: float = 0, width: int = 1,
-                 optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24) -> None:
+                 optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24,
+                 group_timeout: float = 0.0) -> None:
         self.context = zmq.Context()
         self.ring = HashRing(range(shards), vnodes=64)
         self.groups = groups
@@ -41,7 +42,7 @@ class Cluster:
         self.optimizer = (optimizer, learning_rate)
         self.services = [
             ShardService(Shard(width, make_optimizer(optimizer, learning_rate), capacity=16), shard, self.ring,
-                         groups, staleness, max_keys=max_keys, context=self.context)
+                         groups, staleness, max_keys=max_keys, context=self.context, group_timeout=group_timeout)
             for shard in range(shards)
         ]
         self.results: dict[int, object] = {}
@@ -594,3 +595,35 @@ def test_shard_service_and_client_never_import_mpi4py():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_silent_group_is_dropped_after_the_timeout_and_rejoins_when_it_speaks(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=0, group_timeout=0.6)
+    service = cluster.services[0]
+    alive, silent = cluster.client(0), cluster.client(1)
+    keys = _random_keys(20, seed=9)
+    silent.wait(silent.clock(1))
+    alive.wait(alive.clock(2))
+    ticket = alive.pull(keys, 2)  # BSP: needs group 1 at clock 2, which never comes
+    assert not _answered_within(alive, ticket, 0.2)
+    assert _answered_within(alive, ticket, 3.0), "the silent group still holds the pull after its timeout"
+    assert service.clock.dropped.tolist() == [False, True]
+    for clock in (3, 4):  # group 0 trains on alone
+        alive.wait(alive.clock(clock))
+    assert alive.wait(alive.pull(keys, 4)) is not None
+    silent.wait(silent.clock(2))  # group 1 is back: it rejoins at the running group's clock, not its own
+    assert service.clock.dropped.tolist() == [False, False] and service.clock.clocks.tolist() == [4, 4]
+    alive.wait(alive.clock(5))
+    ticket = alive.pull(keys, 5)  # and holds group 0 back again
+    assert not _answered_within(alive, ticket, NOT_ANSWERED)
+    silent.wait(silent.clock(5))
+    assert _answered_within(alive, ticket, 2.0)
+
+
+def test_no_group_is_dropped_without_a_timeout(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=0)
+    alive = cluster.client(0)
+    alive.wait(alive.clock(2))
+    ticket = alive.pull(_random_keys(5, seed=1), 2)
+    assert not _answered_within(alive, ticket, 1.0)
+    assert not cluster.services[0].clock.dropped.any()

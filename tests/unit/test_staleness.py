@@ -192,3 +192,15 @@ def test_finishing_twice_is_harmless():
     clock.finish(1)
     assert clock.finished.tolist() == [False, True]
     assert not clock.ready(FINAL_CLOCK, 0)
+
+
+def test_a_dropped_group_stops_holding_back_and_rejoins_at_the_slowest_running_clock():
+    clock = VectorClock(3)
+    for group, value in enumerate((5, 2, 7)):
+        clock.advance(group, value)
+    assert clock.min_clock() == 2 and not clock.ready(5, 0)
+    clock.drop(1)
+    assert clock.min_clock() == 5 and clock.ready(5, 0) and clock.effective()[1] == FINAL_CLOCK
+    assert clock.rejoin(1) == 5 and clock.min_clock() == 5  # not back at 2: it would stall the others
+    clock.finish(0), clock.finish(2), clock.drop(1)
+    assert clock.ready(FINAL_CLOCK, 0)  # finished or dropped: nobody left to wait for
