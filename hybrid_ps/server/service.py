@@ -239,7 +239,7 @@ class ShardService:
             log.warning("shard %d: stop requested (%s): every group stops at clock %d", self.shard_id, why, self.stop_at)
 
     def _maybe_checkpoint(self) -> None:
-        """Write the shard file once every group asked for the earliest requested cut (or finished).
+        """Write the shard file once every group asked for the earliest requested cut (or finished, or was dropped).
 
         Groups that asked are blocked waiting for the answer and their pushes
         arrived before their request, so the state written is a consistent cut.
@@ -249,9 +249,10 @@ class ShardService:
         target = min(header.clock for _, header in self._checkpoint_requests.values())
         for group in range(self.clock.num_groups):
             request = self._checkpoint_requests.get(group)
-            if target == wire.FINAL_CLOCK and request is None and not self.left[group]:
+            gone = self.left[group] or self.clock.dropped[group]
+            if target == wire.FINAL_CLOCK and request is None and not gone:
                 return  # the after-training cut waits for every group's request (or departure)
-            if not (self.clock.finished[group] or (request and request[1].clock >= target)):
+            if not (self.clock.finished[group] or gone or (request and request[1].clock >= target)):
                 return
         cut = int(self.clock.clocks.max()) if target == wire.FINAL_CLOCK else target
         answered = {g: r for g, r in self._checkpoint_requests.items() if r[1].clock == target}
@@ -279,19 +280,21 @@ class ShardService:
     def _drop_silent_groups(self) -> None:
         """Stop waiting for groups silent longer than ``group_timeout`` (crashed, or cut off).
 
-        A group whose pull this shard holds back is waiting, not silent.
+        A group whose pull or checkpoint request this shard holds back is waiting, not silent.
         """
         silent = ~self.clock.done & ~self.left & (time.monotonic() - self._last_heard > self.group_timeout)
         if not silent.any():
             return
         for pull in self._deferred:  # waiting on this shard is not silence
             silent[pull.header.group] = False
+        silent[list(self._checkpoint_requests)] = False
         for group in np.flatnonzero(silent).tolist():
             self.clock.drop(group)
             log.warning("shard %d: no message from group %d for %gs: it no longer holds the others back "
                         "(clock %d); it rejoins if it speaks again", self.shard_id, group, self.group_timeout,
                         int(self.clock.clocks[group]))
         self._release_deferred()
+        self._maybe_checkpoint()
 
     def _release_deferred(self) -> None:
         waiting = []

@@ -34,7 +34,7 @@ class Cluster:
 
     def __init__(self, shards: int = 2, groups: int = 1, staleness: float = 0, width: int = 1,
                  optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24,
-                 group_timeout: float = 0.0) -> None:
+                 group_timeout: float = 0.0, checkpoint_writer=None) -> None:
         self.context = zmq.Context()
         self.ring = HashRing(range(shards), vnodes=64)
         self.groups = groups
@@ -42,7 +42,8 @@ class Cluster:
         self.optimizer = (optimizer, learning_rate)
         self.services = [
             ShardService(Shard(width, make_optimizer(optimizer, learning_rate), capacity=16), shard, self.ring,
-                         groups, staleness, max_keys=max_keys, context=self.context, group_timeout=group_timeout)
+                         groups, staleness, max_keys=max_keys, context=self.context, group_timeout=group_timeout,
+                         checkpoint_writer=checkpoint_writer)
             for shard in range(shards)
         ]
         self.results: dict[int, object] = {}
@@ -627,3 +628,14 @@ def test_no_group_is_dropped_without_a_timeout(make_cluster):
     ticket = alive.pull(_random_keys(5, seed=1), 2)
     assert not _answered_within(alive, ticket, 1.0)
     assert not cluster.services[0].clock.dropped.any()
+
+
+def test_a_dropped_group_does_not_block_a_checkpoint_cut(make_cluster):
+    cuts = []
+    cluster = make_cluster(shards=1, groups=2, staleness=0, group_timeout=0.6,
+                           checkpoint_writer=lambda shard, clock, cut: cuts.append(cut))
+    alive, silent = cluster.client(0), cluster.client(1)
+    silent.wait(silent.clock(2))
+    alive.wait(alive.clock(2))
+    assert alive.checkpoint(2) == 2  # group 1 never asks: the cut is written once it is dropped
+    assert cuts == [2] and cluster.services[0].clock.dropped.tolist() == [False, True]
