@@ -44,10 +44,10 @@ def evaluate_model(checkpoint_path: str, batches: Iterable[Batch]) -> dict[str, 
     unseen = 0
     area = StreamingAUC()
     for batch in batches:
-        keys = scorer.touched_keys(batch)
-        weights, missing = _weights_for(model, keys)
+        prepared = scorer.prepare(batch)  # one sort of the batch's keys serves the lookup and the loss
+        weights, missing = _weights_for(model, prepared.keys)
         unseen += missing
-        loss, _, probability = scorer.loss_and_gradient(batch, keys, weights)
+        loss, _, probability = scorer.loss_and_gradient(prepared, prepared.keys, weights)
         rows += batch.num_rows
         loss_sum += loss
         correct += int(np.sum((probability > 0.5) == (batch.labels > 0.5)))

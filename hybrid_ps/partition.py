@@ -125,6 +125,14 @@ class HashRing:
         slots = self._slot_of(keys)
         return slots if self._ids_are_slots else self.shard_ids[slots]
 
+    def first_stray(self, keys: np.ndarray, shard: int) -> tuple[int, int] | None:
+        """``(key, its owner)`` of the first of ``keys`` that ``shard`` does not own, or ``None``."""
+        if self.shard_ids.size == 1 and int(self.shard_ids[0]) == shard:
+            return None  # the only shard owns everything: no hashing
+        owners = self.shard_of(keys)
+        stray = np.flatnonzero(owners != shard)
+        return (int(np.asarray(keys).reshape(-1)[stray[0]]), int(owners.reshape(-1)[stray[0]])) if stray.size else None
+
     def split(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Group keys by shard, preserving their order inside each shard.
 

@@ -57,6 +57,9 @@ class LogisticRegression:
         index = np.int32 if batch.keys.size < 2**31 else np.int64  # half the memory when batches are kept
         return PreparedBatch(batch, keys, inverse.reshape(-1).astype(index), batch.row_ids.astype(index))
 
+    def _prepared(self, batch: Batch | PreparedBatch) -> PreparedBatch:
+        return batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
+
     def touched_keys(self, batch: Batch) -> np.ndarray:
         """Sorted unique keys a batch needs, the bias key included."""
         return self.prepare(batch).keys
@@ -69,7 +72,7 @@ class LogisticRegression:
             keys: sorted keys covering the batch's keys and ``BIAS_KEY``.
             weights: ``[len(keys), 1]`` or ``[len(keys)]`` weights for ``keys``.
         """
-        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
+        prepared = self._prepared(batch)
         rows = prepared.batch
         w = weights.reshape(-1)
         position = prepared.positions_in(keys)
@@ -87,7 +90,7 @@ class LogisticRegression:
         Returns:
             ``(loss_sum, grad [len(keys)] float64, probabilities [rows])``.
         """
-        prepared = batch if isinstance(batch, PreparedBatch) else self.prepare(batch)
+        prepared = self._prepared(batch)
         rows = prepared.batch
         margin, position = self.margins(prepared, keys, weights)
         labels = rows.labels.astype(np.float64)

@@ -220,11 +220,9 @@ class ShardService:
 
     def _checked_keys(self, frame: memoryview, header: wire.Header) -> np.ndarray:
         keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys)
-        if keys.size and not (self.ring.num_shards == 1 and int(self.ring.shard_ids[0]) == self.shard_id):
-            owners = self.ring.shard_of(keys)
-            if not bool((owners == self.shard_id).all()):
-                stray = keys[owners != self.shard_id][0]
-                raise WireError(f"key {stray} belongs to shard {owners[owners != self.shard_id][0]}, not {self.shard_id}")
+        stray = self.ring.first_stray(keys, self.shard_id) if keys.size else None
+        if stray is not None:
+            raise WireError(f"key {stray[0]} belongs to shard {stray[1]}, not {self.shard_id}")
         return keys
 
     def _choose_stop_clock(self, why: str) -> None:
@@ -282,7 +280,7 @@ class ShardService:
 
         A group whose pull or checkpoint request this shard holds back is waiting, not silent.
         """
-        silent = ~self.clock.done & ~self.left & (time.monotonic() - self._last_heard > self.group_timeout)
+        silent = ~self.clock.done & (time.monotonic() - self._last_heard > self.group_timeout)  # left = finished
         if not silent.any():
             return
         for pull in self._deferred:  # waiting on this shard is not silence

@@ -205,7 +205,7 @@ class GroupTrainer:
             if self._prefetch and more_steps(self.clock + 1):
                 upcoming = self._start_exchange(next(batches, None), self.clock + 1)
             self._step(current.batch, *pulled, result)
-            if upcoming is None and more_steps(self.clock) and not self._prefetch:
+            if not self._prefetch and more_steps(self.clock):
                 upcoming = self._start_exchange(next(batches, None), self.clock)
         result.train_seconds, result.ps_seconds = self.meter.elapsed, self._ps_seconds
 
