@@ -173,7 +173,7 @@ def _validation_seconds(service_like, parts, grad_parts, push: bool) -> float:
 
         def check():
             h = wire.decode_header(frames[: 3 if push else 2])
-            service_like._checked_keys(frames[1], h)
+            service_like._checked_keys(frames[1], h, primary=not push)
             if push:
                 wire.values_from_frame(frames[2], h)
 
@@ -184,6 +184,7 @@ def _validation_seconds(service_like, parts, grad_parts, push: bool) -> float:
 def measure(num_shards: int, sizes: list[int], rng: np.random.Generator) -> list[dict]:
     from hybrid_ps.partition import HashRing
     from hybrid_ps.server.optimizers import make_optimizer
+    from hybrid_ps.replication import Placement
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard
     from hybrid_ps.worker.client import PSClient
@@ -203,7 +204,7 @@ def measure(num_shards: int, sizes: list[int], rng: np.random.Generator) -> list
     raw = RawClient(context, [e for _, e in raw_started])
     local = [Shard(WIDTH, make_optimizer("adagrad", LEARNING_RATE), capacity=capacity) for _ in range(num_shards)]
     checker = ShardService.__new__(ShardService)  # only its key check, without a socket
-    checker.ring, checker.max_keys = ring, 1 << 24
+    checker.placement, checker.max_keys = Placement(ring), 1 << 24
     rows = []
     try:
         held = np.sort(all_keys)

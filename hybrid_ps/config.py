@@ -40,6 +40,12 @@ class ClusterConfig:
         600.0, "seconds without a message from a group before shards stop waiting for it (0 = never); "
         "it rejoins if it speaks again", "--group-timeout")
     vnodes: int = _option(256, "virtual nodes per shard on the consistent-hash ring", "--vnodes")
+    replication: int = _option(
+        0, "shards holding each key range, primary first (0 = auto: 2 with 2 or more servers, else 1)",
+        "--replication")
+    failover_timeout: float = _option(
+        10.0, "seconds a shard may leave heartbeats unanswered before leaders declare it dead and its "
+        "backups take over", "--failover-timeout")
     max_keys_per_message: int = _option(1 << 24, "largest key count a shard accepts in one message")
 
 
@@ -112,6 +118,8 @@ class Config:
             ("cluster.ps_timeout", self.cluster.ps_timeout > 0, "> 0"),
             ("cluster.group_timeout", self.cluster.group_timeout >= 0, ">= 0"),
             ("cluster.vnodes", self.cluster.vnodes >= 1, ">= 1"),
+            ("cluster.replication", self.cluster.replication >= 0, ">= 0"),
+            ("cluster.failover_timeout", self.cluster.failover_timeout > 0, "> 0"),
             ("cluster.max_keys_per_message", self.cluster.max_keys_per_message >= 1, ">= 1"),
             ("data.rows", self.data.rows >= 1, ">= 1"),
             ("data.features", self.data.features >= 1, ">= 1"),
@@ -154,6 +162,25 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (for logs, metrics and checkpoints)."""
         return dataclasses.asdict(self)
+
+    def to_json_dict(self) -> dict[str, dict[str, Any]]:
+        """``to_dict`` with every value JSON can hold (staleness as text: ``inf`` is not JSON)."""
+        data = self.to_dict()
+        data["cluster"]["staleness"] = str(self.cluster.staleness)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, dict[str, Any]]) -> "Config":
+        """The validated Config of a nested dict such as ``to_json_dict`` gives.
+
+        Raises:
+            ConfigError: unknown setting or bad value (named).
+        """
+        config = cls()
+        for section, table in data.items():
+            for key, value in table.items():
+                _assign(config, f"{section}.{key}", value, "configuration")
+        return config.validate()
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}

@@ -9,6 +9,7 @@ __all__ = [
     "WireError",
     "TopologyError",
     "ShardUnavailableError",
+    "RangeLostError",
     "CheckpointError",
 ]
 
@@ -35,6 +36,10 @@ class TopologyError(HybridPSError):
 
 class ShardUnavailableError(HybridPSError):
     """A parameter-server shard did not answer in time or reported an error."""
+
+
+class RangeLostError(ShardUnavailableError):
+    """Every replica of a key range is dead: training cannot go on without a checkpoint to resume from."""
 
 
 class CheckpointError(HybridPSError):

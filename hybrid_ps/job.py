@@ -16,11 +16,9 @@ from .metrics import MetricsWriter
 from .models.logistic import BIAS_KEY, LogisticRegression
 from .partition import HashRing
 from .preemption import StopRequest
-from .server.optimizers import make_optimizer
-from .server.service import ShardService
-from .server.shard import Shard
+from .replication import default_replication
+from .server.process import ShardProcess, ShardSpec
 from .topology import Topology, build_topology, exchange_endpoints
-from .transport import resolve_bind_host
 from .worker.client import PSClient
 from .worker.group import WorkerGroup, wait_quietly
 from .worker.trainer import GroupResult, GroupTrainer
@@ -58,10 +56,10 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
     metrics = None
     if topology.rank == 0:
         metrics = MetricsWriter(f"{config.train.output_dir}/metrics.jsonl")
-        metrics.write("config", layout=topology.layout.describe(), config=_jsonable_config(config))
+        metrics.write("config", layout=topology.layout.describe(), config=config.to_json_dict())
     try:
         if topology.role == "server":
-            totals = _run_server(topology, config, ring, model.width, stop)
+            totals = _run_server(topology, config, model.width, stop, debug)
         else:
             totals = _run_worker(topology, config, ring, model, metrics, stop)
         return _summarise(topology, config, totals, metrics)
@@ -70,48 +68,15 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
             metrics.close()
 
 
-def _run_server(
-    topology: Topology, config: Config, ring: HashRing, width: int, stop: StopRequest | None
-) -> np.ndarray:
-    optimizer = make_optimizer(
-        config.optimizer.name, config.optimizer.learning_rate, config.optimizer.l1,
-        config.optimizer.l2, config.optimizer.ftrl_beta,
-    )
-    root = config.checkpoint_root
-    num_shards = topology.layout.num_servers
-
-    def write_checkpoint(shard: Shard, clock, cut: int) -> None:
-        keys, values, state = shard.export()
-        checkpoint.write_shard_file(checkpoint.partial_dir(root, cut), checkpoint.ShardState(
-            topology.shard_id, num_shards, cut, keys, values, state, clock.clocks.copy(),
-            clock.finished.copy(), optimizer.name, optimizer.hyperparameters(),
-        ))
-
-    service = ShardService(
-        Shard(width, optimizer), topology.shard_id, ring, topology.layout.num_groups,
-        config.cluster.staleness, resolve_bind_host(config.cluster.bind_host),
-        config.cluster.max_keys_per_message,
-        checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
-        stop_request=stop if topology.shard_id == 0 else None,
-        group_timeout=config.cluster.group_timeout,
-    )
-    if config.train.resume:
-        _restore(service, config, ring, topology)
-    with service:
-        exchange_endpoints(topology, service.endpoint)
-        service.serve()
+def _run_server(topology: Topology, config: Config, width: int, stop: StopRequest | None, debug: bool) -> np.ndarray:
+    """Host this rank's shard in a child process and supervise it: a dead shard does not end the job."""
+    spec = ShardSpec(config, topology.shard_id, list(range(topology.layout.num_servers)), topology.layout.num_groups,
+                     width, coordinator=topology.shard_id == 0)
+    with ShardProcess(spec, debug, label=config.train.output_dir) as shard:
+        log.info("shard %d runs as pid %d at %s", topology.shard_id, shard.pid, shard.endpoint)
+        exchange_endpoints(topology, shard.endpoint)
+        shard.supervise(stop)
     return np.zeros(len(GroupResult().as_array()))
-
-
-def _restore(service: ShardService, config: Config, ring: HashRing, topology: Topology) -> None:
-    """Load this shard's keys (re-sharded by the current ring) and the clocks of a checkpoint."""
-    path = config.resume_path
-    owned = lambda keys: ring.shard_of(keys) == topology.shard_id  # noqa: E731
-    for part in checkpoint.restore_shard(path, owned, service.shard.optimizer.name):
-        service.shard.load(part.keys, part.values, part.state)
-    service.clock.clocks[:] = checkpoint.resume_clocks(path, topology.layout.num_groups)
-    log.info("resumed %d keys at clocks %s from %s", len(service.shard), service.clock.clocks.tolist(),
-             checkpoint.resolve_checkpoint(path))
 
 
 def _run_worker(
@@ -125,7 +90,10 @@ def _run_worker(
     client = None
     if topology.is_leader:
         client = PSClient(endpoints, topology.group, topology.layout.num_groups, ring, model.width,
-                          config.cluster.ps_timeout)
+                          config.cluster.ps_timeout,
+                          replication=default_replication(config.cluster.replication, topology.layout.num_servers),
+                          failover_timeout=config.cluster.failover_timeout,
+                          heartbeat_interval=min(1.0, config.cluster.failover_timeout / 4))
     try:
         publish = _publisher(config, topology, model) if config.train.checkpoint and client else None
         start = 0
@@ -156,7 +124,7 @@ def _publisher(config: Config, topology: Topology, model: LogisticRegression):
 
     def publish(cut: int, result: GroupResult) -> None:
         info = {
-            "config": _jsonable_config(config),
+            "config": config.to_json_dict(),
             "model": {"kind": model.kind, "width": model.width, "bias_key": int(BIAS_KEY)},
             "metrics": {
                 "published_by_group": topology.group,
@@ -215,7 +183,3 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
     return summary
 
 
-def _jsonable_config(config: Config) -> dict:
-    data = config.to_dict()
-    data["cluster"]["staleness"] = str(config.cluster.staleness)
-    return data

@@ -4,6 +4,8 @@ Each shard owns ``vnodes`` points on a 64-bit ring. A key is hashed onto the
 ring (``mix64``, so sequential block ids spread as well as hashed feature ids)
 and belongs to the first point at or after it, wrapping around. Adding or
 removing a shard moves only the ranges next to its points: ~1/S of the keys.
+With replication ``R`` a key's range also lives on the next ``R - 1`` distinct
+shards met walking on from that point (its preference list: primary first).
 """
 
 from __future__ import annotations
@@ -68,38 +70,73 @@ class HashRing:
         self._owners = owners[order].astype(np.int64)
         self._slots = np.searchsorted(self.shard_ids, self._owners)  # each point's owner as an index of shard_ids
         self._ids_are_slots = bool(np.array_equal(self.shard_ids, np.arange(ids.size)))
-        self._bucket_slots = self._bucket_table()
+        self._bucket_slots = self._bucket_table(self._slots)
         self._small_bucket_slots = self._bucket_slots.astype(np.int8) if ids.size < 128 else self._bucket_slots
+        self._bucket_points = self._bucket_table(np.arange(self._points.size)).astype(np.int32)
 
-    def _bucket_table(self) -> np.ndarray:
-        """The owner slot of each of 2**_BUCKET_BITS equal arcs of the ring, -1 where several shards share it.
+    def _bucket_table(self, per_point: np.ndarray) -> np.ndarray:
+        """``per_point`` of each of 2**_BUCKET_BITS equal arcs of the ring, -1 where it differs inside the arc.
 
         Most keys are then placed by one gather on their hash's top bits instead of a binary
-        search over every point (a branchy ~50 ns per key); keys in shared arcs take the search.
+        search over every point (a branchy ~50 ns per key); keys in mixed arcs take the search.
         """
         shift = np.uint64(64 - _BUCKET_BITS)
         starts = np.arange(1 << _BUCKET_BITS, dtype=np.uint64) << shift
         ends = starts | ((np.uint64(1) << shift) - np.uint64(1))
         first = np.searchsorted(self._points, starts, side="left")  # == size: wraps to point 0
         last = np.searchsorted(self._points, ends, side="left")
-        slots = np.append(self._slots, self._slots[0])  # point ``size`` is point 0 again
-        changes = np.concatenate([[0], np.cumsum(slots[1:] != slots[:-1])])
-        return np.where(changes[first] == changes[last], slots[first], -1).astype(np.int64)
+        values = np.append(per_point, per_point[0])  # point ``size`` is point 0 again
+        changes = np.concatenate([[0], np.cumsum(values[1:] != values[:-1])])
+        return np.where(changes[first] == changes[last], values[first], -1).astype(np.int64)
 
     @property
     def num_shards(self) -> int:
         """How many shards are on the ring."""
         return int(self.shard_ids.size)
 
+    @property
+    def num_points(self) -> int:
+        """How many virtual nodes the ring has (shards x vnodes)."""
+        return int(self._points.size)
+
     def _slot_of(self, keys: np.ndarray, small: bool = False) -> np.ndarray:
-        """The owner of every key as an index into ``shard_ids`` (same shape; int64, or int8 if ``small``).
+        """The owner of every key as an index into ``shard_ids`` (same shape; int64, or int8 if ``small``)."""
+        return self._lookup(keys, self._small_bucket_slots if small else self._bucket_slots, self._slots)
+
+    def point_of(self, keys: np.ndarray) -> np.ndarray:
+        """The ring point (virtual node index, int32) each key belongs to (same shape)."""
+        return self._lookup(keys, self._bucket_points, None)
+
+    def preference_slots(self, replication: int) -> np.ndarray:
+        """Each point's preference list: ``[num_points, R]`` indices into ``shard_ids``, primary first.
+
+        Column 0 is the point's owner; the next columns are the next distinct shards
+        met walking clockwise from it. ``R`` is capped at the number of shards.
+        """
+        replication = max(1, min(int(replication), self.num_shards))
+        size = self.num_points
+        table = np.full((size, replication), -1, dtype=np.int64)
+        table[:, 0] = self._slots
+        filled = np.ones(size, dtype=np.int64)
+        rows = np.arange(size)
+        for step in range(1, size):  # a few steps: with vnodes, other shards follow within a handful of points
+            open_rows = rows[filled < replication]
+            if not open_rows.size:
+                break
+            candidate = self._slots[(open_rows + step) % size]
+            new = ~(table[open_rows] == candidate[:, None]).any(axis=1)
+            table[open_rows[new], filled[open_rows[new]]] = candidate[new]
+            filled[open_rows[new]] += 1
+        return table
+
+    def _lookup(self, keys: np.ndarray, table: np.ndarray, per_point: np.ndarray | None) -> np.ndarray:
+        """``per_point`` (``None``: the point index itself) of every key's ring point, via the bucket ``table``.
 
         Hashes in chunks into two small reused buffers: no hash-sized temporaries,
         whose fresh pages cost more than the arithmetic.
         """
         keys = np.asarray(keys)
         flat = np.ascontiguousarray(keys.reshape(-1), dtype=np.uint64)
-        table = self._small_bucket_slots if small else self._bucket_slots
         slots = np.empty(flat.size, dtype=table.dtype)
         hashed = np.empty(min(flat.size, _CHUNK), dtype=np.uint64)
         scratch = np.empty_like(hashed)
@@ -114,7 +151,7 @@ class HashRing:
         if shared.size:
             index = np.searchsorted(self._points, mix64(flat[shared]), side="left")
             index[index == self._points.size] = 0
-            slots[shared] = self._slots[index]
+            slots[shared] = index if per_point is None else per_point[index]
         return slots.reshape(keys.shape)
 
     def shard_of(self, keys: np.ndarray) -> np.ndarray:
@@ -124,14 +161,6 @@ class HashRing:
             return np.full(keys.shape, self.shard_ids[0], dtype=np.int64)
         slots = self._slot_of(keys)
         return slots if self._ids_are_slots else self.shard_ids[slots]
-
-    def first_stray(self, keys: np.ndarray, shard: int) -> tuple[int, int] | None:
-        """``(key, its owner)`` of the first of ``keys`` that ``shard`` does not own, or ``None``."""
-        if self.shard_ids.size == 1 and int(self.shard_ids[0]) == shard:
-            return None  # the only shard owns everything: no hashing
-        owners = self.shard_of(keys)
-        stray = np.flatnonzero(owners != shard)
-        return (int(np.asarray(keys).reshape(-1)[stray[0]]), int(owners.reshape(-1)[stray[0]])) if stray.size else None
 
     def split(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Group keys by shard, preserving their order inside each shard.

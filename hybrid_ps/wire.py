@@ -25,13 +25,17 @@ Requests and the frames they carry:
     CHECKPOINT header             group ``group`` stopped at ``clock`` for a checkpoint
                                   (``FINAL_CLOCK``: after training); answered once every
                                   group has asked or finished, after the shard file is written
-    STOP       header             (to shard 0) a preemption signal: stop every group at one clock
+    STOP       header             (to the lowest live shard) a preemption signal: stop every group
+                                  at one clock
+    PING       header             a heartbeat: answered at once, whatever SSP holds back
+    EVICT      header             shard ``clock`` is dead: stop routing to it (a shard told that it
+                                  is dead itself stops serving: a falsely suspected shard fences itself)
     ========== ================== =========================================
 
 Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
 ``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text); the ACK of a
-CHECKPOINT carries the cut's clock (the directory name). Once shard 0 has a
-stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
+CHECKPOINT carries the cut's clock (the directory name). Once the coordinating
+shard (the lowest live one) has a stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
 that clock: each group stops there and checkpoints. A pull whose
 ``clock`` is ``FINAL_CLOCK`` is answered once every group has sent FINISH.
 """
@@ -91,6 +95,8 @@ class Op(enum.IntEnum):
     SHUTDOWN = 6
     CHECKPOINT = 7
     STOP = 8
+    PING = 9
+    EVICT = 10
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
@@ -105,6 +111,8 @@ _FRAMES_FOR_OP = {
     Op.SHUTDOWN: 1,
     Op.CHECKPOINT: 1,
     Op.STOP: 1,
+    Op.PING: 1,
+    Op.EVICT: 1,
     Op.ACK: 1,
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,

@@ -18,6 +18,7 @@ from .. import wire
 from ..errors import WireError
 from ..partition import HashRing
 from ..preemption import StopRequest
+from ..replication import Placement
 from ..staleness import VectorClock
 from ..transport import bind_router, recv_frames, send_frames
 from .shard import Shard
@@ -51,8 +52,9 @@ class _DeferredPull:
     keys: np.ndarray
 
 
-CheckpointWriter = Callable[[Shard, VectorClock, int], None]
-"""Writes the shard's state for the cut at the given clock (called inside the shard's loop)."""
+CheckpointWriter = Callable[[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]], VectorClock, int], None]
+"""Writes ``(keys, values, state)`` of the keys this shard is acting primary for, for the cut at the given clock
+(called inside the shard's loop)."""
 
 
 class ShardService:
@@ -62,6 +64,8 @@ class ShardService:
         shard: the keys and values this process holds.
         shard_id: this shard's id on the ring.
         ring: the key -> shard ring (requests for keys owned elsewhere are rejected).
+        replication: replicas per key range: this shard also holds, as a backup, the
+            ranges of the shards before it on the ring, and serves them once those are dead.
         num_groups: worker groups in the job (size of the vector clock).
         staleness: the SSP bound (0 = BSP, ``math.inf`` = ASP).
         host: address to bind; the port is chosen at random.
@@ -69,8 +73,9 @@ class ShardService:
         context: ZeroMQ context to use (default: the process-wide instance).
         checkpoint_writer: called with (shard, clock, cut clock) when every group
             asked for a checkpoint; ``None`` refuses CHECKPOINT requests.
-        stop_request: shard 0 only: a preemption flag of this process; when set,
-            the shard picks the stop clock as if a leader had sent STOP.
+        stop_request: a preemption flag of this process; when set, the shard picks
+            the stop clock as if a leader had sent STOP (only the coordinating shard,
+            the lowest live one, should get one).
         group_timeout: seconds without any message from a group before the shard
             stops waiting for it in the SSP rule (0 = wait forever); a dropped
             group that speaks again rejoins at the slowest running group's clock.
@@ -89,10 +94,11 @@ class ShardService:
         checkpoint_writer: CheckpointWriter | None = None,
         stop_request: StopRequest | None = None,
         group_timeout: float = 0.0,
+        replication: int = 1,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
-        self.ring = ring
+        self.placement = Placement(ring, replication)
         self.staleness = staleness
         self.max_keys = max_keys
         self.clock = VectorClock(num_groups)
@@ -178,13 +184,20 @@ class ShardService:
             self._running = False
             self._reply(identity, header, wire.Op.ACK)
             return
+        if op is wire.Op.EVICT:
+            self._evict(header.clock)
+            self._reply(identity, header, wire.Op.ACK)
+            return
         if header.group >= self.clock.num_groups:
             raise WireError(f"group {header.group} out of range (job has {self.clock.num_groups})")
         self._heard_from(header.group)
+        if op is wire.Op.PING:
+            self._reply(identity, header, wire.Op.ACK)
+            return
         if op in (wire.Op.PULL, wire.Op.PUSH) and header.width != self.shard.width:
             raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
         if op is wire.Op.PULL:
-            keys = self._checked_keys(body[1], header)
+            keys = self._checked_keys(body[1], header, primary=True)
             self.stats.keys_pulled += keys.size
             if self.clock.ready(header.clock, self.staleness):
                 self._answer_pull(identity, header, keys)
@@ -193,7 +206,7 @@ class ShardService:
                 self._deferred.append(_DeferredPull(identity, header, keys))
             return
         if op is wire.Op.PUSH:
-            keys = self._checked_keys(body[1], header)
+            keys = self._checked_keys(body[1], header, primary=False)
             grads = wire.values_from_frame(body[2], header)
             self.shard.push(keys, grads)
             self.stats.keys_pushed += keys.size
@@ -218,12 +231,27 @@ class ShardService:
             self._release_deferred()
             self._maybe_checkpoint()
 
-    def _checked_keys(self, frame: memoryview, header: wire.Header) -> np.ndarray:
+    def _checked_keys(self, frame: memoryview, header: wire.Header, primary: bool) -> np.ndarray:
+        """The request's keys, if this shard holds them all (pulls: as acting primary)."""
         keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys)
-        stray = self.ring.first_stray(keys, self.shard_id) if keys.size else None
+        stray = self.placement.first_stray(keys, self.shard_id, primary) if keys.size else None
         if stray is not None:
-            raise WireError(f"key {stray[0]} belongs to shard {stray[1]}, not {self.shard_id}")
+            raise WireError(stray[1])
         return keys
+
+    def _evict(self, shard: int) -> None:
+        """A client found ``shard`` dead: serve its ranges where this shard is the next replica.
+
+        Told that it is dead itself (a false suspicion: it was too slow to answer heartbeats),
+        a shard stops serving, so that no client keeps using a copy the others gave up on.
+        """
+        if shard == self.shard_id:
+            log.error("shard %d: a client declared this shard dead (it answered too slowly); stopping", shard)
+            self._running = False
+        elif shard not in self.placement.dead:
+            self.placement = self.placement.without(shard)
+            log.warning("shard %d: shard %d is dead; this shard now serves the ranges it backed up for it",
+                        self.shard_id, shard)
 
     def _choose_stop_clock(self, why: str) -> None:
         """Pick the clock every group stops at (once): two past the fastest group.
@@ -258,7 +286,11 @@ class ShardService:
             del self._checkpoint_requests[group]
         try:
             started = time.monotonic()
-            self._checkpoint_writer(self.shard, self.clock, cut)
+            keys, values, state = self.shard.export()
+            if self.placement.replication > 1:  # every range once: written by its acting primary
+                mine = self.placement.is_primary(keys, self.shard_id)
+                keys, values, state = keys[mine], values[mine], {k: v[mine] for k, v in state.items()}
+            self._checkpoint_writer((keys, values, state), self.clock, cut)
             log.info("shard %d wrote checkpoint at clock %d in %.2fs", self.shard_id, cut, time.monotonic() - started)
         except Exception as e:
             log.exception("shard %d could not write checkpoint %d", self.shard_id, cut)

@@ -3,7 +3,14 @@
 One DEALER socket per shard. A request is split by the hash ring and sent to
 all the shards it touches at once; replies are matched by request id whenever
 the client waits, so push acknowledgements never sit on the critical path.
-No mpi4py here.
+
+With replication (``hybrid_ps.replication``) a push goes to every live replica
+of its keys and completes once all of them acknowledged it; a pull goes to the
+acting primary. While it waits, the client pings every shard it waits on that
+has been quiet for ``heartbeat_interval``; a shard silent for
+``failover_timeout`` is declared dead: the other shards (and the suspect, which
+then stops) are told, the dead shard's pending pulls are sent again to the
+promoted backups, and later requests avoid it. No mpi4py here.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import zmq
 from .. import wire
 from ..errors import ShardUnavailableError
 from ..partition import HashRing
+from ..replication import Placement
 from ..transport import connect_dealer, recv_frames, send_frames
 
 __all__ = ["PSClient", "Ticket"]
@@ -38,6 +46,9 @@ class Ticket:
     error: str | None = None  # a shard's rejection: waiting on the ticket again raises it again
     reply_clock: int = 0  # the clock field of the last reply (a checkpoint's cut)
     shard_clocks: np.ndarray | None = None  # pulls: each group's clock when the shards answered (min over shards)
+    keys: np.ndarray | None = None  # pulls: the keys asked, to ask again elsewhere if a shard dies
+    clock: int = 0  # pulls: the clock asked for
+    lost_shard: bool = False  # a shard it waited on died: broadcasts (a checkpoint) may miss that shard
 
     @property
     def done(self) -> bool:
@@ -57,6 +68,9 @@ class PSClient:
         timeout: seconds to wait for any reply before giving up.
         max_pushes_in_flight: unacknowledged pushes allowed before ``push`` waits.
         context: ZeroMQ context (default: the process-wide instance).
+        replication: replicas per key range (as the shards were started with).
+        heartbeat_interval: seconds of silence from a shard being waited on before it is pinged.
+        failover_timeout: seconds of silence (pings unanswered) before a shard is declared dead.
     """
 
     def __init__(
@@ -69,10 +83,15 @@ class PSClient:
         timeout: float = 600.0,
         max_pushes_in_flight: int = 16,
         context: zmq.Context | None = None,
+        replication: int = 1,
+        heartbeat_interval: float = 1.0,
+        failover_timeout: float = 10.0,
     ) -> None:
         self.endpoints = list(endpoints)
         self.group = group
-        self.ring = ring
+        self.placement = Placement(ring, replication)
+        self.heartbeat_interval = heartbeat_interval
+        self.failover_timeout = failover_timeout
         self.width = width
         self.timeout = timeout
         self.max_pushes_in_flight = max_pushes_in_flight
@@ -87,6 +106,9 @@ class PSClient:
         self._tickets: dict[int, Ticket] = {}
         self._shard_of_request: dict[int, int] = {}
         self._pushes_in_flight: list[Ticket] = []
+        self._last_heard = [time.monotonic()] * len(self._sockets)  # per shard: its last reply
+        self._last_ping = [0.0] * len(self._sockets)
+        self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
         self.stop_at: int | None = None  # set when shard 0 announces a stop clock (preemption)
 
     def __enter__(self) -> "PSClient":
@@ -109,15 +131,21 @@ class PSClient:
         Every shard owning some of the keys is asked at once; ``wait`` returns
         a ``[len(keys), width]`` float32 array.
         """
-        ticket = Ticket(wire.Op.PULL, f"pull of {keys.size} keys at clock {clock}")
-        parts = self._split(keys)
-        if len(parts) != 1 or parts[0][1] is not None:  # a single shard's reply becomes the values as it is
-            ticket.values = np.empty((keys.size, self.width), dtype=np.float32)
+        ticket = Ticket(wire.Op.PULL, f"pull of {keys.size} keys at clock {clock}", keys=keys, clock=clock)
+        self._send_pull(ticket, keys, None, clock)
+        return ticket
+
+    def _send_pull(self, ticket: Ticket, keys: np.ndarray, among: np.ndarray | None, clock: int) -> None:
+        """Ask the acting primaries for ``keys`` (``among``: their positions in the ticket's keys; None = all)."""
+        parts = self._split(keys, self.placement.pull_parts)
+        if ticket.values is None and (among is not None or len(parts) != 1 or parts[0][1] is not None):
+            ticket.values = np.empty((ticket.keys.size, self.width), dtype=np.float32)  # else: the reply is used
         for shard, positions in parts:
             part = np.ascontiguousarray(keys) if positions is None else np.take(keys, positions)
             request_id = self._send(shard, ticket, wire.Op.PULL, clock, [part], part.size)
+            if among is not None:
+                positions = among if positions is None else among[positions]
             ticket.placement[request_id] = part.size if positions is None else positions
-        return ticket
 
     def push(self, keys: np.ndarray, grads: np.ndarray, clock: int) -> Ticket:
         """Send ``grads`` (``[len(keys), width]`` float32) for sorted unique ``keys``.
@@ -128,7 +156,7 @@ class PSClient:
         """
         grads = np.ascontiguousarray(grads, dtype=np.float32).reshape(keys.size, self.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
-        for shard, positions in self._split(keys):
+        for shard, positions in self._split(keys, self.placement.push_parts):
             if positions is None:
                 self._send(shard, ticket, wire.Op.PUSH, clock, [np.ascontiguousarray(keys), grads], keys.size)
             else:
@@ -146,19 +174,23 @@ class PSClient:
         """Tell every shard that this group finished training."""
         return self._broadcast(wire.Op.FINISH, 0, "finish")
 
-    def checkpoint(self, clock: int) -> int:
-        """Ask every shard to checkpoint the cut at ``clock`` (``FINAL_CLOCK``: after training).
+    def checkpoint(self, clock: int) -> int | None:
+        """Ask every live shard to checkpoint the cut at ``clock`` (``FINAL_CLOCK``: after training).
 
-        Blocks until every shard wrote its file; returns the cut's clock.
+        Blocks until every shard wrote its file; returns the cut's clock, or ``None``
+        if a shard died meanwhile (its part of the cut may be missing: not to be published).
         """
         ticket = self._broadcast(wire.Op.CHECKPOINT, clock, f"checkpoint at clock {clock}")
         self.wait(ticket)
-        return ticket.reply_clock
+        return None if ticket.lost_shard else ticket.reply_clock
 
     def request_stop(self) -> Ticket:
-        """Tell shard 0 that this group got a preemption signal (it picks the stop clock)."""
+        """Tell the coordinating shard (the lowest live one) that this group got a preemption signal.
+
+        That shard picks the stop clock and announces it in its CLOCK acknowledgements.
+        """
         ticket = Ticket(wire.Op.STOP, "stop request")
-        self._send(0, ticket, wire.Op.STOP, 0, [], 0)
+        self._send(self.placement.live_shards[0], ticket, wire.Op.STOP, 0, [], 0)
         return ticket
 
     def bye(self) -> None:
@@ -193,31 +225,77 @@ class PSClient:
                     f"group {self.group}: no reply in {self.timeout:g}s to the {ticket.what} "
                     f"from shard(s) {', '.join(f'{s} ({self.endpoints[s]})' for s in shards)}"
                 )
-            for sock, _ in self._poller.poll(int(min(remaining, 1.0) * 1000) + 1):
+            for sock, _ in self._poller.poll(int(min(remaining, self.heartbeat_interval) * 1000) + 1):
                 self._receive_all(sock)
+            self._check_heartbeats()
         return ticket.values
+
+    @property
+    def dead_shards(self) -> list[int]:
+        """Shards this client declared (or was told are) dead."""
+        return sorted(self.placement.dead)
 
     # -- internals ----------------------------------------------------------
 
-    def _split(self, keys: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
-        """``(shard, positions of its keys)`` for every shard owning some; ``None``: all the keys, in order."""
+    def _split(self, keys: np.ndarray, parts_of) -> list[tuple[int, np.ndarray | None]]:
+        """``parts_of(keys)`` (``(shard, positions)`` pairs), with ``None`` for a shard that gets every key in order."""
         if not keys.size:
             return []
-        if self.ring.num_shards == 1:
-            return [(int(self.ring.shard_ids[0]), None)]
-        parts = []
-        for shard, positions in zip(self.ring.shard_ids.tolist(), self.ring.positions_by_shard(keys)):
-            if positions.size == keys.size:
-                return [(shard, None)]  # every key on one shard: no gather, no scatter
-            if positions.size:
-                parts.append((shard, positions))
-        return parts
+        ring = self.placement.ring
+        if ring.num_shards == 1 and not self.placement.dead:
+            return [(int(ring.shard_ids[0]), None)]
+        return [(shard, None if positions.size == keys.size else positions) for shard, positions in parts_of(keys)]
 
     def _broadcast(self, op: wire.Op, clock: int, what: str) -> Ticket:
         ticket = Ticket(op, what)
-        for shard in range(len(self._sockets)):
+        for shard in self.placement.live_shards:
             self._send(shard, ticket, op, clock, [], 0)
         return ticket
+
+    def _check_heartbeats(self) -> None:
+        """Ping the shards waited on that have been quiet; declare dead those silent past ``failover_timeout``."""
+        now = time.monotonic()
+        for shard in sorted(set(self._shard_of_request.values())):
+            silent = now - self._last_heard[shard]
+            if silent > self.failover_timeout:
+                self._declare_dead(shard, silent)
+            elif silent > self.heartbeat_interval and now - self._last_ping[shard] > self.heartbeat_interval:
+                self._last_ping[shard] = now
+                self._send(shard, Ticket(wire.Op.PING, "heartbeat"), wire.Op.PING, 0, [], 0)
+
+    def _declare_dead(self, shard: int, silent: float) -> None:
+        """Stop using ``shard``: tell every shard, then send its pending pulls (and a stop request) elsewhere.
+
+        Raises:
+            RangeLostError: some key range has no live replica left.
+        """
+        log.warning("group %d: shard %d (%s) did not answer for %.1fs: it is dead to this job; its backups "
+                    "take over its key ranges", self.group, shard, self.endpoints[shard], silent)
+        self.failovers.append((shard, silent))
+        self.placement = self.placement.without(shard)
+        self.placement.check_complete()
+        evict = wire.encode_header(wire.Header(wire.Op.EVICT, self.group, 0, shard))
+        try:
+            self._sockets[shard].send(evict, zmq.NOBLOCK)  # fencing: if it is alive after all, it stops
+        except zmq.Again:
+            pass  # its queue is full: it has not read anything for a long time
+        self._poller.unregister(self._sockets[shard])
+        self._sockets[shard].close(linger=100)
+        for other in self.placement.live_shards:
+            self._send(other, Ticket(wire.Op.EVICT, f"eviction of shard {shard}"), wire.Op.EVICT, shard, [], 0)
+        orphans = [r for r, s in self._shard_of_request.items() if s == shard]
+        for request_id in orphans:
+            del self._shard_of_request[request_id]
+            ticket = self._tickets.pop(request_id)
+            ticket.pending.discard(request_id)
+            ticket.lost_shard = True
+            if ticket.op is wire.Op.PULL:
+                among = ticket.placement.pop(request_id)
+                among = np.arange(among) if isinstance(among, int) else among
+                self._send_pull(ticket, np.take(ticket.keys, among), among, ticket.clock)
+            elif ticket.op is wire.Op.STOP:
+                self._send(self.placement.live_shards[0], ticket, wire.Op.STOP, 0, [], 0)
+            # pushes: the other replicas have them; clocks, finish, bye, pings: nothing to do
 
     def _send(self, shard: int, ticket: Ticket, op: wire.Op, clock: int, arrays: list, num_keys: int) -> int:
         request_id = self._next_id
@@ -240,7 +318,9 @@ class PSClient:
                 frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._on_reply(self._shard_of_socket[sock], frames)
+            shard = self._shard_of_socket[sock]
+            self._last_heard[shard] = time.monotonic()
+            self._on_reply(shard, frames)
 
     def _on_reply(self, shard: int, frames: list[memoryview]) -> None:
         try:

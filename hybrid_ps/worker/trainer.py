@@ -287,6 +287,9 @@ class GroupTrainer:
         if self.publish is None:
             return
         cut = self.client.checkpoint(clock)
+        if cut is None:
+            log.warning("checkpoint at clock %s not published: a shard died while writing it", clock)
+            return
         self.publish(cut, result)
 
     def _evaluate(self, result: GroupResult) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 
@@ -151,6 +152,8 @@ RANGE_CHECKS = [
     ("train.delay_seconds", "-0.5", ">= 0"),
     ("train.checkpoint_every", "-1", ">= 0"),
     ("train.keep", "0", ">= 1"),
+    ("cluster.replication", "-1", ">= 0"),
+    ("cluster.failover_timeout", "0", "> 0"),
 ]
 
 
@@ -321,3 +324,14 @@ def test_help_mentions_every_field_with_its_flag_and_default():
         assert first_words in text, name
     for option in ("--config", "--set", "--debug"):
         assert option in text
+
+
+def test_a_config_survives_its_json_form():
+    config = _load("--staleness", "inf", "--replication", "2", "--lr", "0.5")
+    again = Config.from_dict(json.loads(json.dumps(config.to_json_dict())))
+    assert again == config and math.isinf(again.cluster.staleness)
+
+
+def test_from_dict_names_a_bad_setting():
+    with pytest.raises(ConfigError, match="unknown setting 'cluster.nope'"):
+        Config.from_dict({"cluster": {"nope": 1}})

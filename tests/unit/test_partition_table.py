@@ -73,14 +73,3 @@ def test_positions_by_shard_agree_with_split(shard_ids, vnodes):
     assert len(parts) == ring.num_shards
     for index, part in enumerate(parts):
         np.testing.assert_array_equal(part, order[bounds[index] : bounds[index + 1]])
-
-
-def test_first_stray_names_the_first_key_another_shard_owns():
-    ring = HashRing([0, 1, 2], vnodes=16)
-    keys = np.arange(1000, dtype=np.uint64)
-    owners = ring.shard_of(keys)
-    mine = keys[owners == 1]
-    assert ring.first_stray(mine, 1) is None
-    first = int(np.flatnonzero(owners != 1)[0])
-    assert ring.first_stray(keys, 1) == (int(keys[first]), int(owners[first]))
-    assert HashRing([5]).first_stray(keys, 5) is None and HashRing([5]).first_stray(keys[:3], 4) == (0, 5)

@@ -1,0 +1,142 @@
+"""Where each key lives with replication: primary and backups on the ring, minus the shards known dead.
+
+A key's range lives on ``R`` shards: its preference list on the hash ring
+(``HashRing.preference_slots``). Pushes go to every live replica and are
+acknowledged once all of them have applied them; pulls go to the *acting
+primary*, the first live shard of the list. When a shard dies, each of its
+ranges is served by its next replica (the backup is promoted) and nothing
+else moves. A range whose replicas are all dead is lost: ``RangeLostError``.
+
+Client and shards share this class: a client routes with it, a shard checks
+that a request belongs to it under its own view of the dead shards.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from .errors import RangeLostError
+from .partition import HashRing
+
+__all__ = ["Placement", "default_replication"]
+
+
+def default_replication(setting: int, num_servers: int) -> int:
+    """``cluster.replication`` with 0 = automatic: 2 replicas when there are 2 or more servers."""
+    wanted = setting or (2 if num_servers >= 2 else 1)
+    return min(wanted, num_servers)
+
+
+class Placement:
+    """The ring, the replication factor and the set of shards known dead (immutable: ``without`` makes a new one).
+
+    Args:
+        ring: the consistent-hash ring of every shard of the tier.
+        replication: replicas per key range (capped at the number of shards).
+        dead: shard ids known dead.
+    """
+
+    def __init__(self, ring: HashRing, replication: int = 1, dead: Iterable[int] = ()) -> None:
+        self.ring = ring
+        self.replication = max(1, min(int(replication), ring.num_shards))
+        self.dead = frozenset(int(s) for s in dead)
+        self._preference = ring.preference_slots(self.replication)  # [points, R] slots, primary first
+        live_slots = ~np.isin(ring.shard_ids, sorted(self.dead))
+        alive = live_slots[self._preference]
+        first_alive = np.argmax(alive, axis=1)
+        primary = self._preference[np.arange(self._preference.shape[0]), first_alive]
+        self._primary_slot = np.where(alive.any(axis=1), primary, -1)  # per point; -1 = every replica dead
+        self._live_slots = np.flatnonzero(live_slots)
+        # per live shard: which points it replicates (pushes) / serves as acting primary (pulls)
+        self._replicates = {int(slot): (self._preference == slot).any(axis=1) for slot in self._live_slots}
+
+    @property
+    def live_shards(self) -> list[int]:
+        """Ids of the shards not known dead, ascending."""
+        return self.ring.shard_ids[self._live_slots].tolist()
+
+    @property
+    def lost_points(self) -> int:
+        """How many ring ranges have no live replica."""
+        return int((self._primary_slot < 0).sum())
+
+    def without(self, shard: int) -> "Placement":
+        """This placement with ``shard`` dead too."""
+        return Placement(self.ring, self.replication, self.dead | {int(shard)})
+
+    def primary_of(self, keys: np.ndarray) -> np.ndarray:
+        """The acting primary shard id of every key (-1 where every replica is dead)."""
+        slots = self._primary_slot[self.ring.point_of(keys)]
+        return np.where(slots >= 0, self.ring.shard_ids[np.maximum(slots, 0)], -1)
+
+    def is_primary(self, keys: np.ndarray, shard: int) -> np.ndarray:
+        """Which of ``keys`` have ``shard`` as acting primary (bool mask)."""
+        return self.primary_of(keys) == shard
+
+    def replicas_of(self, keys: np.ndarray) -> np.ndarray:
+        """``[n, R]`` shard ids of every key's preference list (dead ones included), primary first."""
+        return self.ring.shard_ids[self._preference[self.ring.point_of(keys)]]
+
+    def pull_parts(self, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """``(shard, positions)`` of ``keys`` by acting primary, for every shard that has some.
+
+        Raises:
+            RangeLostError: some key has no live replica.
+        """
+        slots = self._primary_slot[self.ring.point_of(keys)]
+        if slots.size and slots.min() < 0:
+            self.check_complete()
+        return [(int(self.ring.shard_ids[slot]), positions)
+                for slot in self._live_slots if (positions := np.flatnonzero(slots == slot)).size]
+
+    def push_parts(self, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """``(shard, positions)`` of ``keys`` for every live replica: each key goes to all of its live replicas.
+
+        Raises:
+            RangeLostError: some key has no live replica.
+        """
+        points = self.ring.point_of(keys)
+        if self.dead and points.size and self._primary_slot[points].min() < 0:
+            self.check_complete()
+        return [(int(self.ring.shard_ids[slot]), positions)
+                for slot in self._live_slots if (positions := np.flatnonzero(self._replicates[int(slot)][points])).size]
+
+    def first_stray(self, keys: np.ndarray, shard: int, primary: bool) -> tuple[int, str] | None:
+        """The first of ``keys`` that ``shard`` must not serve, and why; ``None`` if it may serve them all.
+
+        Args:
+            keys: the keys of a request.
+            shard: the shard asked.
+            primary: the request needs the acting primary (a pull), not any replica (a push).
+        """
+        if self.ring.num_shards == 1 and not self.dead and shard == int(self.ring.shard_ids[0]):
+            return None  # the only shard holds everything: no hashing
+        slot = int(np.searchsorted(self.ring.shard_ids, shard))
+        points = self.ring.point_of(keys)
+        if primary:
+            wrong = np.flatnonzero(self._primary_slot[points] != slot)
+        else:
+            wrong = np.flatnonzero(~(self._preference[points] == slot).any(axis=1))
+        if not wrong.size:
+            return None
+        key = int(np.asarray(keys).reshape(-1)[wrong[0]])
+        owners = self.ring.shard_ids[self._preference[points[wrong[0]]]].tolist()
+        role = "its acting primary" if primary else "one of its replicas"
+        return key, f"key {key} belongs to shard(s) {owners} (dead: {sorted(self.dead)}); shard {shard} is not {role}"
+
+    def check_complete(self) -> None:
+        """Raise if some key range has no live replica.
+
+        Raises:
+            RangeLostError: naming the replicas of the first lost range.
+        """
+        lost = np.flatnonzero(self._primary_slot < 0)
+        if lost.size:
+            replicas = self.ring.shard_ids[self._preference[lost[0]]].tolist()
+            raise RangeLostError(
+                f"every replica of {lost.size} of the {self._primary_slot.size} key ranges is dead (one lives on "
+                f"shards {replicas}; dead: {sorted(self.dead)}; replication {self.replication}): their updates "
+                f"are lost; restart the job with --resume latest"
+            )

@@ -1,0 +1,217 @@
+"""A PS shard as a process of its own, started and supervised by a server rank (or by ``hybrid_ps.serve``).
+
+The supervisor starts ``python -m hybrid_ps.server`` with the shard's spec on
+stdin (JSON: the job configuration and the shard's place in the tier), reads
+back the endpoint the shard bound, then only waits for it (sleeping, not
+spinning) and forwards preemption signals. A shard that dies (SIGKILL, out of
+memory) therefore never takes the MPI job down: leaders fail over to its
+backups (``hybrid_ps.replication``). The shard dies with its supervisor
+(``PR_SET_PDEATHSIG``), so an aborted job leaves no shard behind, and it never
+sees the MPI launcher's environment (a child importing mpi4py would fail or hang).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .. import checkpoint
+from ..config import Config
+from ..errors import HybridPSError, ShardUnavailableError
+from ..partition import HashRing
+from ..preemption import StopRequest
+from ..replication import default_replication
+from ..transport import resolve_bind_host
+from .optimizers import make_optimizer
+from .service import ShardService
+from .shard import Shard
+
+__all__ = ["ShardSpec", "ShardProcess", "build_service", "describe_exit"]
+
+log = logging.getLogger(__name__)
+
+_LAUNCHER_PREFIXES = ("PMI", "PMIX", "OMPI", "PRTE", "HYDRA", "MPIR", "SLURM_STEP", "I_MPI")
+_STARTUP_TIMEOUT = 120.0  # seconds for a shard to bind and restore a checkpoint
+_POLL_SECONDS = 0.2
+
+
+@dataclass
+class ShardSpec:
+    """Everything a shard process needs to know: the job configuration and its place in the tier."""
+
+    config: Config
+    shard_id: int
+    shard_ids: list[int]
+    num_groups: int
+    width: int
+    coordinator: bool = False  # picks the stop clock on its own preemption signal
+    parent_pid: int = field(default_factory=os.getpid)
+
+    def to_json(self) -> str:
+        """The spec as one JSON document (what the shard reads on stdin)."""
+        return json.dumps({
+            "config": self.config.to_json_dict(), "shard_id": self.shard_id, "shard_ids": self.shard_ids,
+            "num_groups": self.num_groups, "width": self.width, "coordinator": self.coordinator,
+            "parent_pid": self.parent_pid,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShardSpec":
+        """Parse ``to_json``'s output.
+
+        Raises:
+            ConfigError: a bad configuration value (named); KeyError/ValueError for a malformed document.
+        """
+        data = json.loads(text)
+        return cls(Config.from_dict(data["config"]), int(data["shard_id"]), [int(s) for s in data["shard_ids"]],
+                   int(data["num_groups"]), int(data["width"]), bool(data["coordinator"]), int(data["parent_pid"]))
+
+    @property
+    def replication(self) -> int:
+        """Replicas per key range in this tier."""
+        return default_replication(self.config.cluster.replication, len(self.shard_ids))
+
+
+def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardService:
+    """The shard's service, bound and (with ``train.resume``) restored from a checkpoint."""
+    config = spec.config
+    optimizer = make_optimizer(config.optimizer.name, config.optimizer.learning_rate, config.optimizer.l1,
+                               config.optimizer.l2, config.optimizer.ftrl_beta)
+    root = config.checkpoint_root
+    ring = HashRing(spec.shard_ids, config.cluster.vnodes)
+
+    def write_checkpoint(exported, clock, cut: int) -> None:
+        keys, values, state = exported
+        checkpoint.write_shard_file(checkpoint.partial_dir(root, cut), checkpoint.ShardState(
+            spec.shard_id, len(spec.shard_ids), cut, keys, values, state, clock.clocks.copy(),
+            clock.finished.copy(), optimizer.name, optimizer.hyperparameters(),
+        ))
+
+    service = ShardService(
+        Shard(spec.width, optimizer), spec.shard_id, ring, spec.num_groups, config.cluster.staleness,
+        resolve_bind_host(config.cluster.bind_host), config.cluster.max_keys_per_message,
+        checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
+        stop_request=stop if spec.coordinator else None,
+        group_timeout=config.cluster.group_timeout, replication=spec.replication,
+    )
+    if config.train.resume:
+        _restore(service, spec)
+    return service
+
+
+def _restore(service: ShardService, spec: ShardSpec) -> None:
+    """Load every key this shard replicates (re-sharded by the current ring) and the clocks of a checkpoint."""
+    path = spec.config.resume_path
+    placement = service.placement
+    owned = lambda keys: (placement.replicas_of(keys) == spec.shard_id).any(axis=1)  # noqa: E731
+    for part in checkpoint.restore_shard(path, owned, service.shard.optimizer.name):
+        service.shard.load(part.keys, part.values, part.state)
+    service.clock.clocks[:] = checkpoint.resume_clocks(path, spec.num_groups)
+    log.info("resumed %d keys at clocks %s from %s", len(service.shard), service.clock.clocks.tolist(),
+             checkpoint.resolve_checkpoint(path))
+
+
+def describe_exit(returncode: int) -> str:
+    """``exit code 3`` or ``killed by SIGKILL``."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _child_environment() -> dict[str, str]:
+    """This process's environment without the MPI launcher's variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_PREFIXES)}
+
+
+class ShardProcess:
+    """Start a shard process and wait until it announced its endpoint.
+
+    Args:
+        spec: the shard to run.
+        debug: log debug messages in the shard.
+        label: shown in ``ps`` next to the shard id (e.g. the job's output directory).
+
+    Raises:
+        ShardUnavailableError: the shard exited or stayed silent before announcing its endpoint.
+    """
+
+    def __init__(self, spec: ShardSpec, debug: bool = False, label: str = "") -> None:
+        self.shard_id = spec.shard_id
+        command = [sys.executable, "-m", "hybrid_ps.server", "--shard-id", str(spec.shard_id)]
+        if label:
+            command += ["--label", label]
+        if debug:
+            command.append("--debug")
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_environment(),
+            start_new_session=True,  # signals reach it through its supervisor only
+        )
+        self.process.stdin.write(spec.to_json().encode())
+        self.process.stdin.close()
+        self.endpoint = self._read_endpoint()
+        self._signalled = False
+
+    @property
+    def pid(self) -> int:
+        """The shard's process id."""
+        return self.process.pid
+
+    def _read_endpoint(self) -> str:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        line = b""
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.process.stdout], [], [], max(remaining, 0))
+            chunk = os.read(self.process.stdout.fileno(), 4096) if ready else b""
+            if not chunk:
+                self.process.kill()
+                code = self.process.wait()
+                why = describe_exit(code) if ready else f"no endpoint after {_STARTUP_TIMEOUT:g}s"
+                raise ShardUnavailableError(f"shard {self.shard_id} did not start ({why}); its error is above")
+            line += chunk
+        self.process.stdout.close()
+        return line.decode().strip()
+
+    def __enter__(self) -> "ShardProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def supervise(self, stop: StopRequest | None = None) -> int:
+        """Wait (sleeping) until the shard exits, forwarding a preemption request once; returns its exit code.
+
+        A shard that dies is logged, not raised: its backups serve its ranges.
+        """
+        while (code := self.process.poll()) is None:
+            if stop is not None and stop.requested and not self._signalled:
+                self._signalled = True
+                self.process.send_signal(signal.SIGUSR1)
+            time.sleep(_POLL_SECONDS)
+        if code != 0:
+            log.error("shard %d (pid %d) died: %s; leaders fail over to its backups", self.shard_id, self.pid,
+                      describe_exit(code))
+        return code
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux); exit now if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.debug("PR_SET_PDEATHSIG unavailable: relying on the parent-pid check")
+    if os.getppid() != parent_pid:
+        raise HybridPSError(f"the supervising process {parent_pid} is gone")
