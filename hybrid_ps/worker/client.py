@@ -106,7 +106,8 @@ class PSClient:
         self._tickets: dict[int, Ticket] = {}
         self._shard_of_request: dict[int, int] = {}
         self._pushes_in_flight: list[Ticket] = []
-        self._last_heard = [time.monotonic()] * len(self._sockets)  # per shard: its last reply
+        self._outstanding = [0] * len(self._sockets)  # per shard: requests not answered yet
+        self._last_heard = [time.monotonic()] * len(self._sockets)  # per shard: last reply, or since waited on
         self._last_ping = [0.0] * len(self._sockets)
         self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
         self.stop_at: int | None = None  # set when shard 0 announces a stop clock (preemption)
@@ -255,7 +256,7 @@ class PSClient:
     def _check_heartbeats(self) -> None:
         """Ping the shards waited on that have been quiet; declare dead those silent past ``failover_timeout``."""
         now = time.monotonic()
-        for shard in sorted(set(self._shard_of_request.values())):
+        for shard in [s for s, count in enumerate(self._outstanding) if count]:
             silent = now - self._last_heard[shard]
             if silent > self.failover_timeout:
                 self._declare_dead(shard, silent)
@@ -284,6 +285,7 @@ class PSClient:
         for other in self.placement.live_shards:
             self._send(other, Ticket(wire.Op.EVICT, f"eviction of shard {shard}"), wire.Op.EVICT, shard, [], 0)
         orphans = [r for r, s in self._shard_of_request.items() if s == shard]
+        self._outstanding[shard] = 0
         for request_id in orphans:
             del self._shard_of_request[request_id]
             ticket = self._tickets.pop(request_id)
@@ -305,6 +307,9 @@ class PSClient:
         ticket.pending.add(request_id)
         self._tickets[request_id] = ticket
         self._shard_of_request[request_id] = shard
+        if not self._outstanding[shard]:  # silence counts only while a reply is awaited
+            self._last_heard[shard] = time.monotonic()
+        self._outstanding[shard] += 1
         return request_id
 
     def _limit_pushes_in_flight(self) -> None:
@@ -328,7 +333,8 @@ class PSClient:
         except Exception as e:
             raise ShardUnavailableError(f"shard {shard} ({self.endpoints[shard]}) sent a bad reply: {e}") from e
         ticket = self._tickets.pop(header.request_id, None)
-        self._shard_of_request.pop(header.request_id, None)
+        if self._shard_of_request.pop(header.request_id, None) is not None:
+            self._outstanding[shard] -= 1
         if header.op is wire.Op.ERROR:
             what = ticket.what if ticket else f"request {header.request_id}"
             message = f"shard {shard} ({self.endpoints[shard]}) rejected the {what}: {wire.error_text(frames[1])}"

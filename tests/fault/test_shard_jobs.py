@@ -1,0 +1,65 @@
+"""Whole training jobs that lose a PS shard: replicated ones finish as if nothing happened; unreplicated ones
+stop with a clear message and resume from their last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from hybrid_ps import checkpoint
+
+pytestmark = pytest.mark.fault
+
+LAYOUT = ["--servers", "3", "--groups", "2", "--failover-timeout", "2", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    """The same job without a failure: its summary and the key count of its final checkpoint."""
+    from conftest import RunningJob  # tests/fault/conftest.py
+
+    job = RunningJob(9, tmp_path_factory.mktemp("undisturbed"), *LAYOUT, "--replication", "2")
+    assert job.finish() == 0, job.stderr[-3000:]
+    return job.summary, checkpoint.checkpoint_info(job.output_dir / "checkpoints")["total_keys"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_shard_killed_mid_training_does_not_change_the_result(start_job, undisturbed, seed):
+    rng = np.random.default_rng(seed)
+    victim, at_step = int(rng.integers(0, 3)), int(rng.integers(20, 120))
+    job = start_job(9, *LAYOUT, "--replication", "2")
+    pid = job.shard_pid(victim)
+    job.reached_step(at_step)
+    os.kill(pid, signal.SIGKILL)
+    assert job.finish() == 0, job.stderr[-3000:]
+    summary, keys = undisturbed
+    print(f"shard {victim} killed at step {at_step}: final logloss {job.summary['final_logloss']:.4f} vs "
+          f"{summary['final_logloss']:.4f} undisturbed; {job.summary['samples_per_s']:.0f} vs "
+          f"{summary['samples_per_s']:.0f} samples/s")
+    assert f"shard {victim} (pid {pid}) died: killed by SIGKILL" in job.stderr
+    assert "it is dead to this job; its backups take over" in job.stderr
+    assert job.summary["samples"] == summary["samples"]
+    assert abs(job.summary["final_logloss"] - summary["final_logloss"]) <= 0.01 * summary["final_logloss"]
+    info = checkpoint.checkpoint_info(job.output_dir / "checkpoints")
+    assert info["total_keys"] == keys, "the final checkpoint holds every key, written by the survivors"
+    assert len(info["shards"]) == 2
+
+
+def test_losing_the_only_replica_stops_the_job_and_resume_latest_finishes_it(start_job, tmp_path):
+    root = tmp_path / "checkpoints"
+    args = [*LAYOUT, "--replication", "1", "--checkpoint-every", "20", "--checkpoint-dir", str(root), "--epochs", "4"]
+    job = start_job(9, *args, name="first")
+    pid = job.shard_pid(1)
+    job.wait_for(lambda: (root / "latest").exists(), "a checkpoint")
+    os.kill(pid, signal.SIGKILL)
+    assert job.finish() != 0
+    assert "every replica of" in job.stderr and "restart the job with --resume latest" in job.stderr
+    cut = checkpoint.checkpoint_info(root)["clock"]
+    resumed = start_job(9, *args, "--resume", "latest", name="second")
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert f"at clocks [{cut}, {cut}]" in resumed.stderr
+    assert resumed.summary["samples"] == 4 * 200_000 - 2 * cut * 3 * 256  # exactly what the cut had not trained
+    assert resumed.summary["final_logloss"] < 0.40
