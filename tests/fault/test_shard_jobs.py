@@ -8,6 +8,7 @@ import signal
 
 import numpy as np
 import pytest
+from fault_harness import RunningJob
 
 from hybrid_ps import checkpoint
 
@@ -19,8 +20,6 @@ LAYOUT = ["--servers", "3", "--groups", "2", "--failover-timeout", "2", "--seed"
 @pytest.fixture(scope="module")
 def undisturbed(tmp_path_factory):
     """The same job without a failure: its summary and the key count of its final checkpoint."""
-    from conftest import RunningJob  # tests/fault/conftest.py
-
     job = RunningJob(9, tmp_path_factory.mktemp("undisturbed"), *LAYOUT, "--replication", "2")
     assert job.finish() == 0, job.stderr[-3000:]
     return job.summary, checkpoint.checkpoint_info(job.output_dir / "checkpoints")["total_keys"]
