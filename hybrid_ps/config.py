@@ -47,6 +47,10 @@ class ClusterConfig:
         10.0, "seconds a shard may leave heartbeats unanswered before leaders declare it dead and its "
         "backups take over", "--failover-timeout")
     max_keys_per_message: int = _option(1 << 24, "largest key count a shard accepts in one message")
+    ps_tier: str = _option(
+        "", "tier file of a PS tier started with python -m hybrid_ps.serve: every rank of this job is a "
+        "worker (empty = this job's last ranks are the servers)", "--ps-tier")
+    first_group: int = _option(0, "with ps_tier: the tier's group slot of this job's first group", "--first-group")
 
 
 @dataclass
@@ -116,10 +120,12 @@ class Config:
             ("cluster.servers", self.cluster.servers >= 0, ">= 0"),
             ("cluster.groups", self.cluster.groups >= 0, ">= 0"),
             ("cluster.ps_timeout", self.cluster.ps_timeout > 0, "> 0"),
-            ("cluster.group_timeout", self.cluster.group_timeout >= 0, ">= 0"),
+            ("cluster.group_timeout", self.cluster.group_timeout == 0 or self.cluster.group_timeout >= 2,
+             "0 (never) or >= 2 (leaders send heartbeats every second while they wait)"),
             ("cluster.vnodes", self.cluster.vnodes >= 1, ">= 1"),
             ("cluster.replication", self.cluster.replication >= 0, ">= 0"),
             ("cluster.failover_timeout", self.cluster.failover_timeout > 0, "> 0"),
+            ("cluster.first_group", self.cluster.first_group >= 0, ">= 0"),
             ("cluster.max_keys_per_message", self.cluster.max_keys_per_message >= 1, ">= 1"),
             ("data.rows", self.data.rows >= 1, ">= 1"),
             ("data.features", self.data.features >= 1, ">= 1"),
@@ -147,6 +153,9 @@ class Config:
             raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got {self.optimizer.name!r}")
         if self.data.path and not Path(self.data.path).is_file():
             raise ConfigError(f"data.path: no such file {self.data.path!r}")
+        if self.cluster.ps_tier and not Path(self.cluster.ps_tier).is_file():
+            raise ConfigError(f"cluster.ps_tier: no such tier file {self.cluster.ps_tier!r} "
+                              "(python -m hybrid_ps.serve writes it once its shards are up)")
         return self
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,7 @@ import numpy as np
 from . import checkpoint
 from .config import Config
 from .data import batch_source
+from .errors import TopologyError
 from .logs import configure_logging
 from .metrics import MetricsWriter
 from .models.logistic import BIAS_KEY, LogisticRegression
@@ -18,7 +21,8 @@ from .partition import HashRing
 from .preemption import StopRequest
 from .replication import default_replication
 from .server.process import ShardProcess, ShardSpec
-from .topology import Topology, build_topology, exchange_endpoints
+from .tier import TierInfo, adopt_tier_settings, read_tier_file
+from .topology import Layout, Topology, build_topology, exchange_endpoints, plan_layout
 from .worker.client import PSClient
 from .worker.group import WorkerGroup, wait_quietly
 from .worker.trainer import GroupResult, GroupTrainer
@@ -47,11 +51,14 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
     Raises:
         HybridPSError: bad layout, unreachable shard, bad data, ...
     """
-    topology = build_topology(world, config.cluster.servers, config.cluster.groups)
+    plan = plan_job(config, world.Get_size())
+    topology = build_topology(world, config.cluster.servers, config.cluster.groups, plan.layout.first_group
+                              if plan.tier else None)
     configure_logging(topology.label, debug)
     if topology.rank == 0:
-        log.info("%s; staleness %s; optimizer %s", topology.layout.describe(), config.cluster.staleness, config.optimizer.name)
-    ring = HashRing(range(topology.layout.num_servers), config.cluster.vnodes)
+        log.info("%s; staleness %s; replication %d; optimizer %s", topology.layout.describe(),
+                 config.cluster.staleness, plan.replication, config.optimizer.name)
+    ring = HashRing(range(plan.num_shards), config.cluster.vnodes)
     model = LogisticRegression()
     metrics = None
     if topology.rank == 0:
@@ -61,7 +68,7 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
         if topology.role == "server":
             totals = _run_server(topology, config, model.width, stop, debug)
         else:
-            totals = _run_worker(topology, config, ring, model, metrics, stop)
+            totals = _run_worker(topology, plan, config, ring, model, metrics, stop)
         return _summarise(topology, config, totals, metrics)
     finally:
         if metrics is not None:
@@ -80,33 +87,72 @@ def _run_server(topology: Topology, config: Config, width: int, stop: StopReques
 
 
 def _run_worker(
-    topology: Topology, config: Config, ring: HashRing, model: LogisticRegression, metrics: MetricsWriter | None,
-    stop: StopRequest | None,
+    topology: Topology, plan: "JobPlan", config: Config, ring: HashRing, model: LogisticRegression,
+    metrics: MetricsWriter | None, stop: StopRequest | None,
 ) -> np.ndarray:
-    endpoints = exchange_endpoints(topology, None)
+    endpoints = plan.tier.endpoints if plan.tier else exchange_endpoints(topology, None)
     group = WorkerGroup(topology.group_comm)
-    num_workers = topology.layout.num_workers
-    batches = batch_source(config.data, config.train.batch_size, topology.rank, num_workers)
+    batches = batch_source(config.data, config.train.batch_size, *plan.data_position(topology))
     client = None
     if topology.is_leader:
-        client = PSClient(endpoints, topology.group, topology.layout.num_groups, ring, model.width,
-                          config.cluster.ps_timeout,
-                          replication=default_replication(config.cluster.replication, topology.layout.num_servers),
-                          failover_timeout=config.cluster.failover_timeout,
+        log.info("leader of group %d runs as pid %d", topology.group, os.getpid())
+        client = PSClient(endpoints, topology.group, plan.num_slots, ring, model.width, config.cluster.ps_timeout,
+                          replication=plan.replication, failover_timeout=config.cluster.failover_timeout,
                           heartbeat_interval=min(1.0, config.cluster.failover_timeout / 4))
     try:
         publish = _publisher(config, topology, model) if config.train.checkpoint and client else None
-        start = 0
+        start = group.broadcast_int(client.join() if client else 0)  # its own clock; after a failure, the others'
+        if topology.is_leader and start:
+            log.info("group %d continues at clock %d", topology.group, start)
         if config.train.resume:
-            start = int(checkpoint.resume_clocks(config.resume_path, topology.layout.num_groups)[topology.group])
             _warn_if_positions_differ(config, topology)
+        skip = start if config.train.resume or not plan.tier else 0  # a group joining a tier trains all its data
         trainer = GroupTrainer(config, group, topology.group, model,
-                               batches, client, metrics, publish, start, stop)
+                               batches, client, metrics, publish, start, stop, skip)
         result = trainer.run()
     finally:
         if client is not None:
             client.close()
     return result.as_array() if topology.is_leader else np.zeros_like(result.as_array())
+
+
+@dataclass
+class JobPlan:
+    """Where the shards are and how the world splits: this job's own server ranks, or a tier of its own."""
+
+    layout: Layout
+    tier: TierInfo | None
+    num_shards: int
+    num_slots: int  # group slots of the vector clock (the tier's, or this job's groups)
+    replication: int
+
+    def data_position(self, topology: Topology) -> tuple[int, int]:
+        """``(position, count)`` of this rank's data part: with a tier, by group slot (equal group sizes)."""
+        if self.tier is None:
+            return topology.rank, self.layout.num_workers
+        size = topology.group_comm.Get_size()
+        return topology.group * size + topology.group_rank, self.num_slots * size
+
+
+def plan_job(config: Config, world_size: int) -> JobPlan:
+    """Read the tier file (adopting its shared settings into ``config``) and plan the layout.
+
+    Raises:
+        ConfigError, TopologyError: a bad tier file, or a world that does not fit (named).
+    """
+    tier = read_tier_file(config.cluster.ps_tier) if config.cluster.ps_tier else None
+    if tier is None:
+        layout = plan_layout(world_size, config.cluster.servers, config.cluster.groups)
+        return JobPlan(layout, None, layout.num_servers, layout.num_groups,
+                       default_replication(config.cluster.replication, layout.num_servers))
+    adopt_tier_settings(config, tier)
+    layout = plan_layout(world_size, 0, config.cluster.groups, config.cluster.first_group)
+    if layout.first_group + layout.num_groups > tier.num_groups:
+        raise TopologyError(f"cluster.first_group = {layout.first_group} with {layout.num_groups} group(s) needs "
+                            f"group slots up to {layout.first_group + layout.num_groups - 1}; the tier "
+                            f"{config.cluster.ps_tier} has {tier.num_groups}")
+    return JobPlan(layout, tier, len(tier.endpoints), tier.num_groups,
+                   default_replication(config.cluster.replication, len(tier.endpoints)))
 
 
 def _warn_if_positions_differ(config: Config, topology: Topology) -> None:

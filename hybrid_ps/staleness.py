@@ -80,6 +80,19 @@ class VectorClock:
             self.clocks[group] = max(int(self.clocks[group]), int(running.min()))
         return int(self.clocks[group])
 
+    def join(self, group: int) -> int:
+        """Take ``group`` in as running: a group that was dropped, absent or finished (a restarted job)
+        rejoins as ``rejoin`` does; a running group keeps its clock.
+
+        Returns:
+            The clock it continues at.
+        """
+        if self.dropped[group] or self.finished[group]:
+            self.finished[group] = False
+            self.dropped[group] = True  # so that ``rejoin`` looks at the others only
+            return self.rejoin(group)
+        return int(self.clocks[group])
+
     @property
     def done(self) -> np.ndarray:
         """Groups the SSP rule no longer waits for: finished or dropped."""

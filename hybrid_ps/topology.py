@@ -2,7 +2,9 @@
 
 World ranks ``0 .. W-1`` are workers, split into ``G`` groups of contiguous
 ranks (so a group tends to share a node); ranks ``W .. N-1`` host the PS
-shards. Rank 0 of each group is its leader. The functions take a communicator
+shards. Rank 0 of each group is its leader. With a PS tier of its own
+(``hybrid_ps.serve``) every rank is a worker, and the job's groups take the
+tier's group slots from ``first_group`` on. The functions take a communicator
 object and never import mpi4py themselves.
 """
 
@@ -23,6 +25,7 @@ class Layout:
     world_size: int
     num_servers: int
     num_groups: int
+    first_group: int = 0  # the id of this job's first group (a PS tier of its own serves several jobs)
 
     @property
     def num_workers(self) -> int:
@@ -36,7 +39,7 @@ class Layout:
         return start, start + base + (1 if group < extra else 0)
 
     def group_of(self, rank: int) -> int:
-        """The group of worker ``rank``."""
+        """The index (from 0, before ``first_group``) of the group of worker ``rank``."""
         for group in range(self.num_groups):
             start, stop = self.group_bounds(group)
             if start <= rank < stop:
@@ -56,17 +59,28 @@ class Layout:
         sizes = [stop - start for start, stop in map(self.group_bounds, range(self.num_groups))]
         servers = f"{self.num_servers} server{'s' if self.num_servers != 1 else ''}"
         groups = f"{self.num_groups} group{'s' if self.num_groups != 1 else ''}"
+        if not self.num_servers:
+            first, last = self.first_group, self.first_group + self.num_groups - 1
+            slots = f"group {first}" if first == last else f"groups {first}-{last}"
+            return f"{self.world_size} ranks: {groups} of {sizes} workers ({slots} of a separate PS tier)"
         return f"{self.world_size} ranks: {servers}, {groups} of {sizes} workers"
 
 
-def plan_layout(world_size: int, servers: int = 0, groups: int = 0) -> Layout:
+def plan_layout(world_size: int, servers: int = 0, groups: int = 0, first_group: int | None = None) -> Layout:
     """Choose servers and groups for a world (0 = automatic), or explain why it can't work.
 
     Defaults: ``servers = max(1, N // 4)``, ``groups = max(1, workers // 3)``.
+    With ``first_group`` (a PS tier of its own) the world has no server ranks and its
+    groups are the tier's group slots ``first_group, first_group + 1, ...``.
 
     Raises:
         TopologyError: fewer than 2 ranks, no workers left, or more groups than workers.
     """
+    if first_group is not None:
+        num_groups = groups or max(1, world_size // 3)
+        if num_groups > world_size:
+            raise TopologyError(f"cluster.groups = {num_groups} is more than the {world_size} ranks")
+        return Layout(world_size, 0, num_groups, first_group)
     if world_size < 2:
         raise TopologyError(
             f"hybrid_ps needs at least 2 MPI ranks (1 server + 1 worker), got {world_size}; "
@@ -118,12 +132,12 @@ class Topology:
         return f"worker {self.group}/{self.group_rank}"
 
 
-def build_topology(world: Any, servers: int = 0, groups: int = 0) -> Topology:
-    """Split ``world`` (an mpi4py communicator) into servers and worker groups.
+def build_topology(world: Any, servers: int = 0, groups: int = 0, first_group: int | None = None) -> Topology:
+    """Split ``world`` (an mpi4py communicator) into servers and worker groups (see ``plan_layout``).
 
     Collective over ``world``. Servers get a communicator of their own.
     """
-    layout = plan_layout(world.Get_size(), servers, groups)
+    layout = plan_layout(world.Get_size(), servers, groups, first_group)
     rank = world.Get_rank()
     if layout.is_server(rank):
         comm = world.Split(layout.num_groups, rank)
@@ -131,7 +145,7 @@ def build_topology(world: Any, servers: int = 0, groups: int = 0) -> Topology:
         return Topology(layout, world, rank, "server", shard_id=layout.server_index(rank))
     group = layout.group_of(rank)
     comm = world.Split(group, rank)
-    return Topology(layout, world, rank, "worker", group=group, group_comm=comm)
+    return Topology(layout, world, rank, "worker", group=layout.first_group + group, group_comm=comm)
 
 
 def exchange_endpoints(topology: Topology, endpoint: str | None) -> tuple[str, ...]:

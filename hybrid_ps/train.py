@@ -8,9 +8,8 @@ import sys
 import time
 
 from .config import build_parser, load_config
-from .errors import HybridPSError, TopologyError
+from .errors import HybridPSError
 from .preemption import StopRequest
-from .topology import plan_layout
 
 log = logging.getLogger("hybrid_ps.train")
 
@@ -34,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from mpi4py import MPI  # after argument parsing: --help and bad flags need no MPI
 
-    from .job import run_job
+    from .job import plan_job, run_job
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
     try:
-        plan_layout(world.Get_size(), config.cluster.servers, config.cluster.groups)
-    except TopologyError as e:  # the same verdict on every rank, before any collective: no abort needed
+        plan_job(config, world.Get_size())
+    except HybridPSError as e:  # the same verdict on every rank, before any collective: no abort needed
         if rank == 0:
             print(f"hybrid_ps.train: error: {e}", file=sys.stderr, flush=True)
         return 2

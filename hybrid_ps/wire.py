@@ -30,6 +30,8 @@ Requests and the frames they carry:
     PING       header             a heartbeat: answered at once, whatever SSP holds back
     EVICT      header             shard ``clock`` is dead: stop routing to it (a shard told that it
                                   is dead itself stops serving: a falsely suspected shard fences itself)
+    JOIN       header             group ``group`` starts (or restarts): the ACK carries the clock it
+                                  continues at (the slowest running group's, if it was away)
     ========== ================== =========================================
 
 Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
@@ -97,6 +99,7 @@ class Op(enum.IntEnum):
     STOP = 8
     PING = 9
     EVICT = 10
+    JOIN = 11
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
@@ -113,6 +116,7 @@ _FRAMES_FOR_OP = {
     Op.STOP: 1,
     Op.PING: 1,
     Op.EVICT: 1,
+    Op.JOIN: 1,
     Op.ACK: 1,
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,

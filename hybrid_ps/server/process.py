@@ -34,7 +34,7 @@ from .optimizers import make_optimizer
 from .service import ShardService
 from .shard import Shard
 
-__all__ = ["ShardSpec", "ShardProcess", "build_service", "describe_exit"]
+__all__ = ["ShardSpec", "ShardProcess", "supervise", "build_service", "describe_exit"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class ShardSpec:
     num_groups: int
     width: int
     coordinator: bool = False  # picks the stop clock on its own preemption signal
+    groups_present: bool = True  # False: a tier of its own, group slots absent until they JOIN
     parent_pid: int = field(default_factory=os.getpid)
 
     def to_json(self) -> str:
@@ -60,7 +61,7 @@ class ShardSpec:
         return json.dumps({
             "config": self.config.to_json_dict(), "shard_id": self.shard_id, "shard_ids": self.shard_ids,
             "num_groups": self.num_groups, "width": self.width, "coordinator": self.coordinator,
-            "parent_pid": self.parent_pid,
+            "groups_present": self.groups_present, "parent_pid": self.parent_pid,
         })
 
     @classmethod
@@ -72,7 +73,8 @@ class ShardSpec:
         """
         data = json.loads(text)
         return cls(Config.from_dict(data["config"]), int(data["shard_id"]), [int(s) for s in data["shard_ids"]],
-                   int(data["num_groups"]), int(data["width"]), bool(data["coordinator"]), int(data["parent_pid"]))
+                   int(data["num_groups"]), int(data["width"]), bool(data["coordinator"]),
+                   bool(data["groups_present"]), int(data["parent_pid"]))
 
     @property
     def replication(self) -> int:
@@ -101,6 +103,7 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
         checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
         stop_request=stop if spec.coordinator else None,
         group_timeout=config.cluster.group_timeout, replication=spec.replication,
+        groups_present=spec.groups_present,
     )
     if config.train.resume:
         _restore(service, spec)
@@ -161,6 +164,7 @@ class ShardProcess:
         self.process.stdin.close()
         self.endpoint = self._read_endpoint()
         self._signalled = False
+        self._reported = False
 
     @property
     def pid(self) -> int:
@@ -196,15 +200,28 @@ class ShardProcess:
 
         A shard that dies is logged, not raised: its backups serve its ranges.
         """
-        while (code := self.process.poll()) is None:
-            if stop is not None and stop.requested and not self._signalled:
-                self._signalled = True
-                self.process.send_signal(signal.SIGUSR1)
-            time.sleep(_POLL_SECONDS)
-        if code != 0:
+        return supervise([self], stop)[0]
+
+    def poll(self, stop: StopRequest | None) -> int | None:
+        """The exit code once the shard exited (logged if it died), else ``None``; forwards ``stop`` once."""
+        if stop is not None and stop.requested and not self._signalled and self.process.poll() is None:
+            self._signalled = True
+            self.process.send_signal(signal.SIGUSR1)
+        code = self.process.poll()
+        if code not in (None, 0) and not self._reported:
+            self._reported = True
             log.error("shard %d (pid %d) died: %s; leaders fail over to its backups", self.shard_id, self.pid,
                       describe_exit(code))
         return code
+
+
+def supervise(shards: list[ShardProcess], stop: StopRequest | None = None) -> list[int]:
+    """Wait (sleeping, not spinning) until every shard exited; forwards a preemption request; returns exit codes."""
+    while True:
+        codes = [shard.poll(stop) for shard in shards]
+        if all(code is not None for code in codes):
+            return codes
+        time.sleep(_POLL_SECONDS)
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -79,6 +79,9 @@ class ShardService:
         group_timeout: seconds without any message from a group before the shard
             stops waiting for it in the SSP rule (0 = wait forever); a dropped
             group that speaks again rejoins at the slowest running group's clock.
+        groups_present: every group trains from the start (an MPI job's own shards);
+            ``False`` (a PS tier of its own): group slots are absent until their group
+            sends JOIN, and the shard stops once every group that joined has left.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class ShardService:
         stop_request: StopRequest | None = None,
         group_timeout: float = 0.0,
         replication: int = 1,
+        groups_present: bool = True,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -103,6 +107,8 @@ class ShardService:
         self.max_keys = max_keys
         self.clock = VectorClock(num_groups)
         self.left = np.zeros(num_groups, dtype=bool)
+        self.clock.dropped[:] = not groups_present
+        self._joined_any = groups_present
         self.stats = ServiceStats()
         self._deferred: list[_DeferredPull] = []
         self._checkpoint_writer = checkpoint_writer
@@ -140,6 +146,10 @@ class ShardService:
                 self._choose_stop_clock(self._stop_request.signal_name)
             if self.group_timeout:
                 self._drop_silent_groups()
+                if not self._joined_any and time.monotonic() - started > self.group_timeout:
+                    log.error("shard %d: no group joined within the group timeout (%gs); stopping",
+                              self.shard_id, self.group_timeout)
+                    break
             if not poller.poll(poll_ms):
                 continue
             for _ in range(_MAX_BATCH):
@@ -190,6 +200,9 @@ class ShardService:
             return
         if header.group >= self.clock.num_groups:
             raise WireError(f"group {header.group} out of range (job has {self.clock.num_groups})")
+        if op is wire.Op.JOIN:
+            self._join(identity, header)
+            return
         self._heard_from(header.group)
         if op is wire.Op.PING:
             self._reply(identity, header, wire.Op.ACK)
@@ -217,7 +230,7 @@ class ShardService:
         elif op is wire.Op.BYE:
             self.clock.finish(header.group)
             self.left[header.group] = True
-            self._running = not bool((self.left | self.clock.dropped).all())
+            self._stop_when_every_group_is_gone()
         elif op is wire.Op.STOP:
             self._choose_stop_clock(f"group {header.group}")
         elif op is wire.Op.CHECKPOINT:
@@ -301,6 +314,16 @@ class ShardService:
             reply = wire.Header(wire.Op.ACK, header.group, header.request_id, cut)
             self._send(identity, [wire.encode_header(reply)])
 
+    def _join(self, identity: bytes, header: wire.Header) -> None:
+        """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
+        self._last_heard[header.group] = time.monotonic()
+        self._joined_any = True
+        self.left[header.group] = False
+        clock = self.clock.join(header.group)
+        log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
+        self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, header.group, header.request_id, clock))])
+        self._release_deferred()  # a restarted group may have finished before: the others wait for it again
+
     def _heard_from(self, group: int) -> None:
         self._last_heard[group] = time.monotonic()
         if self.clock.dropped[group]:
@@ -310,14 +333,13 @@ class ShardService:
     def _drop_silent_groups(self) -> None:
         """Stop waiting for groups silent longer than ``group_timeout`` (crashed, or cut off).
 
-        A group whose pull or checkpoint request this shard holds back is waiting, not silent.
+        A leader that waits (on a pull this shard holds back, a checkpoint, another shard)
+        sends heartbeats at least every second, so silence means the group is gone, even
+        when its last pull is still held back here.
         """
         silent = ~self.clock.done & (time.monotonic() - self._last_heard > self.group_timeout)  # left = finished
         if not silent.any():
             return
-        for pull in self._deferred:  # waiting on this shard is not silence
-            silent[pull.header.group] = False
-        silent[list(self._checkpoint_requests)] = False
         for group in np.flatnonzero(silent).tolist():
             self.clock.drop(group)
             log.warning("shard %d: no message from group %d for %gs: it no longer holds the others back "
@@ -325,6 +347,12 @@ class ShardService:
                         int(self.clock.clocks[group]))
         self._release_deferred()
         self._maybe_checkpoint()
+        self._stop_when_every_group_is_gone()
+
+    def _stop_when_every_group_is_gone(self) -> None:
+        """Stop serving once every group that joined has left (BYE) or was dropped."""
+        if self._joined_any and bool((self.left | self.clock.dropped).all()):
+            self._running = False
 
     def _release_deferred(self) -> None:
         waiting = []

@@ -44,7 +44,7 @@ class Ticket:
     values: np.ndarray | None = None
     placement: dict[int, np.ndarray | int] = field(default_factory=dict)  # request -> positions (int: all, in order)
     error: str | None = None  # a shard's rejection: waiting on the ticket again raises it again
-    reply_clock: int = 0  # the clock field of the last reply (a checkpoint's cut)
+    reply_clock: int = 0  # the largest clock field of its replies (a checkpoint's cut, a join's clock)
     shard_clocks: np.ndarray | None = None  # pulls: each group's clock when the shards answered (min over shards)
     keys: np.ndarray | None = None  # pulls: the keys asked, to ask again elsewhere if a shard dies
     clock: int = 0  # pulls: the clock asked for
@@ -69,7 +69,8 @@ class PSClient:
         max_pushes_in_flight: unacknowledged pushes allowed before ``push`` waits.
         context: ZeroMQ context (default: the process-wide instance).
         replication: replicas per key range (as the shards were started with).
-        heartbeat_interval: seconds of silence from a shard being waited on before it is pinged.
+        heartbeat_interval: while waiting, a shard quiet this long is pinged (shards count a group
+            silent for ``cluster.group_timeout`` as gone; keep this well below it).
         failover_timeout: seconds of silence (pings unanswered) before a shard is declared dead.
     """
 
@@ -171,6 +172,12 @@ class PSClient:
         """Tell every shard that this group finished ``clock`` steps."""
         return self._broadcast(wire.Op.CLOCK, clock, f"clock {clock}")
 
+    def join(self) -> int:
+        """Tell every shard that this group starts; returns the clock it continues at (the latest any shard gave)."""
+        ticket = self._broadcast(wire.Op.JOIN, 0, "join")
+        self.wait(ticket)
+        return ticket.reply_clock
+
     def finish(self) -> Ticket:
         """Tell every shard that this group finished training."""
         return self._broadcast(wire.Op.FINISH, 0, "finish")
@@ -254,11 +261,12 @@ class PSClient:
         return ticket
 
     def _check_heartbeats(self) -> None:
-        """Ping the shards waited on that have been quiet; declare dead those silent past ``failover_timeout``."""
+        """While waiting: ping every shard quiet for ``heartbeat_interval`` (so shards know this group is alive);
+        declare dead a shard silent past ``failover_timeout`` while a reply is awaited."""
         now = time.monotonic()
-        for shard in [s for s, count in enumerate(self._outstanding) if count]:
+        for shard in self.placement.live_shards:
             silent = now - self._last_heard[shard]
-            if silent > self.failover_timeout:
+            if self._outstanding[shard] and silent > self.failover_timeout:
                 self._declare_dead(shard, silent)
             elif silent > self.heartbeat_interval and now - self._last_ping[shard] > self.heartbeat_interval:
                 self._last_ping[shard] = now
@@ -346,7 +354,7 @@ class PSClient:
             log.warning("reply from shard %d to unknown request %d ignored", shard, header.request_id)
             return
         ticket.pending.discard(header.request_id)
-        ticket.reply_clock = header.clock
+        ticket.reply_clock = max(ticket.reply_clock, header.clock)
         if header.flags & wire.FLAG_STOP:
             self.stop_at = header.clock
         if header.op is wire.Op.PULL_REPLY:

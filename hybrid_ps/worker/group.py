@@ -92,9 +92,13 @@ class WorkerGroup:
 
     def broadcast_flag(self, flag: bool) -> bool:
         """The leader's ``flag`` on every member (members wait without spinning)."""
-        value = np.array([1 if flag else 0], dtype=np.int64)
+        return bool(self.broadcast_int(1 if flag else 0))
+
+    def broadcast_int(self, number: int) -> int:
+        """The leader's ``number`` on every member (members wait without spinning)."""
+        value = np.array([number], dtype=np.int64)
         wait_quietly(self.comm.Ibcast(value, root=0))
-        return bool(value[0])
+        return int(value[0])
 
     def allreduce_sum(self, buffer: np.ndarray) -> np.ndarray:
         """Sum ``buffer`` over the group in place (one buffer-based Allreduce)."""

@@ -81,8 +81,9 @@ class GroupTrainer:
         metrics: the metrics file (the first leader only).
         publish: leaders only; called with (cut clock, results so far) after every
             shard wrote its part of a checkpoint, to publish it.
-        start_clock: steps already done (resuming): training continues at this
-            clock, and every rank skips that many of its minibatches.
+        start_clock: the clock training continues at (resuming, or joining a running tier).
+        skip_batches: minibatches every rank skips first (those trained before a resumed
+            cut; ``None``: as many as ``start_clock``).
         stop_request: this process's preemption flag; any rank's flag stops the
             whole job at one clock, with a checkpoint.
     """
@@ -99,6 +100,7 @@ class GroupTrainer:
         publish: Callable[[int, "GroupResult"], None] | None = None,
         start_clock: int = 0,
         stop_request: StopRequest | None = None,
+        skip_batches: int | None = None,
     ) -> None:
         self.config = config
         self.group = group
@@ -109,7 +111,7 @@ class GroupTrainer:
         self.metrics = metrics
         self.publish = publish
         self.clock = start_clock
-        self.start_clock = start_clock
+        self.skip_batches = start_clock if skip_batches is None else skip_batches
         self.stop_request = stop_request or StopRequest()
         self._stopping = False  # leader: the stop clock is reached
         self._stop_sent = False
@@ -193,7 +195,7 @@ class GroupTrainer:
         of clocks ``< c + 1 - s`` only, and ``c < c + 1 - s`` is false for ``s >= 1``.
         """
         max_steps = self.config.train.max_steps
-        batches = itertools.islice(self._epochs(), self.start_clock, None)  # resume where the cut was
+        batches = itertools.islice(self._epochs(), self.skip_batches, None)  # resume where the cut was
         more_steps = lambda clock: not max_steps or clock < max_steps  # noqa: E731
         upcoming = self._start_exchange(next(batches, None), self.clock) if more_steps(self.clock) else None
         while upcoming is not None:

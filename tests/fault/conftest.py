@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from fault_harness import RunningJob, Tier
 
@@ -29,6 +31,16 @@ def start_job(tmp_path):
         jobs.append(RunningJob(ranks, tmp_path / (name or f"run-{len(jobs)}"), *args))
         return jobs[-1]
 
+    def start_tier(*args: str, name: str = "tier") -> tuple[RunningJob, str]:
+        """A PS tier of its own (``hybrid_ps.serve``); returns it and its tier file once written."""
+        tier_file = tmp_path / name / "tier.json"
+        command = [sys.executable, "-m", "hybrid_ps.serve", "--tier-file", str(tier_file),
+                   "--checkpoint-dir", str(tmp_path / name / "checkpoints"), *args]
+        jobs.append(RunningJob(0, tmp_path / name, command=command))
+        jobs[-1].wait_for(tier_file.exists, "the tier file")
+        return jobs[-1], str(tier_file)
+
+    start.tier = start_tier
     yield start
     for job in jobs:
         if job.process.poll() is None:

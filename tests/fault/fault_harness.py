@@ -64,17 +64,18 @@ class Tier:
 
 
 class RunningJob:
-    """A ``hybrid_ps.train`` job under mpiexec, started in the background so that a test can hurt it."""
+    """A ``hybrid_ps.train`` job under mpiexec (or any command), started in the background so that a test can
+    hurt it; its stderr goes to ``output_dir/stderr.log``."""
 
-    def __init__(self, ranks: int, output_dir, *args: str) -> None:
+    def __init__(self, ranks: int, output_dir, *args: str, command: list[str] | None = None) -> None:
         mpiexec = find_mpiexec()
         env = {**os.environ, **idle_friendly_environment(mpi_implementation(mpiexec), 32)}
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._stderr_path = self.output_dir / "stderr.log"
         self._stderr = open(self._stderr_path, "w")
-        command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "hybrid_ps.train", "--output-dir",
-                   str(self.output_dir), "--log-interval", "0.2", *args]
+        command = command or [mpiexec, "-n", str(ranks), sys.executable, "-m", "hybrid_ps.train", "--output-dir",
+                              str(self.output_dir), "--log-interval", "0.2", *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env)
 
     @property
@@ -102,6 +103,11 @@ class RunningJob:
         """The pid of shard ``shard``'s process (its server rank logs it)."""
         pattern = re.compile(rf"shard {shard} runs as pid (\d+)")
         return int(self.wait_for(lambda: pattern.search(self.stderr), f"shard {shard}'s pid").group(1))
+
+    def leader_pid(self, group: int) -> int:
+        """The pid of group ``group``'s leader (it logs it)."""
+        pattern = re.compile(rf"leader of group {group} runs as pid (\d+)")
+        return int(self.wait_for(lambda: pattern.search(self.stderr), f"group {group}'s leader pid").group(1))
 
     def reached_step(self, step: int) -> dict:
         """Wait until the first leader reported a progress record at or past ``step``."""

@@ -335,3 +335,15 @@ def test_a_config_survives_its_json_form():
 def test_from_dict_names_a_bad_setting():
     with pytest.raises(ConfigError, match="unknown setting 'cluster.nope'"):
         Config.from_dict({"cluster": {"nope": 1}})
+
+
+@pytest.mark.parametrize("value", ["0.5", "1.9", "-1"])
+def test_a_group_timeout_shorter_than_the_heartbeats_is_refused(value):
+    with pytest.raises(ConfigError, match=r"cluster.group_timeout must be 0 \(never\) or >= 2"):
+        _load("--group-timeout", value)
+    assert _load("--group-timeout", "0").cluster.group_timeout == 0
+
+
+def test_a_missing_tier_file_is_named():
+    with pytest.raises(ConfigError, match="cluster.ps_tier: no such tier file 'nope.json'"):
+        _load("--ps-tier", "nope.json")

@@ -34,16 +34,18 @@ class Cluster:
 
     def __init__(self, shards: int = 2, groups: int = 1, staleness: float = 0, width: int = 1,
                  optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24,
-                 group_timeout: float = 0.0, checkpoint_writer=None) -> None:
+                 group_timeout: float = 0.0, checkpoint_writer=None, replication: int = 1,
+                 groups_present: bool = True) -> None:
         self.context = zmq.Context()
         self.ring = HashRing(range(shards), vnodes=64)
         self.groups = groups
         self.width = width
+        self.replication = replication
         self.optimizer = (optimizer, learning_rate)
         self.services = [
             ShardService(Shard(width, make_optimizer(optimizer, learning_rate), capacity=16), shard, self.ring,
                          groups, staleness, max_keys=max_keys, context=self.context, group_timeout=group_timeout,
-                         checkpoint_writer=checkpoint_writer)
+                         checkpoint_writer=checkpoint_writer, replication=replication, groups_present=groups_present)
             for shard in range(shards)
         ]
         self.results: dict[int, object] = {}
@@ -65,6 +67,8 @@ class Cluster:
 
     def client(self, group: int = 0, timeout: float = 10.0, **kwargs) -> PSClient:
         kwargs.setdefault("width", self.width)
+        kwargs.setdefault("heartbeat_interval", 0.1)
+        kwargs.setdefault("replication", self.replication)  # well below the group timeouts used here
         client = PSClient(self.endpoints, group, self.groups, self.ring, timeout=timeout, context=self.context,
                           **kwargs)
         self._clients.append(client)
@@ -639,3 +643,82 @@ def test_a_dropped_group_does_not_block_a_checkpoint_cut(make_cluster):
     alive.wait(alive.clock(2))
     assert alive.checkpoint(2) == 2  # group 1 never asks: the cut is written once it is dropped
     assert cuts == [2] and cluster.services[0].clock.dropped.tolist() == [False, True]
+
+
+# -- joining, heartbeats, failover -----------------------------------------------------------------
+
+
+def test_a_tier_of_its_own_waits_for_no_absent_slot_and_takes_joining_groups_at_the_running_clock(make_cluster):
+    cluster = make_cluster(shards=2, groups=2, staleness=0, groups_present=False)
+    first, second = cluster.client(0), cluster.client(1)
+    keys = _random_keys(50, seed=21)
+    assert first.join() == 0
+    for clock in (1, 2, 3):  # BSP, but slot 1 is absent: nobody to wait for
+        first.wait(first.clock(clock))
+    assert first.wait(first.pull(keys, 3)) is not None
+    assert second.join() == 3, "a joining group starts at the running group's clock"
+    first.wait(first.clock(4))
+    held = first.pull(keys, 4)
+    assert not _answered_within(first, held, NOT_ANSWERED), "the joined group now holds the others back"
+    second.wait(second.clock(4))
+    assert _answered_within(first, held, 2.0)
+    first.bye()
+    assert all(thread.is_alive() for thread in cluster.threads), "the shards serve until every joined group left"
+    second.bye()
+    for thread in cluster.threads:
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+
+
+def test_a_crashed_group_is_dropped_even_with_a_pull_held_back_but_a_waiting_one_is_not(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=0, group_timeout=0.6)
+    waiting = cluster.client(0)
+    crashed = cluster.dealer(0)
+    keys = _random_keys(10, seed=5)
+    waiting.wait(waiting.clock(1))
+    crashed.send_multipart([_header(wire.Op.PULL, group=1, clock=1, num_keys=keys.size), _u64(keys)])  # then dies
+    held = waiting.pull(keys, 1)  # held back until group 1 reaches clock 1: never
+    assert not _answered_within(waiting, held, 0.3)
+    assert _answered_within(waiting, held, 3.0), "the crashed group's held-back pull kept it in"
+    assert cluster.services[0].clock.dropped.tolist() == [False, True], "heartbeats keep a waiting group in"
+
+
+def test_ping_is_answered_even_while_pulls_are_held_back(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=0)
+    client = cluster.client(0)
+    client.wait(client.clock(1))
+    client.pull(_random_keys(5, seed=2), 1)  # held back by group 1 at clock 0
+    reply = _request(cluster.dealer(0), [_header(wire.Op.PING)])
+    assert wire.decode_header(reply).op is wire.Op.ACK
+
+
+def test_evict_promotes_the_backup_and_an_evicted_shard_stops(make_cluster):
+    cluster = make_cluster(shards=3, replication=2)
+    keys = _random_keys(3000, seed=8)
+    client = cluster.client(0)
+    client.wait(client.push(keys, np.ones((keys.size, 1), np.float32), 0))
+    replicas = client.placement.replicas_of(keys)
+    primary = int(replicas[replicas[:, 1] == 2][0, 0])
+    backup_keys = keys[(replicas[:, 1] == 2) & (replicas[:, 0] == primary)]  # shard 2 backs them up for ``primary``
+    sock = cluster.dealer(2)
+    request = [_header(wire.Op.PULL, num_keys=backup_keys.size), _u64(backup_keys)]
+    assert wire.decode_header(_request(sock, request)).op is wire.Op.ERROR, "a backup does not serve pulls"
+    assert wire.decode_header(_request(sock, [_header(wire.Op.EVICT, clock=primary)])).op is wire.Op.ACK
+    reply = _request(sock, request)
+    assert np.array_equal(np.frombuffer(reply[1], np.float32), -np.ones(backup_keys.size, np.float32))
+    _request(sock, [_header(wire.Op.EVICT, clock=2)])
+    cluster.threads[2].join(timeout=5)
+    assert not cluster.threads[2].is_alive(), "told that it is dead, a shard stops serving"
+
+
+def test_a_tier_stops_when_no_group_joins_or_every_joined_group_is_gone(make_cluster):
+    nobody = make_cluster(shards=1, groups=2, groups_present=False, group_timeout=0.6)
+    nobody.threads[0].join(timeout=5)
+    assert not nobody.threads[0].is_alive(), "a tier nobody joins stops after the group timeout"
+    abandoned = make_cluster(shards=1, groups=2, groups_present=False, group_timeout=0.6)
+    client = abandoned.client(0)
+    assert client.join() == 0
+    client.close()  # the group crashes: silent from now on
+    abandoned.threads[0].join(timeout=5)
+    assert not abandoned.threads[0].is_alive(), "once its only group was dropped, the tier stops"
+    assert abandoned.services[0].clock.dropped.tolist() == [True, True]

@@ -204,3 +204,18 @@ def test_a_dropped_group_stops_holding_back_and_rejoins_at_the_slowest_running_c
     assert clock.rejoin(1) == 5 and clock.min_clock() == 5  # not back at 2: it would stall the others
     clock.finish(0), clock.finish(2), clock.drop(1)
     assert clock.ready(FINAL_CLOCK, 0)  # finished or dropped: nobody left to wait for
+
+
+def test_join_keeps_a_running_groups_clock_and_takes_back_absent_or_finished_ones():
+    clock = VectorClock(3)
+    clock.dropped[:] = True  # a tier of its own: every slot absent until its group joins
+    assert clock.join(0) == 0 and clock.min_clock() == 0
+    clock.advance(0, 7)
+    assert clock.join(1) == 7, "a group joining a running tier starts at the slowest running clock"
+    assert clock.join(1) == 7 and clock.done.tolist() == [False, False, True]
+    clock.advance(1, 9)
+    clock.finish(0)
+    assert clock.join(0) == 9, "a finished slot taken by a restarted job continues with the others"
+    assert not clock.finished[0]
+    fresh = VectorClock(2)
+    assert fresh.join(0) == 0 and fresh.join(1) == 0 and not fresh.done.any()
