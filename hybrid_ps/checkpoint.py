@@ -42,6 +42,7 @@ __all__ = [
     "load_model",
     "checkpoint_info",
     "restore_shard",
+    "cut_parts",
     "resume_clocks",
 ]
 
@@ -63,6 +64,7 @@ class ShardState:
     finished: np.ndarray  # bool [groups]: group finished training
     optimizer: str
     hyperparameters: dict[str, float]
+    away: np.ndarray | None = None  # bool [groups]: group dropped (silent) or absent at the cut; None = none
 
 
 def partial_dir(root: str | Path, clock: int) -> Path:
@@ -118,6 +120,8 @@ def write_shard_file(directory: str | Path, shard: ShardState) -> Path:
             _dataset(f, f"state/{name}", array, f"float32 [keys, width] optimizer state '{name}'")
         _dataset(f, "clock_table", shard.clock_table, "int64 [groups]: steps each worker group had finished")
         _dataset(f, "finished", shard.finished, "bool [groups]: worker group had finished training")
+        away = np.zeros_like(shard.finished) if shard.away is None else shard.away
+        _dataset(f, "away", away, "bool [groups]: worker group was dropped (silent) or absent at the cut")
     return path
 
 
@@ -142,6 +146,7 @@ def read_shard_file(path: str | Path) -> ShardState:
                 clock_table=f["clock_table"][()], finished=f["finished"][()],
                 optimizer=str(f.attrs["optimizer"]),
                 hyperparameters={k.split(".", 1)[1]: float(v) for k, v in f.attrs.items() if k.startswith("optimizer.")},
+                away=f["away"][()] if "away" in f else None,
             )
         except (KeyError, OSError) as e:
             raise CheckpointError(f"{path}: incomplete shard file: {e}") from None
@@ -343,7 +348,12 @@ def restore_shard(directory: str | Path, owned: Callable[[np.ndarray], np.ndarra
     Raises:
         CheckpointError: unreadable files, or a different optimizer than ``optimizer``.
     """
-    directory = resolve_checkpoint(directory)
+    yield from cut_parts(resolve_checkpoint(directory), owned, optimizer)
+
+
+def cut_parts(directory: str | Path, owned: Callable[[np.ndarray], np.ndarray], optimizer: str) -> Iterator[ShardState]:
+    """``restore_shard`` on a cut's directory as it is, published or still ``.partial``."""
+    directory = Path(directory)
     paths = sorted(directory.glob("shard-*.h5"))
     if not paths:
         raise CheckpointError(f"{directory}: no shard files")

@@ -21,7 +21,7 @@ from .partition import HashRing
 from .preemption import StopRequest
 from .replication import default_replication
 from .server.process import ShardProcess, ShardSpec
-from .tier import TierInfo, adopt_tier_settings, read_tier_file
+from .tier import TierInfo, TierView, adopt_tier_settings, read_tier_file
 from .topology import Layout, Topology, build_topology, exchange_endpoints, plan_layout
 from .worker.client import PSClient
 from .worker.group import WorkerGroup, wait_quietly
@@ -58,7 +58,7 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
     if topology.rank == 0:
         log.info("%s; staleness %s; replication %d; optimizer %s", topology.layout.describe(),
                  config.cluster.staleness, plan.replication, config.optimizer.name)
-    ring = HashRing(range(plan.num_shards), config.cluster.vnodes)
+    ring = HashRing(plan.shard_ids, config.cluster.vnodes)
     model = LogisticRegression()
     metrics = None
     if topology.rank == 0:
@@ -107,8 +107,10 @@ def _run_worker(
         if config.train.resume:
             _warn_if_positions_differ(config, topology)
         skip = start if config.train.resume or not plan.tier else 0  # a group joining a tier trains all its data
+        tier_view = (lambda: TierView(read_tier_file(config.cluster.ps_tier).endpoints, plan.replication)) \
+            if plan.tier else None
         trainer = GroupTrainer(config, group, topology.group, model,
-                               batches, client, metrics, publish, start, stop, skip)
+                               batches, client, metrics, publish, start, stop, skip, tier_view)
         result = trainer.run()
     finally:
         if client is not None:
@@ -122,7 +124,7 @@ class JobPlan:
 
     layout: Layout
     tier: TierInfo | None
-    num_shards: int
+    shard_ids: list[int]
     num_slots: int  # group slots of the vector clock (the tier's, or this job's groups)
     replication: int
 
@@ -143,7 +145,7 @@ def plan_job(config: Config, world_size: int) -> JobPlan:
     tier = read_tier_file(config.cluster.ps_tier) if config.cluster.ps_tier else None
     if tier is None:
         layout = plan_layout(world_size, config.cluster.servers, config.cluster.groups)
-        return JobPlan(layout, None, layout.num_servers, layout.num_groups,
+        return JobPlan(layout, None, list(range(layout.num_servers)), layout.num_groups,
                        default_replication(config.cluster.replication, layout.num_servers))
     adopt_tier_settings(config, tier)
     layout = plan_layout(world_size, 0, config.cluster.groups, config.cluster.first_group)
@@ -151,7 +153,7 @@ def plan_job(config: Config, world_size: int) -> JobPlan:
         raise TopologyError(f"cluster.first_group = {layout.first_group} with {layout.num_groups} group(s) needs "
                             f"group slots up to {layout.first_group + layout.num_groups - 1}; the tier "
                             f"{config.cluster.ps_tier} has {tier.num_groups}")
-    return JobPlan(layout, tier, len(tier.endpoints), tier.num_groups,
+    return JobPlan(layout, tier, sorted(tier.endpoints), tier.num_groups,
                    default_replication(config.cluster.replication, len(tier.endpoints)))
 
 

@@ -6,28 +6,169 @@ they are up; worker jobs join with ``mpiexec -n K python -m hybrid_ps.train
 crashed worker job ends only its own groups: the shards drop them after
 ``--group-timeout`` and the others train on; a restarted job rejoins. The
 tier serves until every group that joined has left, then removes the file.
+
+Shards join and leave at run time through ``python -m hybrid_ps.tierctl``:
+this process starts or retires the shard, rewrites the tier file and asks the
+coordinating shard for a reshard clock; at that clock every group writes a
+checkpoint cut and every shard takes the ranges the new ring gives it from
+the cut's files (only ~1/S of the keys move).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from .config import build_parser, load_config
+import zmq
+
+from . import wire
+from .config import Config, build_parser, load_config
 from .errors import ConfigError, HybridPSError
 from .logs import configure_logging
 from .models.logistic import LogisticRegression
 from .preemption import StopRequest
-from .server.process import ShardProcess, ShardSpec, describe_exit, supervise
-from .tier import TierInfo, write_tier_file
+from .replication import default_replication
+from .server.process import ShardProcess, ShardSpec, describe_exit
+from .tier import TierInfo, TierView, write_tier_file
+from .transport import resolve_bind_host
+
+__all__ = ["TierSupervisor", "main"]
 
 log = logging.getLogger("hybrid_ps.serve")
 
+_POLL_MS = 200
+_COORDINATOR_TIMEOUT_MS = 10_000
 _DESCRIPTION = """Run a PS tier of its own for worker jobs started with --ps-tier FILE.
 Takes the same settings as hybrid_ps.train: [cluster] (servers, groups = group slots, staleness,
 replication, group_timeout, bind_host), [optimizer] and the checkpoint ones of [train]."""
+
+
+class TierSupervisor:
+    """The shard processes of a tier, its tier file and its control socket (for ``hybrid_ps.tierctl``).
+
+    Args:
+        config: the tier's settings (``cluster.servers`` shards, ``cluster.groups`` slots).
+        tier_file: where to write the tier file.
+        debug: log debug messages in the shards.
+
+    Raises:
+        ShardUnavailableError: a shard did not start.
+    """
+
+    def __init__(self, config: Config, tier_file: str, debug: bool = False) -> None:
+        self.config, self.tier_file, self.debug = config, tier_file, debug
+        self.width = LogisticRegression().width
+        self.shards: dict[int, ShardProcess] = {}  # every shard started, members or not
+        self.members: list[int] = []  # the shards of the current view (a removed one may still be leaving)
+        self.codes: dict[int, int] = {}
+        self._context = zmq.Context()
+        self.control = self._context.socket(zmq.REP)
+        self.control.setsockopt(zmq.LINGER, 0)
+        port = self.control.bind_to_random_port(f"tcp://{resolve_bind_host(config.cluster.bind_host)}")
+        self.control_endpoint = f"tcp://{resolve_bind_host(config.cluster.bind_host)}:{port}"
+        ids = list(range(config.cluster.servers))
+        for shard_id in ids:
+            self._start_shard(shard_id, ids)
+        self._publish()
+
+    def _start_shard(self, shard_id: int, shard_ids: list[int]) -> None:
+        spec = ShardSpec(self.config, shard_id, shard_ids, self.config.cluster.groups, self.width,
+                         coordinator=shard_id == shard_ids[0], groups_present=False)
+        self.shards[shard_id] = ShardProcess(spec, self.debug, label=self.tier_file)
+        self.members.append(shard_id)
+
+    @property
+    def view(self) -> TierView:
+        """The tier's member shards that have not died."""
+        live = {i: self.shards[i].endpoint for i in self.members if self.shards[i].process.poll() in (None, 0)}
+        return TierView(live, default_replication(self.config.cluster.replication, len(live)))
+
+    def _publish(self, view: TierView | None = None) -> None:
+        """Write the tier file for ``view`` (default: the running shards)."""
+        tier = TierInfo((view or self.view).endpoints, self.config.cluster.groups, self.config.to_json_dict(),
+                        os.path.abspath(self.config.checkpoint_root), self.control_endpoint)
+        write_tier_file(self.tier_file, tier)
+
+    def run(self, stop: StopRequest | None = None) -> dict[int, int]:
+        """Serve control requests and supervise the shards until every one exited; returns their exit codes."""
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        while len(self.codes) < len(self.shards):
+            if poller.poll(_POLL_MS):
+                self._serve_control()
+            for shard_id, shard in self.shards.items():
+                if shard_id not in self.codes and (code := shard.poll(stop)) is not None:
+                    self.codes[shard_id] = code
+        return self.codes
+
+    def close(self) -> None:
+        """Kill what still runs, remove the tier file."""
+        Path(self.tier_file).unlink(missing_ok=True)
+        for shard in self.shards.values():
+            shard.__exit__()
+        self.control.close()
+        self._context.term()
+
+    def _serve_control(self) -> None:
+        try:
+            request = json.loads(self.control.recv())
+            reply = self._change(request)
+        except (ValueError, KeyError, TypeError, HybridPSError) as e:
+            reply = {"ok": False, "error": str(e)}
+        self.control.send(json.dumps(reply).encode())
+
+    def _change(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{"op": "add"}``, ``{"op": "remove", "shard": ID}`` or ``{"op": "status"}``."""
+        old = self.view
+        if request["op"] == "status":
+            return {"ok": True, "shards": old.shard_ids, "exited": {str(k): v for k, v in self.codes.items()}}
+        if request["op"] == "add":
+            shard_id = max(self.shards) + 1
+            new_ids = [*old.shard_ids, shard_id]
+            self._start_shard(shard_id, new_ids)
+        elif request["op"] == "remove":
+            shard_id = int(request["shard"])
+            if shard_id not in old.endpoints or len(old.endpoints) == 1:
+                raise ValueError(f"shard {shard_id} is not one of the running shards {old.shard_ids} "
+                                 "(the last shard cannot leave)")
+            new_ids = [i for i in old.shard_ids if i != shard_id]
+            self.members.remove(shard_id)
+        else:
+            raise ValueError(f"unknown op {request['op']!r} (add, remove, status)")
+        new = TierView({i: self.shards[i].endpoint for i in new_ids},
+                       default_replication(self.config.cluster.replication, len(new_ids)))
+        try:
+            clock = self._announce(old, new)
+        except HybridPSError:  # nothing changes
+            self.members = old.shard_ids
+            if request["op"] == "add":
+                self.shards.pop(shard_id).__exit__()
+            raise
+        self._publish(new)
+        log.info("tier: shards %s -> %s at clock %d", old.shard_ids, new.shard_ids, clock)
+        return {"ok": True, "shard": shard_id, "shards": new.shard_ids, "reshard_at": clock}
+
+    def _announce(self, old: TierView, new: TierView) -> int:
+        """Ask the coordinating shard (the lowest running one) for the clock every group reshards at."""
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(old.endpoints[old.shard_ids[0]])
+            sock.send_multipart([wire.encode_header(wire.Header(wire.Op.VIEW, request_id=1)), new.to_bytes()])
+            if not sock.poll(_COORDINATOR_TIMEOUT_MS):
+                raise HybridPSError(f"shard {old.shard_ids[0]} did not answer the view change in "
+                                    f"{_COORDINATOR_TIMEOUT_MS / 1000:g}s")
+            frames = sock.recv_multipart()
+        finally:
+            sock.close()
+        header = wire.decode_header(frames)
+        if header.op is wire.Op.ERROR:
+            raise HybridPSError(f"shard {old.shard_ids[0]} refused the view change: {wire.error_text(frames[1])}")
+        return header.clock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,28 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         if config.cluster.servers < 1 or config.cluster.groups < 1:
             raise ConfigError(f"a PS tier needs cluster.servers >= 1 and cluster.groups >= 1 (group slots), got "
                               f"{config.cluster.servers} and {config.cluster.groups}")
-        shard_ids = list(range(config.cluster.servers))
-        width = LogisticRegression().width
         stop = StopRequest().install()
-        shards = []
+        tier = TierSupervisor(config, args.tier_file, args.debug)
         try:
-            for shard_id in shard_ids:
-                spec = ShardSpec(config, shard_id, shard_ids, config.cluster.groups, width,
-                                 coordinator=shard_id == 0, groups_present=False)
-                shards.append(ShardProcess(spec, args.debug, label=args.tier_file))
-            tier = TierInfo([s.endpoint for s in shards], config.cluster.groups, config.to_json_dict(),
-                            os.path.abspath(config.checkpoint_root))
-            write_tier_file(args.tier_file, tier)
-            log.info("%d shards up for %d group slots; tier file %s", len(shards), tier.num_groups, args.tier_file)
-            codes = supervise(shards, stop)
+            log.info("%d shards up for %d group slots; tier file %s", len(tier.shards), config.cluster.groups,
+                     args.tier_file)
+            codes = tier.run(stop)
         finally:
-            Path(args.tier_file).unlink(missing_ok=True)
-            for shard in shards:
-                shard.__exit__()
+            tier.close()
     except HybridPSError as e:
         print(f"hybrid_ps.serve: error: {e}", file=sys.stderr, flush=True)
         return 2 if isinstance(e, ConfigError) else 1
-    died = [f"shard {s.shard_id}: {describe_exit(c)}" for s, c in zip(shards, codes) if c != 0]
+    died = [f"shard {i}: {describe_exit(c)}" for i, c in sorted(codes.items()) if c != 0]
     log.info("tier stopped%s", f"; {', '.join(died)}" if died else "")
     return 1 if died else 0
 

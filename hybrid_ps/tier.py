@@ -1,9 +1,12 @@
 """A PS tier of its own: the tier file that ``hybrid_ps.serve`` writes and worker jobs read to join it.
 
 The file (JSON, written atomically, readable by its owner only) holds the
-shards' endpoints, the number of group slots and the tier's settings. Worker
-jobs started with ``--ps-tier FILE`` adopt the settings that must agree
-between shards and leaders (staleness, replication, ring, checkpoints).
+shards' endpoints by shard id, the number of group slots, the tier's settings
+and the control endpoint of ``hybrid_ps.serve`` (``hybrid_ps.tierctl`` adds
+and removes shards through it). Worker jobs started with ``--ps-tier FILE``
+adopt the settings that must agree between shards and leaders (staleness,
+replication, ring, checkpoints). A ``TierView`` is the part that changes when
+shards join or leave: endpoints and replication.
 """
 
 from __future__ import annotations
@@ -17,20 +20,55 @@ from typing import Any
 from .config import Config
 from .errors import ConfigError
 
-__all__ = ["TierInfo", "write_tier_file", "read_tier_file", "adopt_tier_settings"]
+__all__ = ["TierView", "TierInfo", "write_tier_file", "read_tier_file", "adopt_tier_settings"]
 
 _SHARED_SETTINGS = ("cluster.staleness", "cluster.replication", "cluster.vnodes", "cluster.max_keys_per_message",
                     "train.checkpoint")
+
+
+@dataclass(frozen=True)
+class TierView:
+    """The tier's shards: endpoint by shard id, and the replication factor."""
+
+    endpoints: dict[int, str]
+    replication: int
+
+    @property
+    def shard_ids(self) -> list[int]:
+        """The shard ids, ascending."""
+        return sorted(self.endpoints)
+
+    def to_bytes(self) -> bytes:
+        """UTF-8 JSON (the frame of VIEW and RESHARD messages)."""
+        return json.dumps({"endpoints": {str(k): v for k, v in self.endpoints.items()},
+                           "replication": self.replication}).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> "TierView":
+        """Parse ``to_bytes``' output.
+
+        Raises:
+            ValueError: not such a document.
+        """
+        try:
+            data = json.loads(bytes(raw).decode())
+            view = cls({int(k): str(v) for k, v in data["endpoints"].items()}, int(data["replication"]))
+        except (UnicodeDecodeError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+            raise ValueError(f"not a tier view: {e}") from None
+        if not view.endpoints or view.replication < 1:
+            raise ValueError("a tier view needs shards and a replication >= 1")
+        return view
 
 
 @dataclass
 class TierInfo:
     """What a worker job needs to join a tier."""
 
-    endpoints: list[str]
+    endpoints: dict[int, str]
     num_groups: int
     config: dict[str, dict[str, Any]]  # the tier's settings (Config.to_json_dict)
     checkpoint_root: str  # absolute: where the shards write, and leaders publish
+    control: str = ""  # hybrid_ps.serve's control endpoint (hybrid_ps.tierctl)
 
 
 def write_tier_file(path: str | Path, tier: TierInfo) -> None:
@@ -40,7 +78,8 @@ def write_tier_file(path: str | Path, tier: TierInfo) -> None:
     temporary = path.with_name(path.name + ".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        json.dump({"kind": "hybrid_ps tier", **tier.__dict__}, handle, indent=1)
+        document = {**tier.__dict__, "endpoints": {str(k): v for k, v in tier.endpoints.items()}}
+        json.dump({"kind": "hybrid_ps tier", **document}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -56,8 +95,8 @@ def read_tier_file(path: str | Path) -> TierInfo:
         data = json.loads(Path(path).read_text())
         if data.get("kind") != "hybrid_ps tier":
             raise ValueError(f"kind is {data.get('kind')!r}, not 'hybrid_ps tier'")
-        tier = TierInfo([str(e) for e in data["endpoints"]], int(data["num_groups"]), dict(data["config"]),
-                        str(data["checkpoint_root"]))
+        tier = TierInfo({int(k): str(v) for k, v in data["endpoints"].items()}, int(data["num_groups"]),
+                        dict(data["config"]), str(data["checkpoint_root"]), str(data.get("control", "")))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the tier file: {e.strerror}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:

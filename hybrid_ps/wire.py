@@ -10,6 +10,7 @@ A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
     frame 2  clocks   num_groups * int64, the shard's vector clock   (PULL_REPLY, after values;
                       FINAL_CLOCK for groups that finished training)
     frame 1  text     UTF-8 error message                           (ERROR)
+    frame 1  view     UTF-8 JSON {"endpoints": {id: endpoint}, "replication": R}  (VIEW, RESHARD)
 
 Requests and the frames they carry:
 
@@ -32,13 +33,19 @@ Requests and the frames they carry:
                                   is dead itself stops serving: a falsely suspected shard fences itself)
     JOIN       header             group ``group`` starts (or restarts): the ACK carries the clock it
                                   continues at (the slowest running group's, if it was away)
+    VIEW       header view        (admin, to the coordinating shard) the tier's shards change to
+                                  ``view``: pick the clock every group reshards at
+    RESHARD    header view        group ``group`` stopped at ``clock`` (after checkpointing that cut):
+                                  once every group asked, load the ranges ``view`` moves here from
+                                  the cut's files, drop those it moves away, switch to ``view``
     ========== ================== =========================================
 
 Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
 ``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text); the ACK of a
 CHECKPOINT carries the cut's clock (the directory name). Once the coordinating
 shard (the lowest live one) has a stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
-that clock: each group stops there and checkpoints. A pull whose
+that clock: each group stops there and checkpoints. Likewise ``FLAG_RESHARD``
+carries the clock at which every group checkpoints and sends RESHARD. A pull whose
 ``clock`` is ``FINAL_CLOCK`` is answered once every group has sent FINISH.
 """
 
@@ -61,6 +68,7 @@ __all__ = [
     "HEADER_SIZE",
     "FINAL_CLOCK",
     "FLAG_STOP",
+    "FLAG_RESHARD",
     "Op",
     "Header",
     "encode_header",
@@ -76,6 +84,8 @@ HEADER_FORMAT = "<2sBBBBIQqQI"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 FLAG_STOP = 1
 """Header flag of CLOCK acknowledgements: ``clock`` is the clock every group must stop at."""
+FLAG_RESHARD = 2
+"""Header flag of CLOCK acknowledgements: ``clock`` is the clock every group reshards at."""
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 
@@ -100,6 +110,8 @@ class Op(enum.IntEnum):
     PING = 9
     EVICT = 10
     JOIN = 11
+    VIEW = 12
+    RESHARD = 13
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
@@ -117,6 +129,8 @@ _FRAMES_FOR_OP = {
     Op.PING: 1,
     Op.EVICT: 1,
     Op.JOIN: 1,
+    Op.VIEW: 2,
+    Op.RESHARD: 2,
     Op.ACK: 1,
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,

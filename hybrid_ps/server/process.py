@@ -94,7 +94,7 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
         keys, values, state = exported
         checkpoint.write_shard_file(checkpoint.partial_dir(root, cut), checkpoint.ShardState(
             spec.shard_id, len(spec.shard_ids), cut, keys, values, state, clock.clocks.copy(),
-            clock.finished.copy(), optimizer.name, optimizer.hyperparameters(),
+            clock.finished.copy(), optimizer.name, optimizer.hyperparameters(), clock.dropped.copy(),
         ))
 
     service = ShardService(
@@ -104,6 +104,7 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
         stop_request=stop if spec.coordinator else None,
         group_timeout=config.cluster.group_timeout, replication=spec.replication,
         groups_present=spec.groups_present,
+        cut_reader=lambda cut, owned: checkpoint.cut_parts(checkpoint.partial_dir(root, cut), owned, optimizer.name),
     )
     if config.train.resume:
         _restore(service, spec)

@@ -9,19 +9,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import zmq
 
 from .. import wire
 from ..errors import WireError
-from ..partition import HashRing
 from ..preemption import StopRequest
+from ..partition import HashRing
 from ..replication import Placement
+from ..tier import TierView
 from ..staleness import VectorClock
 from ..transport import bind_router, recv_frames, send_frames
 from .shard import Shard
+
+if TYPE_CHECKING:
+    from ..checkpoint import ShardState
 
 __all__ = ["ShardService", "ServiceStats"]
 
@@ -52,6 +56,9 @@ class _DeferredPull:
     keys: np.ndarray
 
 
+CutReader = Callable[[int, Callable[[np.ndarray], np.ndarray]], Iterable["ShardState"]]
+"""Reads the parts of the cut at the given clock's shard files that a mask function selects (resharding)."""
+
 CheckpointWriter = Callable[[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]], VectorClock, int], None]
 """Writes ``(keys, values, state)`` of the keys this shard is acting primary for, for the cut at the given clock
 (called inside the shard's loop)."""
@@ -79,6 +86,8 @@ class ShardService:
         group_timeout: seconds without any message from a group before the shard
             stops waiting for it in the SSP rule (0 = wait forever); a dropped
             group that speaks again rejoins at the slowest running group's clock.
+        cut_reader: reads a checkpoint cut's files (with ``checkpoint_writer``, the tier's shards
+            can change: each loads the ranges it gains from the cut both sides agreed on).
         groups_present: every group trains from the start (an MPI job's own shards);
             ``False`` (a PS tier of its own): group slots are absent until their group
             sends JOIN, and the shard stops once every group that joined has left.
@@ -99,6 +108,7 @@ class ShardService:
         group_timeout: float = 0.0,
         replication: int = 1,
         groups_present: bool = True,
+        cut_reader: CutReader | None = None,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -109,6 +119,11 @@ class ShardService:
         self.left = np.zeros(num_groups, dtype=bool)
         self.clock.dropped[:] = not groups_present
         self._joined_any = groups_present
+        self._new_to_a_running_tier = not groups_present  # until a JOIN: RESHARD first means it was just added
+        self._cut_reader = cut_reader
+        self._reshard_requests: dict[int, tuple[bytes, wire.Header, TierView]] = {}
+        self.reshard_at: int | None = None  # the coordinator: the clock every group reshards at
+        self.keys_moved_in = 0  # keys loaded from other shards' files when the tier's shards changed
         self.stats = ServiceStats()
         self._deferred: list[_DeferredPull] = []
         self._checkpoint_writer = checkpoint_writer
@@ -203,7 +218,7 @@ class ShardService:
         if op is wire.Op.JOIN:
             self._join(identity, header)
             return
-        self._heard_from(header.group)
+        self._heard_from(header.group, rejoin=op is not wire.Op.RESHARD)
         if op is wire.Op.PING:
             self._reply(identity, header, wire.Op.ACK)
             return
@@ -233,6 +248,17 @@ class ShardService:
             self._stop_when_every_group_is_gone()
         elif op is wire.Op.STOP:
             self._choose_stop_clock(f"group {header.group}")
+        elif op is wire.Op.VIEW:
+            self._choose_reshard_clock(self._view_of(body[1]))
+            reply = wire.Header(wire.Op.ACK, header.group, header.request_id, self.reshard_at)
+            self._send(identity, [wire.encode_header(reply)])
+            return
+        elif op is wire.Op.RESHARD:
+            self._reshard_requests[header.group] = (identity, header, self._view_of(body[1]))
+            if self._new_to_a_running_tier:
+                self._learn_groups_from_the_cut(header.clock)
+            self._maybe_reshard()
+            return
         elif op is wire.Op.CHECKPOINT:
             if self._checkpoint_writer is None:
                 raise WireError("this shard was started without a checkpoint directory")
@@ -243,6 +269,7 @@ class ShardService:
         if op in (wire.Op.CLOCK, wire.Op.FINISH, wire.Op.BYE):
             self._release_deferred()
             self._maybe_checkpoint()
+            self._maybe_reshard()
 
     def _checked_keys(self, frame: memoryview, header: wire.Header, primary: bool) -> np.ndarray:
         """The request's keys, if this shard holds them all (pulls: as acting primary)."""
@@ -318,15 +345,87 @@ class ShardService:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
         self._last_heard[header.group] = time.monotonic()
         self._joined_any = True
+        self._new_to_a_running_tier = False
         self.left[header.group] = False
         clock = self.clock.join(header.group)
         log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
         self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, header.group, header.request_id, clock))])
         self._release_deferred()  # a restarted group may have finished before: the others wait for it again
 
-    def _heard_from(self, group: int) -> None:
+    @staticmethod
+    def _view_of(frame: memoryview) -> TierView:
+        try:
+            return TierView.from_bytes(frame)
+        except ValueError as e:
+            raise WireError(str(e)) from None
+
+    def _choose_reshard_clock(self, view: TierView) -> None:
+        """(The coordinator) pick the clock every group stops at to change the tier's shards: two past the fastest."""
+        if self._checkpoint_writer is None or self._cut_reader is None:
+            raise WireError("changing the tier's shards needs checkpoints: the ranges move through the cut's files")
+        if self.clock.done.all():
+            raise WireError("no group is training: change the tier's shards while groups train")
+        if self.reshard_at is None:
+            self.reshard_at = int(self.clock.clocks[~self.clock.done].max()) + 2
+            log.warning("shard %d: the tier changes to shards %s: every group reshards at clock %d",
+                        self.shard_id, view.shard_ids, self.reshard_at)
+
+    def _maybe_reshard(self) -> None:
+        """Switch to the new view once every running group asked (each wrote its part of the cut before)."""
+        if not self._reshard_requests:
+            return
+        waiting = ~self.clock.done & ~self.left
+        waiting[list(self._reshard_requests)] = False
+        if waiting.any():
+            return
+        requests, self._reshard_requests = self._reshard_requests, {}
+        cut, view = next((header.clock, view) for _, header, view in requests.values())
+        try:
+            self._apply_view(view, cut)
+        except Exception as e:
+            log.exception("shard %d could not reshard at clock %d", self.shard_id, cut)
+            for identity, header, _ in requests.values():
+                self._reply_error(identity, header, f"reshard at clock {cut} failed: {type(e).__name__}: {e}")
+            return
+        for identity, header, _ in requests.values():
+            self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, header.group, header.request_id, cut))])
+        self.reshard_at = None
+
+    def _learn_groups_from_the_cut(self, cut: int) -> None:
+        """A shard added to a running tier takes the clock table of the cut (which groups run, at which clock)."""
+        part = next(iter(self._cut_reader(cut, lambda keys: np.zeros(keys.size, dtype=bool))))
+        self.clock.clocks[:] = part.clock_table
+        self.clock.finished[:] = part.finished
+        self.clock.dropped[:] = part.away if part.away is not None else False
+        self._new_to_a_running_tier = False
+        log.info("shard %d joins a running tier at the cut of clock %d: clocks %s", self.shard_id, cut,
+                 self.clock.clocks.tolist())
+
+    def _apply_view(self, view: TierView, cut: int) -> None:
+        """Keep the ranges ``view`` leaves here, load those it moves here from the cut's files, switch rings."""
+        if self.shard_id not in view.endpoints:
+            log.warning("shard %d: the tier no longer has this shard (now %s): leaving", self.shard_id, view.shard_ids)
+            self._running = False
+            return
+        placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)
+        mine = lambda keys: (placement.replicas_of(keys) == self.shard_id).any(axis=1)  # noqa: E731
+        keys = self.shard.export()[0]
+        keep = mine(keys) if keys.size else np.zeros(0, dtype=bool)
+        if not keep.all():
+            self.shard.retain(keep)
+        moved = 0
+        for part in self._cut_reader(cut, lambda k: mine(k) & (self.shard.index.lookup(k) < 0)):
+            self.shard.load(part.keys, part.values, part.state)
+            moved += part.keys.size
+        self.placement = placement
+        self.keys_moved_in += moved
+        log.info("shard %d: now one of shards %s: %d keys moved here, %d moved away, %d held",
+                 self.shard_id, view.shard_ids, moved, keep.size - int(keep.sum()), len(self.shard))
+
+    def _heard_from(self, group: int, rejoin: bool = True) -> None:
         self._last_heard[group] = time.monotonic()
-        if self.clock.dropped[group]:
+        self._joined_any = True
+        if rejoin and self.clock.dropped[group]:
             clock = self.clock.rejoin(group)
             log.warning("shard %d: group %d is back: it rejoins at clock %d", self.shard_id, group, clock)
 
@@ -347,6 +446,7 @@ class ShardService:
                         int(self.clock.clocks[group]))
         self._release_deferred()
         self._maybe_checkpoint()
+        self._maybe_reshard()
         self._stop_when_every_group_is_gone()
 
     def _stop_when_every_group_is_gone(self) -> None:
@@ -374,6 +474,8 @@ class ShardService:
     def _reply(self, identity: bytes, request: wire.Header, op: wire.Op) -> None:
         if request.op is wire.Op.CLOCK and self.stop_at is not None:
             header = wire.Header(op, request.group, request.request_id, self.stop_at, flags=wire.FLAG_STOP)
+        elif request.op is wire.Op.CLOCK and self.reshard_at is not None:
+            header = wire.Header(op, request.group, request.request_id, self.reshard_at, flags=wire.FLAG_RESHARD)
         else:
             header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())
         self._send(identity, [wire.encode_header(header)])

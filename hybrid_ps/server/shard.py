@@ -69,6 +69,13 @@ class Shard:
         for name, array in self.state.items():
             array[slots] = state[name]
 
+    def retain(self, keep: np.ndarray) -> None:
+        """Keep only the keys where ``keep`` (a mask over ``export``'s order) is true (a shard giving up ranges)."""
+        keys, values, state = self.export()
+        kept = Shard(self.width, self.optimizer, capacity=max(int(keep.sum()), 16))
+        kept.load(keys[keep], values[keep], {name: array[keep] for name, array in state.items()})
+        self.index, self._rows = kept.index, kept._rows
+
     def export(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Keys, values and optimizer state of every held key, in slot order (views)."""
         count = len(self.index)

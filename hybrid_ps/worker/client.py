@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import zmq
@@ -27,6 +27,7 @@ from .. import wire
 from ..errors import ShardUnavailableError
 from ..partition import HashRing
 from ..replication import Placement
+from ..tier import TierView
 from ..transport import connect_dealer, recv_frames, send_frames
 
 __all__ = ["PSClient", "Ticket"]
@@ -60,7 +61,7 @@ class PSClient:
     """Talk to every PS shard on behalf of one worker group.
 
     Args:
-        endpoints: ``tcp://`` endpoint of each shard, indexed by shard id.
+        endpoints: ``tcp://`` endpoint of each shard: a list indexed by shard id, or a dict by shard id.
         group: this worker group's id.
         num_groups: groups in the job (size of the vector clock in pull replies).
         ring: the key -> shard ring shared with the shards.
@@ -88,7 +89,7 @@ class PSClient:
         heartbeat_interval: float = 1.0,
         failover_timeout: float = 10.0,
     ) -> None:
-        self.endpoints = list(endpoints)
+        self.endpoints = dict(endpoints) if isinstance(endpoints, Mapping) else dict(enumerate(endpoints))
         self.group = group
         self.placement = Placement(ring, replication)
         self.heartbeat_interval = heartbeat_interval
@@ -97,21 +98,22 @@ class PSClient:
         self.timeout = timeout
         self.max_pushes_in_flight = max_pushes_in_flight
         self.shard_clocks = np.zeros(num_groups, dtype=np.int64)
-        context = context or zmq.Context.instance()
-        self._sockets = [connect_dealer(context, endpoint) for endpoint in self.endpoints]
+        self._context = context or zmq.Context.instance()
         self._poller = zmq.Poller()
-        for sock in self._sockets:
-            self._poller.register(sock, zmq.POLLIN)
-        self._shard_of_socket = {sock: shard for shard, sock in enumerate(self._sockets)}
+        self._sockets: dict[int, zmq.Socket] = {}
+        self._shard_of_socket: dict[zmq.Socket, int] = {}
+        self._outstanding: dict[int, int] = {}  # per shard: requests not answered yet
+        self._last_heard: dict[int, float] = {}  # per shard: last reply, or since when a reply is awaited
+        self._last_ping: dict[int, float] = {}
+        for shard, endpoint in self.endpoints.items():
+            self._connect(shard, endpoint)
         self._next_id = 1
         self._tickets: dict[int, Ticket] = {}
         self._shard_of_request: dict[int, int] = {}
         self._pushes_in_flight: list[Ticket] = []
-        self._outstanding = [0] * len(self._sockets)  # per shard: requests not answered yet
-        self._last_heard = [time.monotonic()] * len(self._sockets)  # per shard: last reply, or since waited on
-        self._last_ping = [0.0] * len(self._sockets)
         self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
-        self.stop_at: int | None = None  # set when shard 0 announces a stop clock (preemption)
+        self.stop_at: int | None = None  # set when the coordinating shard announces a stop clock (preemption)
+        self.reshard_at: int | None = None  # set when it announces a change of the tier's shards
 
     def __enter__(self) -> "PSClient":
         return self
@@ -121,9 +123,22 @@ class PSClient:
 
     def close(self) -> None:
         """Close every socket."""
-        for sock in self._sockets:
+        for sock in self._sockets.values():
             if not sock.closed:
                 sock.close()
+
+    def _connect(self, shard: int, endpoint: str) -> None:
+        sock = connect_dealer(self._context, endpoint)
+        self._poller.register(sock, zmq.POLLIN)
+        self._sockets[shard], self._shard_of_socket[sock] = sock, shard
+        self.endpoints[shard] = endpoint
+        self._outstanding[shard], self._last_heard[shard], self._last_ping[shard] = 0, time.monotonic(), 0.0
+
+    def _disconnect(self, shard: int, linger_ms: int = 1000) -> None:
+        sock = self._sockets[shard]
+        self._poller.unregister(sock)
+        sock.close(linger=linger_ms)
+        self._outstanding[shard] = 0
 
     # -- operations ---------------------------------------------------------
 
@@ -191,6 +206,26 @@ class PSClient:
         ticket = self._broadcast(wire.Op.CHECKPOINT, clock, f"checkpoint at clock {clock}")
         self.wait(ticket)
         return None if ticket.lost_shard else ticket.reply_clock
+
+    def reshard(self, cut: int, view: TierView) -> None:
+        """Switch to the tier's new shards at the cut ``cut`` (every shard wrote it; see ``checkpoint``).
+
+        Waits for every reply still due from the old shards, asks old and new shards to
+        move the ranges (each answers once every group asked), then routes by the new ring.
+        """
+        self.drain()
+        for shard, endpoint in view.endpoints.items():
+            if shard not in self._sockets or self._sockets[shard].closed:
+                self._connect(shard, endpoint)
+        ticket = Ticket(wire.Op.RESHARD, f"reshard at clock {cut}")
+        for shard in sorted(set(self.placement.live_shards) | set(view.endpoints)):
+            self._send(shard, ticket, wire.Op.RESHARD, cut, [view.to_bytes()], 0)
+        self.wait(ticket)
+        for shard in set(self.placement.live_shards) - set(view.endpoints):
+            self._disconnect(shard)
+        self.placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)
+        self.reshard_at = None
+        log.info("group %d: now on shards %s", self.group, view.shard_ids)
 
     def request_stop(self) -> Ticket:
         """Tell the coordinating shard (the lowest live one) that this group got a preemption signal.
@@ -288,12 +323,10 @@ class PSClient:
             self._sockets[shard].send(evict, zmq.NOBLOCK)  # fencing: if it is alive after all, it stops
         except zmq.Again:
             pass  # its queue is full: it has not read anything for a long time
-        self._poller.unregister(self._sockets[shard])
-        self._sockets[shard].close(linger=100)
+        self._disconnect(shard, linger_ms=100)
         for other in self.placement.live_shards:
             self._send(other, Ticket(wire.Op.EVICT, f"eviction of shard {shard}"), wire.Op.EVICT, shard, [], 0)
         orphans = [r for r, s in self._shard_of_request.items() if s == shard]
-        self._outstanding[shard] = 0
         for request_id in orphans:
             del self._shard_of_request[request_id]
             ticket = self._tickets.pop(request_id)
@@ -357,6 +390,8 @@ class PSClient:
         ticket.reply_clock = max(ticket.reply_clock, header.clock)
         if header.flags & wire.FLAG_STOP:
             self.stop_at = header.clock
+        elif header.flags & wire.FLAG_RESHARD:
+            self.reshard_at = header.clock
         if header.op is wire.Op.PULL_REPLY:
             positions = ticket.placement.pop(header.request_id)
             asked = positions if isinstance(positions, int) else positions.size

@@ -24,6 +24,7 @@ from ..data.batch import Batch
 from ..metrics import MetricsWriter, RateMeter
 from ..models.logistic import PreparedBatch
 from ..preemption import StopRequest
+from ..tier import TierView
 from ..wire import FINAL_CLOCK
 from .client import PSClient
 from .group import WorkerGroup
@@ -84,6 +85,7 @@ class GroupTrainer:
         start_clock: the clock training continues at (resuming, or joining a running tier).
         skip_batches: minibatches every rank skips first (those trained before a resumed
             cut; ``None``: as many as ``start_clock``).
+        tier_view: reads the tier's current shards (when the tier announces a change).
         stop_request: this process's preemption flag; any rank's flag stops the
             whole job at one clock, with a checkpoint.
     """
@@ -101,6 +103,7 @@ class GroupTrainer:
         start_clock: int = 0,
         stop_request: StopRequest | None = None,
         skip_batches: int | None = None,
+        tier_view: Callable[[], TierView] | None = None,
     ) -> None:
         self.config = config
         self.group = group
@@ -112,6 +115,7 @@ class GroupTrainer:
         self.publish = publish
         self.clock = start_clock
         self.skip_batches = start_clock if skip_batches is None else skip_batches
+        self.tier_view = tier_view  # where the tier's shards are now (a PS tier of its own; see tier.py)
         self.stop_request = stop_request or StopRequest()
         self._stopping = False  # leader: the stop clock is reached
         self._stop_sent = False
@@ -129,7 +133,7 @@ class GroupTrainer:
 
     def run(self) -> GroupResult:
         """Train, evaluate if configured, and leave the PS tier; returns the group's sums."""
-        result = GroupResult()
+        result = self._result = GroupResult()
         self._train(result)
         result.preempted = self.group.broadcast_flag(self._stopping)
         if result.preempted:
@@ -181,6 +185,8 @@ class GroupTrainer:
                 time.sleep(self._delay)  # here the members wait in a quiet broadcast, not a spinning Allreduce
             if can_stop:
                 self._stopping = self._stop_clock_reached()
+                if not self._stopping and self.client.reshard_at == self.clock:
+                    self._reshard()
             if exchange.ticket is not None and not self._stopping:
                 values = self._wait_on_ps(exchange.ticket)
         union = None if self._stopping else exchange.union
@@ -283,6 +289,14 @@ class GroupTrainer:
         if len(self._clock_tickets) == 2:
             self._wait_on_ps(self._clock_tickets[0])
         return self.client.stop_at is not None and self.clock >= self.client.stop_at
+
+    def _reshard(self) -> None:
+        """Leader: the tier's shards change at this clock: write the cut, move the ranges, publish the cut."""
+        clock = self.client.reshard_at
+        cut = self.client.checkpoint(clock)  # the cut every shard moves ranges through
+        self.client.reshard(clock, self.tier_view())
+        if cut is not None and self.publish is not None:
+            self.publish(cut, self._result)
 
     def _checkpoint(self, clock: int, result: GroupResult) -> None:
         """Leader: stop at ``clock`` until every shard wrote the cut, then publish it."""

@@ -88,3 +88,11 @@ def test_memory_benchmark(tmp_path):
     assert {(row["optimizer"], row["width"]) for row in record["rows"]} == {
         (name, width) for name in ("sgd", "adagrad", "ftrl") for width in (1, 4)}
     assert all(row["bytes_per_key"] > 0 for row in record["rows"])
+
+
+def test_replication_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.replication", "--ranks", "4", "--rows", "20000",
+               "--repeats", "1", "--timeouts", "0.5")
+    assert "longest step after the kill" in out
+    record = json.loads((tmp_path / "replication.json").read_text())
+    assert record["headline"]["ratio"] > 0 and record["failover_stall_seconds"]["0.5"] >= 0.5

@@ -19,7 +19,8 @@ def _tier(tmp_path, groups: int = 4, **cluster) -> str:
     for key, value in cluster.items():
         setattr(config.cluster, key, value)
     path = tmp_path / "tier" / "tier.json"
-    write_tier_file(path, TierInfo(["tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002", "tcp://127.0.0.1:5003"], groups,
+    endpoints = {0: "tcp://127.0.0.1:5001", 1: "tcp://127.0.0.1:5002", 2: "tcp://127.0.0.1:5003"}
+    write_tier_file(path, TierInfo(endpoints, groups,
                                    config.to_json_dict(), str(tmp_path / "ckpt")))
     return str(path)
 
@@ -35,8 +36,8 @@ def test_a_tier_file_round_trips_and_only_its_owner_can_read_it(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("{", "not a hybrid_ps tier file"),
     ('{"kind": "something else"}', "kind is 'something else'"),
-    ('{"kind": "hybrid_ps tier", "endpoints": []}', "'num_groups'"),
-    ('{"kind": "hybrid_ps tier", "endpoints": [], "num_groups": 1, "config": {}, "checkpoint_root": "x"}',
+    ('{"kind": "hybrid_ps tier", "endpoints": {}}', "'num_groups'"),
+    ('{"kind": "hybrid_ps tier", "endpoints": {}, "num_groups": 1, "config": {}, "checkpoint_root": "x"}',
      "needs endpoints and group slots"),
 ])
 def test_bad_tier_files_name_the_file(tmp_path, text, message):
@@ -62,7 +63,7 @@ def test_planning_a_job_on_a_tier_uses_every_rank_as_a_worker_from_its_first_gro
     config.cluster.ps_tier, config.cluster.groups, config.cluster.first_group = _tier(tmp_path), 2, 1
     plan = plan_job(config, 6)
     assert (plan.layout.num_servers, plan.layout.num_groups, plan.layout.first_group) == (0, 2, 1)
-    assert (plan.num_shards, plan.num_slots, plan.replication) == (3, 4, 2)
+    assert (plan.shard_ids, plan.num_slots, plan.replication) == ([0, 1, 2], 4, 2)
     assert plan.layout.describe() == "6 ranks: 2 groups of [3, 3] workers (groups 1-2 of a separate PS tier)"
     config.cluster.first_group = 3
     with pytest.raises(TopologyError, match="needs group slots up to 4; the tier .* has 4"):
@@ -71,4 +72,5 @@ def test_planning_a_job_on_a_tier_uses_every_rank_as_a_worker_from_its_first_gro
 
 def test_planning_a_job_with_its_own_servers_is_unchanged():
     plan = plan_job(Config(), 8)
-    assert (plan.layout.num_servers, plan.num_shards, plan.num_slots, plan.replication, plan.tier) == (2, 2, 2, 2, None)
+    assert (plan.layout.num_servers, plan.shard_ids, plan.num_slots, plan.replication, plan.tier) == (
+        2, [0, 1], 2, 2, None)

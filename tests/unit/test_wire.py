@@ -23,6 +23,8 @@ FRAMES = {
     wire.Op.PING: 1,
     wire.Op.EVICT: 1,
     wire.Op.JOIN: 1,
+    wire.Op.VIEW: 2,
+    wire.Op.RESHARD: 2,
     wire.Op.ACK: 1,
     wire.Op.PULL_REPLY: 3,
     wire.Op.ERROR: 2,
@@ -122,7 +124,7 @@ def test_bad_version(version):
         wire.decode_header([_raw_header(version=version)])
 
 
-@pytest.mark.parametrize("op", [0, 12, 42, 63, 67, 255])
+@pytest.mark.parametrize("op", [0, 14, 42, 63, 67, 255])
 def test_unknown_op(op):
     with pytest.raises(WireError, match=f"unknown op {op}$"):
         wire.decode_header([_raw_header(op=op)])

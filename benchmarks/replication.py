@@ -1,0 +1,100 @@
+"""Replication and failover: what R = 2 costs in end-to-end samples/s, and how long training stalls when a shard dies.
+
+Run: ``python -m benchmarks.replication [--ranks 8] [--repeats 3]``.
+
+1. The same job (``--ranks`` ranks, default layout) with ``--replication 1`` and
+   ``2``, alternated ``--repeats`` times; the median samples/s of each.
+2. Failover: three shard processes at replication 2, one client pushing and
+   pulling in a loop; a shard is SIGKILLed and the longest step after the kill
+   is the stall, for several ``failover_timeout`` settings (detection is the
+   timeout itself; the rest is eviction and re-routing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from .common import finish, print_table, run_training, summary_of
+
+
+def _throughput(ranks: int, rows: int, repeats: int) -> dict[int, list[float]]:
+    common = ["--rows", str(rows), "--epochs", "2", "--checkpoint", "false", "--final-eval", "false",
+              "--log-interval", "60"]
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(repeats):
+        for replication in (1, 2):
+            with tempfile.TemporaryDirectory() as output:
+                summary = summary_of(run_training(ranks, [*common, "--replication", str(replication)], output))
+            rates[replication].append(summary["samples_per_s"])
+    return rates
+
+
+def _stall_after_a_kill(failover_timeout: float, steps_before: int = 50) -> float:
+    """Seconds of the longest push + pull step after SIGKILL of one of three shards (replication 2)."""
+    import zmq
+
+    from hybrid_ps.config import Config
+    from hybrid_ps.partition import HashRing
+    from hybrid_ps.server.process import ShardProcess, ShardSpec
+    from hybrid_ps.worker.client import PSClient
+
+    config = Config()
+    config.cluster.bind_host, config.cluster.staleness, config.train.checkpoint = "127.0.0.1", float("inf"), False
+    shards = [ShardProcess(ShardSpec(config.validate(), i, [0, 1, 2], 1, 1)) for i in range(3)]
+    context = zmq.Context()
+    client = PSClient([s.endpoint for s in shards], 0, 1, HashRing(range(3)), context=context, replication=2,
+                      failover_timeout=failover_timeout, heartbeat_interval=min(1.0, failover_timeout / 4))
+    keys = np.arange(0, 200_000, 50, dtype=np.uint64)
+    grads = np.ones((keys.size, 1), np.float32)
+    try:
+        stall, step = 0.0, 0
+        killed_at = None
+        while killed_at is None or time.monotonic() - killed_at < failover_timeout + 2:
+            started = time.monotonic()
+            client.wait(client.push(keys, grads, step))
+            client.wait(client.pull(keys, step))
+            if killed_at is not None:
+                stall = max(stall, time.monotonic() - started)
+            step += 1
+            if step == steps_before:
+                os.kill(shards[1].pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+        return stall
+    finally:
+        client.close()
+        context.term()
+        for shard in shards:
+            shard.__exit__()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timeouts", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    args = parser.parse_args()
+
+    rates = _throughput(args.ranks, args.rows, args.repeats)
+    median = {r: statistics.median(values) for r, values in rates.items()}
+    print(f"{args.ranks} ranks, {args.rows} rows x 2 epochs, {args.repeats} runs each")
+    print_table(["replication", "median samples/s", "runs"],
+                [[r, median[r], " ".join(f"{v:.0f}" for v in rates[r])] for r in (1, 2)])
+    stalls = {timeout: _stall_after_a_kill(timeout) for timeout in args.timeouts}
+    print_table(["failover timeout s", "longest step after the kill s", "beyond the timeout s"],
+                [[t, s, s - t] for t, s in stalls.items()])
+    ratio = median[2] / median[1]
+    finish("replication", {"ranks": args.ranks, "rows": args.rows, "samples_per_s": rates,
+                           "failover_stall_seconds": {str(t): s for t, s in stalls.items()}},
+           "replication 2 vs 1, end-to-end samples/s", ratio, "replication 1", ">= 0.75", ratio >= 0.75)
+
+
+if __name__ == "__main__":
+    main()
