@@ -11,6 +11,7 @@ __all__ = [
     "ShardUnavailableError",
     "RangeLostError",
     "CheckpointError",
+    "WaitTimeoutError",
 ]
 
 
@@ -44,3 +45,7 @@ class RangeLostError(ShardUnavailableError):
 
 class CheckpointError(HybridPSError):
     """A checkpoint is missing, truncated, foreign or incompatible."""
+
+
+class WaitTimeoutError(HybridPSError):
+    """A blocking wait ran out of time; the message names what it waited for."""

@@ -91,7 +91,8 @@ def _run_worker(
     metrics: MetricsWriter | None, stop: StopRequest | None,
 ) -> np.ndarray:
     endpoints = plan.tier.endpoints if plan.tier else exchange_endpoints(topology, None)
-    group = WorkerGroup(topology.group_comm)
+    # a leader blocks at most a few PS waits (checkpoint, drain, reshard) between two broadcasts
+    group = WorkerGroup(topology.group_comm, leader_timeout=4 * config.cluster.ps_timeout)
     batches = batch_source(config.data, config.train.batch_size, *plan.data_position(topology))
     client = None
     if topology.is_leader:

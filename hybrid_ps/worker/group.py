@@ -7,22 +7,31 @@ gradient ``Allreduce`` stays a plain blocking call (all members arrive together)
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from ..backoff import Backoff
+from ..errors import WaitTimeoutError
 
 __all__ = ["WorkerGroup", "wait_quietly"]
 
 _STOP = -1
 
 
-def wait_quietly(request: MPI.Request) -> None:
-    """Complete a non-blocking MPI request, sleeping between tests instead of spinning."""
+def wait_quietly(request: MPI.Request, timeout: float | None = None, what: str = "") -> None:
+    """Complete a non-blocking MPI request, sleeping between tests instead of spinning.
+
+    Raises:
+        WaitTimeoutError: not complete after ``timeout`` seconds (``None``: wait as long as it takes).
+    """
     backoff = Backoff()
+    deadline = None if timeout is None else time.monotonic() + timeout
     while not request.Test():
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeoutError(f"waited {timeout:g}s for {what or 'an MPI collective'}")
         backoff.sleep()
 
 
@@ -31,10 +40,13 @@ class WorkerGroup:
 
     Args:
         comm: the group's communicator; its rank 0 is the leader.
+        leader_timeout: seconds a member waits for its leader's broadcast (the leader may
+            be waiting on the PS meanwhile) before giving up; ``None``: no limit.
     """
 
-    def __init__(self, comm: Any) -> None:
+    def __init__(self, comm: Any, leader_timeout: float | None = None) -> None:
         self.comm = comm
+        self.leader_timeout = leader_timeout
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.is_leader = self.rank == 0
@@ -80,7 +92,8 @@ class WorkerGroup:
         Members wait without spinning while the leader is still pulling.
         """
         size = np.array([_STOP if keys is None else keys.size], dtype=np.int64)
-        wait_quietly(self.comm.Ibcast(size, root=0))
+        wait_quietly(self.comm.Ibcast(size, root=0), self.leader_timeout,
+                     f"the leader's pulled values (group rank {self.rank}; the leader waits on the PS or died)")
         if size[0] == _STOP:
             return None
         if not self.is_leader:
@@ -97,7 +110,8 @@ class WorkerGroup:
     def broadcast_int(self, number: int) -> int:
         """The leader's ``number`` on every member (members wait without spinning)."""
         value = np.array([number], dtype=np.int64)
-        wait_quietly(self.comm.Ibcast(value, root=0))
+        wait_quietly(self.comm.Ibcast(value, root=0), self.leader_timeout,
+                     f"a broadcast from the leader (group rank {self.rank}; the leader waits on the PS or died)")
         return int(value[0])
 
     def allreduce_sum(self, buffer: np.ndarray) -> np.ndarray:

@@ -51,3 +51,20 @@ def test_allreduce_sum_in_place(world):
     out = group.allreduce_sum(buffer)
     assert out is buffer
     assert np.all(buffer == size * (size + 1) / 2)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_member_gives_up_on_a_silent_leader_with_a_clear_error(world):
+    import time
+
+    from hybrid_ps.errors import WaitTimeoutError
+    from hybrid_ps.worker.group import wait_quietly
+
+    group = WorkerGroup(world, leader_timeout=0.3)
+    if group.is_leader:
+        time.sleep(1.0)  # a leader stuck on the PS
+        assert group.broadcast_int(5) == 5
+    else:
+        with pytest.raises(WaitTimeoutError, match=r"waited 0.3s for a broadcast from the leader \(group rank"):
+            group.broadcast_int(0)
+    wait_quietly(world.Ibarrier())
