@@ -199,12 +199,12 @@ def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -
         with _open(path) as f:
             shards.append((path.name, f["keys"].shape[0], f["values"].shape[1], f["clock_table"][()], dict(f.attrs)))
     _write_model_file(partial / "model.h5", clock, shards, info)
-    lock.rmdir()
     _fsync_dir(partial)
     final = root / f"ckpt-{clock}"
     if final.exists():
         shutil.rmtree(final)
-    os.replace(partial, final)
+    os.replace(partial, final)  # the lock goes along: a late leader finds no .partial, or a locked one
+    (final / lock.name).rmdir()
     _fsync_dir(root)
     latest_tmp = root / (_LATEST + ".tmp")
     latest_tmp.write_text(final.name + "\n")

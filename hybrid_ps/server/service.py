@@ -9,23 +9,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import zmq
 
 from .. import wire
 from ..errors import WireError
-from ..preemption import StopRequest
 from ..partition import HashRing
+from ..preemption import StopRequest
 from ..replication import Placement
-from ..tier import TierView
 from ..staleness import VectorClock
 from ..transport import bind_router, recv_frames, send_frames
+from .membership import CutReader, TierMembership
 from .shard import Shard
-
-if TYPE_CHECKING:
-    from ..checkpoint import ShardState
 
 __all__ = ["ShardService", "ServiceStats"]
 
@@ -56,36 +53,33 @@ class _DeferredPull:
     keys: np.ndarray
 
 
-CutReader = Callable[[int, Callable[[np.ndarray], np.ndarray]], Iterable["ShardState"]]
-"""Reads the parts of the cut at the given clock's shard files that a mask function selects (resharding)."""
-
 CheckpointWriter = Callable[[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]], VectorClock, int], None]
 """Writes ``(keys, values, state)`` of the keys this shard is acting primary for, for the cut at the given clock
 (called inside the shard's loop)."""
 
 
-class ShardService:
+class ShardService(TierMembership):
     """Serve one shard over a ROUTER socket until every group said BYE or SHUTDOWN arrives.
 
     Args:
         shard: the keys and values this process holds.
         shard_id: this shard's id on the ring.
         ring: the key -> shard ring (requests for keys owned elsewhere are rejected).
-        replication: replicas per key range: this shard also holds, as a backup, the
-            ranges of the shards before it on the ring, and serves them once those are dead.
         num_groups: worker groups in the job (size of the vector clock).
         staleness: the SSP bound (0 = BSP, ``math.inf`` = ASP).
         host: address to bind; the port is chosen at random.
         max_keys: largest key count accepted in one message.
         context: ZeroMQ context to use (default: the process-wide instance).
-        checkpoint_writer: called with (shard, clock, cut clock) when every group
-            asked for a checkpoint; ``None`` refuses CHECKPOINT requests.
+        checkpoint_writer: called with ((keys, values, state), clock, cut clock) when
+            every group asked for a checkpoint; ``None`` refuses CHECKPOINT requests.
         stop_request: a preemption flag of this process; when set, the shard picks
             the stop clock as if a leader had sent STOP (only the coordinating shard,
             the lowest live one, should get one).
         group_timeout: seconds without any message from a group before the shard
             stops waiting for it in the SSP rule (0 = wait forever); a dropped
             group that speaks again rejoins at the slowest running group's clock.
+        replication: replicas per key range: this shard also holds, as a backup, the
+            ranges of the shards before it on the ring, and serves them once those are dead.
         cut_reader: reads a checkpoint cut's files (with ``checkpoint_writer``, the tier's shards
             can change: each loads the ranges it gains from the cut both sides agreed on).
         groups_present: every group trains from the start (an MPI job's own shards);
@@ -119,11 +113,7 @@ class ShardService:
         self.left = np.zeros(num_groups, dtype=bool)
         self.clock.dropped[:] = not groups_present
         self._joined_any = groups_present
-        self._new_to_a_running_tier = not groups_present  # until a JOIN: RESHARD first means it was just added
-        self._cut_reader = cut_reader
-        self._reshard_requests: dict[int, tuple[bytes, wire.Header, TierView]] = {}
-        self.reshard_at: int | None = None  # the coordinator: the clock every group reshards at
-        self.keys_moved_in = 0  # keys loaded from other shards' files when the tier's shards changed
+        self._init_membership(cut_reader, joins_a_running_tier=not groups_present)
         self.stats = ServiceStats()
         self._deferred: list[_DeferredPull] = []
         self._checkpoint_writer = checkpoint_writer
@@ -249,15 +239,10 @@ class ShardService:
         elif op is wire.Op.STOP:
             self._choose_stop_clock(f"group {header.group}")
         elif op is wire.Op.VIEW:
-            self._choose_reshard_clock(self._view_of(body[1]))
-            reply = wire.Header(wire.Op.ACK, header.group, header.request_id, self.reshard_at)
-            self._send(identity, [wire.encode_header(reply)])
+            self._handle_view(identity, header, body[1])
             return
         elif op is wire.Op.RESHARD:
-            self._reshard_requests[header.group] = (identity, header, self._view_of(body[1]))
-            if self._new_to_a_running_tier:
-                self._learn_groups_from_the_cut(header.clock)
-            self._maybe_reshard()
+            self._handle_reshard(identity, header, body[1])
             return
         elif op is wire.Op.CHECKPOINT:
             if self._checkpoint_writer is None:
@@ -278,20 +263,6 @@ class ShardService:
         if stray is not None:
             raise WireError(stray[1])
         return keys
-
-    def _evict(self, shard: int) -> None:
-        """A client found ``shard`` dead: serve its ranges where this shard is the next replica.
-
-        Told that it is dead itself (a false suspicion: it was too slow to answer heartbeats),
-        a shard stops serving, so that no client keeps using a copy the others gave up on.
-        """
-        if shard == self.shard_id:
-            log.error("shard %d: a client declared this shard dead (it answered too slowly); stopping", shard)
-            self._running = False
-        elif shard not in self.placement.dead:
-            self.placement = self.placement.without(shard)
-            log.warning("shard %d: shard %d is dead; this shard now serves the ranges it backed up for it",
-                        self.shard_id, shard)
 
     def _choose_stop_clock(self, why: str) -> None:
         """Pick the clock every group stops at (once): two past the fastest group.
@@ -338,8 +309,7 @@ class ShardService:
                 self._reply_error(identity, header, f"checkpoint at clock {cut} failed: {type(e).__name__}: {e}")
             return
         for identity, header in answered.values():
-            reply = wire.Header(wire.Op.ACK, header.group, header.request_id, cut)
-            self._send(identity, [wire.encode_header(reply)])
+            self._ack(identity, header, cut)
 
     def _join(self, identity: bytes, header: wire.Header) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
@@ -349,78 +319,8 @@ class ShardService:
         self.left[header.group] = False
         clock = self.clock.join(header.group)
         log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
-        self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, header.group, header.request_id, clock))])
+        self._ack(identity, header, clock)
         self._release_deferred()  # a restarted group may have finished before: the others wait for it again
-
-    @staticmethod
-    def _view_of(frame: memoryview) -> TierView:
-        try:
-            return TierView.from_bytes(frame)
-        except ValueError as e:
-            raise WireError(str(e)) from None
-
-    def _choose_reshard_clock(self, view: TierView) -> None:
-        """(The coordinator) pick the clock every group stops at to change the tier's shards: two past the fastest."""
-        if self._checkpoint_writer is None or self._cut_reader is None:
-            raise WireError("changing the tier's shards needs checkpoints: the ranges move through the cut's files")
-        if self.clock.done.all():
-            raise WireError("no group is training: change the tier's shards while groups train")
-        if self.reshard_at is None:
-            self.reshard_at = int(self.clock.clocks[~self.clock.done].max()) + 2
-            log.warning("shard %d: the tier changes to shards %s: every group reshards at clock %d",
-                        self.shard_id, view.shard_ids, self.reshard_at)
-
-    def _maybe_reshard(self) -> None:
-        """Switch to the new view once every running group asked (each wrote its part of the cut before)."""
-        if not self._reshard_requests:
-            return
-        waiting = ~self.clock.done & ~self.left
-        waiting[list(self._reshard_requests)] = False
-        if waiting.any():
-            return
-        requests, self._reshard_requests = self._reshard_requests, {}
-        cut, view = next((header.clock, view) for _, header, view in requests.values())
-        try:
-            self._apply_view(view, cut)
-        except Exception as e:
-            log.exception("shard %d could not reshard at clock %d", self.shard_id, cut)
-            for identity, header, _ in requests.values():
-                self._reply_error(identity, header, f"reshard at clock {cut} failed: {type(e).__name__}: {e}")
-            return
-        for identity, header, _ in requests.values():
-            self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, header.group, header.request_id, cut))])
-        self.reshard_at = None
-
-    def _learn_groups_from_the_cut(self, cut: int) -> None:
-        """A shard added to a running tier takes the clock table of the cut (which groups run, at which clock)."""
-        part = next(iter(self._cut_reader(cut, lambda keys: np.zeros(keys.size, dtype=bool))))
-        self.clock.clocks[:] = part.clock_table
-        self.clock.finished[:] = part.finished
-        self.clock.dropped[:] = part.away if part.away is not None else False
-        self._new_to_a_running_tier = False
-        log.info("shard %d joins a running tier at the cut of clock %d: clocks %s", self.shard_id, cut,
-                 self.clock.clocks.tolist())
-
-    def _apply_view(self, view: TierView, cut: int) -> None:
-        """Keep the ranges ``view`` leaves here, load those it moves here from the cut's files, switch rings."""
-        if self.shard_id not in view.endpoints:
-            log.warning("shard %d: the tier no longer has this shard (now %s): leaving", self.shard_id, view.shard_ids)
-            self._running = False
-            return
-        placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)
-        mine = lambda keys: (placement.replicas_of(keys) == self.shard_id).any(axis=1)  # noqa: E731
-        keys = self.shard.export()[0]
-        keep = mine(keys) if keys.size else np.zeros(0, dtype=bool)
-        if not keep.all():
-            self.shard.retain(keep)
-        moved = 0
-        for part in self._cut_reader(cut, lambda k: mine(k) & (self.shard.index.lookup(k) < 0)):
-            self.shard.load(part.keys, part.values, part.state)
-            moved += part.keys.size
-        self.placement = placement
-        self.keys_moved_in += moved
-        log.info("shard %d: now one of shards %s: %d keys moved here, %d moved away, %d held",
-                 self.shard_id, view.shard_ids, moved, keep.size - int(keep.sum()), len(self.shard))
 
     def _heard_from(self, group: int, rejoin: bool = True) -> None:
         self._last_heard[group] = time.monotonic()
@@ -479,6 +379,10 @@ class ShardService:
         else:
             header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())
         self._send(identity, [wire.encode_header(header)])
+
+    def _ack(self, identity: bytes, request: wire.Header, clock: int) -> None:
+        """An ACK of ``request`` carrying ``clock`` (a cut, a join or reshard clock)."""
+        self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, request.group, request.request_id, clock))])
 
     def _reply_error(self, identity: bytes, request: wire.Header | None, text: str) -> None:
         header = wire.Header(

@@ -6,9 +6,9 @@ the client waits, so push acknowledgements never sit on the critical path.
 
 With replication (``hybrid_ps.replication``) a push goes to every live replica
 of its keys and completes once all of them acknowledged it; a pull goes to the
-acting primary. While it waits, the client pings every shard it waits on that
-has been quiet for ``heartbeat_interval``; a shard silent for
-``failover_timeout`` is declared dead: the other shards (and the suspect, which
+acting primary. While it waits, the client pings every shard that has been
+quiet for ``heartbeat_interval`` (shards take a silent group for gone); a shard
+silent for ``failover_timeout`` while a reply is awaited is declared dead: the other shards (and the suspect, which
 then stops) are told, the dead shard's pending pulls are sent again to the
 promoted backups, and later requests avoid it. No mpi4py here.
 """
@@ -149,17 +149,17 @@ class PSClient:
         a ``[len(keys), width]`` float32 array.
         """
         ticket = Ticket(wire.Op.PULL, f"pull of {keys.size} keys at clock {clock}", keys=keys, clock=clock)
-        self._send_pull(ticket, keys, None, clock)
+        self._send_pull(ticket, keys, None)
         return ticket
 
-    def _send_pull(self, ticket: Ticket, keys: np.ndarray, among: np.ndarray | None, clock: int) -> None:
+    def _send_pull(self, ticket: Ticket, keys: np.ndarray, among: np.ndarray | None) -> None:
         """Ask the acting primaries for ``keys`` (``among``: their positions in the ticket's keys; None = all)."""
         parts = self._split(keys, self.placement.pull_parts)
         if ticket.values is None and (among is not None or len(parts) != 1 or parts[0][1] is not None):
             ticket.values = np.empty((ticket.keys.size, self.width), dtype=np.float32)  # else: the reply is used
         for shard, positions in parts:
             part = np.ascontiguousarray(keys) if positions is None else np.take(keys, positions)
-            request_id = self._send(shard, ticket, wire.Op.PULL, clock, [part], part.size)
+            request_id = self._send(shard, ticket, wire.Op.PULL, ticket.clock, [part], part.size)
             if among is not None:
                 positions = among if positions is None else among[positions]
             ticket.placement[request_id] = part.size if positions is None else positions
@@ -335,7 +335,7 @@ class PSClient:
             if ticket.op is wire.Op.PULL:
                 among = ticket.placement.pop(request_id)
                 among = np.arange(among) if isinstance(among, int) else among
-                self._send_pull(ticket, np.take(ticket.keys, among), among, ticket.clock)
+                self._send_pull(ticket, np.take(ticket.keys, among), among)
             elif ticket.op is wire.Op.STOP:
                 self._send(self.placement.live_shards[0], ticket, wire.Op.STOP, 0, [], 0)
             # pushes: the other replicas have them; clocks, finish, bye, pings: nothing to do

@@ -90,14 +90,14 @@ def test_a_shard_joins_and_another_leaves_while_two_group_jobs_train(start_job, 
     added = subprocess.run([sys.executable, "-m", "hybrid_ps.tierctl", "--tier-file", tier_file, "add"],
                            capture_output=True, text=True, timeout=60)
     assert added.returncode == 0, added.stderr
-    jobs[0].wait_for(lambda: "keys moved here" in tier.stderr, "the new shard taking its ranges")
+    jobs[0].wait_for(lambda: "shard 2: now one of shards" in tier.stderr, "the new shard taking its ranges")
     moved_on_join = _moved_in(tier.stderr)
     jobs[0].reached_step(remove_at)
     removed = subprocess.run([sys.executable, "-m", "hybrid_ps.tierctl", "--tier-file", tier_file, "remove", "0"],
                              capture_output=True, text=True, timeout=60)
     assert removed.returncode == 0, removed.stderr
     for job in jobs:
-        assert job.finish() == 0, job.stderr[-3000:]
+        assert job.finish() == 0, job.stderr[-3000:] + tier.stderr[-5000:]
     assert tier.finish(timeout=60) == 0, tier.stderr[-3000:]
     assert "shard 0: the tier no longer has this shard (now [1, 2]): leaving" in tier.stderr
     info = checkpoint.checkpoint_info(tier.output_dir / "checkpoints")

@@ -82,6 +82,25 @@ def test_keep_prunes_and_second_publish_is_a_no_op(tmp_path):
     assert checkpoint.publish(tmp_path, 4, INFO) is None
 
 
+def test_a_leader_publishing_the_same_cut_at_the_last_moment_backs_off(tmp_path, monkeypatch):
+    for shard in range(2):
+        checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path, 9), _shard(shard, 2, np.array([shard])))
+    late = []
+    real_replace = os.replace
+
+    def replace_after_a_late_leader(source, target):
+        if str(source).endswith("ckpt-9.partial") and not late:
+            late.append("publishing")
+            late[0] = checkpoint.publish(tmp_path, 9, INFO)  # the other group's leader, right now
+        real_replace(source, target)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace_after_a_late_leader)
+    assert checkpoint.publish(tmp_path, 9, INFO) == tmp_path / "ckpt-9"
+    assert late == [None], "the late leader must see the cut as being published"
+    assert checkpoint.publish(tmp_path, 9, INFO) is None
+    assert not (tmp_path / "ckpt-9" / ".publishing").exists() and checkpoint.load_model(tmp_path).clock == 9
+
+
 def test_info_describes_the_checkpoint(tmp_path):
     _write_checkpoint(tmp_path, 7, [np.array([1]), np.array([2])])
     info = checkpoint.checkpoint_info(tmp_path)
