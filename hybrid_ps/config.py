@@ -18,7 +18,8 @@ from typing import Any, Sequence
 from .errors import ConfigError
 from .staleness import parse_staleness
 
-__all__ = ["ClusterConfig", "DataConfig", "OptimizerConfig", "TrainConfig", "Config", "build_parser", "load_config"]
+__all__ = ["ClusterConfig", "DataConfig", "OptimizerConfig", "TrainConfig", "CommConfig", "Config", "build_parser",
+           "load_config"]
 
 
 def _option(default: Any, help: str, flag: str | None = None, choices: Sequence[str] | None = None) -> Any:
@@ -102,6 +103,24 @@ class TrainConfig:
 
 
 @dataclass
+class CommConfig:
+    """What leaders send to the PS tier: filters that hold small updates back (they go later), value encodings."""
+
+    filter_threshold: float = _option(
+        0.0, "significantly-modified filter: push an entry only once its accumulated update reaches this "
+        "(0 = off)", "--filter-threshold")
+    filter_relative: bool = _option(
+        False, "the threshold is relative to the entry's weight: push once |update| >= threshold * |weight|",
+        "--filter-relative")
+    kkt: bool = _option(
+        False, "KKT filter (needs optimizer.l1 > 0): hold back updates of zero weights while they stay inside "
+        "the L1 band", "--kkt")
+    value_encoding: str = _option(
+        "float32", "pushed values on the wire (float16/bfloat16: half the bytes, rounding error carried over)",
+        "--value-encoding", ("float32", "float16", "bfloat16"))
+
+
+@dataclass
 class Config:
     """The whole job configuration."""
 
@@ -109,6 +128,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
 
     def validate(self) -> "Config":
         """Check every range; returns self.
@@ -144,11 +164,14 @@ class Config:
             ("train.straggle_probability", 0 <= self.train.straggle_probability <= 1, "in [0, 1]"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 0, ">= 0"),
             ("train.keep", self.train.keep >= 1, ">= 1"),
+            ("comm.filter_threshold", self.comm.filter_threshold >= 0, ">= 0"),
         ]
         for name, ok, rule in checks:
             if not ok:
                 section, key = name.split(".")
                 raise ConfigError(f"{name} must be {rule}, got {getattr(getattr(self, section), key)!r}")
+        if self.comm.kkt and self.optimizer.l1 <= 0:
+            raise ConfigError("comm.kkt needs optimizer.l1 > 0 (the KKT filter works on the L1 band)")
         if self.optimizer.l1 > 0 and self.optimizer.name != "ftrl":
             raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got {self.optimizer.name!r}")
         if self.data.path and not Path(self.data.path).is_file():
@@ -276,7 +299,7 @@ def build_parser(prog: str = "python -m hybrid_ps.train", description: str = "")
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML file with [cluster], [data], [optimizer], [train] tables")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with [cluster], [data], [optimizer], [train], [comm] tables")
     parser.add_argument(
         "--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
         help="override one setting, e.g. --set optimizer.l2=1e-4 (repeatable)",

@@ -197,7 +197,8 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
     """Sum the leaders' results over the world (servers and members add zeros)."""
     totals = np.zeros_like(local)
     wait_quietly(topology.world.Iallreduce(local, totals))
-    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted, train_seconds, ps_seconds = totals
+    (steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted, train_seconds, ps_seconds,
+     bytes_sent, bytes_received, push_raw, push_filtered) = totals
     groups = topology.layout.num_groups
     wall, train_wall = seconds / groups, train_seconds / groups
     summary = JobSummary(
@@ -214,6 +215,10 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
         final_accuracy=eval_correct / eval_rows if eval_rows else math.nan,
         eval_rows=int(eval_rows),
         preempted=bool(preempted),
+        ps_bytes_sent_per_step=bytes_sent / steps if steps else math.nan,  # leaders -> PS, summed over groups
+        ps_bytes_received_per_step=bytes_received / steps if steps else math.nan,
+        push_bytes_raw=int(push_raw),
+        push_bytes_filtered=int(push_filtered),
     )
     if metrics is not None:
         metrics.write("summary", **summary)

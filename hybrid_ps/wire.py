@@ -7,6 +7,7 @@ A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
                       request_id (u64), clock (i64), num_keys (u64), width (u32)
     frame 1  keys     num_keys * uint64, strictly increasing       (PULL, PUSH)
     frame 2  values   num_keys * width * dtype, row-major           (PUSH; frame 1 of PULL_REPLY)
+                      dtype code 0 float32; 1 float16, 2 bfloat16 (pushes of ``comm.value_encoding``)
     frame 2  clocks   num_groups * int64, the shard's vector clock   (PULL_REPLY, after values;
                       FINAL_CLOCK for groups that finished training)
     frame 1  text     UTF-8 error message                           (ERROR)
@@ -75,6 +76,9 @@ __all__ = [
     "decode_header",
     "keys_from_frame",
     "values_from_frame",
+    "encode_values",
+    "decode_values",
+    "ENCODINGS",
     "error_text",
 ]
 
@@ -89,9 +93,11 @@ FLAG_RESHARD = 2
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 
-DTYPES = {0: np.dtype("<f4")}
-"""Value dtype codes on the wire; code 0 (float32) is the only one so far."""
+DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("<u2")}
+"""Value dtype codes on the wire: float32, float16, and bfloat16 (a float32's top half, carried as uint16)."""
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
+ENCODINGS = {"float32": DTYPES[0], "float16": DTYPES[1], "bfloat16": DTYPES[2]}
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 _MAX_ERROR_TEXT = 4096
 
@@ -234,10 +240,36 @@ def values_from_frame(frame: memoryview | bytes, header: Header) -> np.ndarray:
             f"values frame is {len(frame)} bytes, expected {header.num_keys} keys * "
             f"width {header.width} * {itemsize}"
         )
-    values = np.frombuffer(frame, dtype=header.dtype).reshape(header.num_keys, header.width)
+    values = decode_values(np.frombuffer(frame, dtype=header.dtype).reshape(header.num_keys, header.width))
     if not _all_finite(values):
         raise WireError("values contain NaN or Inf")
     return values
+
+
+def encode_values(values: np.ndarray, encoding: str) -> np.ndarray:
+    """``values`` (float32) in the wire dtype of ``encoding`` (``float32``, ``float16``, ``bfloat16``).
+
+    float16 saturates at +-65504 instead of overflowing; bfloat16 rounds to nearest even.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if encoding == "float32":
+        return values
+    if encoding == "float16":
+        return np.clip(values, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
+    if encoding == "bfloat16":
+        bits = values.view(np.uint32)
+        rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+        return (rounded >> np.uint32(16)).astype(np.uint16)
+    raise ValueError(f"unknown value encoding {encoding!r} (one of {', '.join(ENCODINGS)})")
+
+
+def decode_values(encoded: np.ndarray) -> np.ndarray:
+    """Wire values (float32, float16 or bfloat16 as uint16) as float32; float32 comes back without a copy."""
+    if encoded.dtype == DTYPES[0]:
+        return encoded
+    if encoded.dtype == DTYPES[1]:
+        return encoded.astype(np.float32)
+    return (encoded.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
 def _all_finite(values: np.ndarray) -> bool:

@@ -112,6 +112,8 @@ class PSClient:
         self._shard_of_request: dict[int, int] = {}
         self._pushes_in_flight: list[Ticket] = []
         self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
+        self.bytes_sent = 0  # on the wire, every frame of every request (replicas included)
+        self.bytes_received = 0
         self.stop_at: int | None = None  # set when the coordinating shard announces a stop clock (preemption)
         self.reshard_at: int | None = None  # set when it announces a change of the tier's shards
 
@@ -165,13 +167,16 @@ class PSClient:
             ticket.placement[request_id] = part.size if positions is None else positions
 
     def push(self, keys: np.ndarray, grads: np.ndarray, clock: int) -> Ticket:
-        """Send ``grads`` (``[len(keys), width]`` float32) for sorted unique ``keys``.
+        """Send ``grads`` (``[len(keys), width]``; float32, or float16 / bfloat16 from ``wire.encode_values``)
+        for sorted unique ``keys``.
 
         Returns at once; the acknowledgements are collected by later waits.
         Blocks only if ``max_pushes_in_flight`` pushes are still unacknowledged.
         The arrays may be sent zero-copy: do not modify them after the call.
         """
-        grads = np.ascontiguousarray(grads, dtype=np.float32).reshape(keys.size, self.width)
+        if np.asarray(grads).dtype not in wire.DTYPE_CODES:
+            grads = np.asarray(grads, dtype=np.float32)
+        grads = np.ascontiguousarray(grads).reshape(keys.size, self.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
         for shard, positions in self._split(keys, self.placement.push_parts):
             if positions is None:
@@ -343,8 +348,10 @@ class PSClient:
     def _send(self, shard: int, ticket: Ticket, op: wire.Op, clock: int, arrays: list, num_keys: int) -> int:
         request_id = self._next_id
         self._next_id += 1
-        header = wire.Header(op, self.group, request_id, clock, num_keys, self.width)
+        dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
+        header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype)
         send_frames(self._sockets[shard], [wire.encode_header(header), *arrays])
+        self.bytes_sent += wire.HEADER_SIZE + sum(a.nbytes if isinstance(a, np.ndarray) else len(a) for a in arrays)
         ticket.pending.add(request_id)
         self._tickets[request_id] = ticket
         self._shard_of_request[request_id] = shard
@@ -366,6 +373,7 @@ class PSClient:
                 return
             shard = self._shard_of_socket[sock]
             self._last_heard[shard] = time.monotonic()
+            self.bytes_received += sum(len(frame) for frame in frames)
             self._on_reply(shard, frames)
 
     def _on_reply(self, shard: int, frames: list[memoryview]) -> None:

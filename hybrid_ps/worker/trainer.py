@@ -27,6 +27,7 @@ from ..preemption import StopRequest
 from ..tier import TierView
 from ..wire import FINAL_CLOCK
 from .client import PSClient
+from .filters import PushFilter
 from .group import WorkerGroup
 
 __all__ = ["GroupTrainer", "GroupResult"]
@@ -59,12 +60,17 @@ class GroupResult:
     preempted: bool = False
     train_seconds: float = 0.0
     ps_seconds: float = 0.0  # the leader's time blocked on the PS tier during training
+    ps_bytes_sent: int = 0  # on the wire, leader -> PS (every frame, every replica)
+    ps_bytes_received: int = 0
+    push_bytes_raw: int = 0  # pushes as float32 keys + values, before filters and encodings (one replica)
+    push_bytes_filtered: int = 0  # the same after them
 
     def as_array(self) -> np.ndarray:
         """The numbers as a float64 vector (for a world-level sum)."""
         return np.array(
             [self.steps, self.samples, self.train_loss_sum, self.eval_loss_sum, self.eval_correct, self.eval_rows,
-             self.seconds, self.preempted, self.train_seconds, self.ps_seconds],
+             self.seconds, self.preempted, self.train_seconds, self.ps_seconds, self.ps_bytes_sent,
+             self.ps_bytes_received, self.push_bytes_raw, self.push_bytes_filtered],
             dtype=np.float64,
         )
 
@@ -130,6 +136,10 @@ class GroupTrainer:
         self._prepared: dict[int, PreparedBatch] = {}  # preloaded data: id(batch) -> its prepared form
         self._straggle_draws = np.random.default_rng([config.data.seed, group_id])
         self._cycle_mark = (time.monotonic(), 0.0)  # leader: (time, PS seconds) when the last step ended
+        comm = config.comm
+        self.push_filter = PushFilter(model.width, comm.filter_threshold, comm.filter_relative,
+                                      config.optimizer.l1 if comm.kkt else 0.0, comm.value_encoding)
+        self._report_mark = (0, 0, 0)  # leader: (clock, bytes sent, bytes received) at the last progress line
 
     def run(self) -> GroupResult:
         """Train, evaluate if configured, and leave the PS tier; returns the group's sums."""
@@ -143,6 +153,7 @@ class GroupTrainer:
                             "; resume with --resume latest" if self.publish else "")
         else:
             if self.client is not None:
+                self._flush_filter()
                 self.client.finish()
                 self._checkpoint(FINAL_CLOCK, result)
             if self.config.train.final_eval:
@@ -216,6 +227,10 @@ class GroupTrainer:
             if not self._prefetch and more_steps(self.clock):
                 upcoming = self._start_exchange(next(batches, None), self.clock)
         result.train_seconds, result.ps_seconds = self.meter.elapsed, self._ps_seconds
+        if self.client is not None:
+            result.ps_bytes_sent, result.ps_bytes_received = self.client.bytes_sent, self.client.bytes_received
+            result.push_bytes_raw = self.push_filter.stats.bytes_in
+            result.push_bytes_filtered = self.push_filter.stats.bytes_out
 
     def _step(self, batch: PreparedBatch | None, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
         """Steps 4-5: gradient, one Allreduce (gradient + stats), the leader's push and clock."""
@@ -237,7 +252,9 @@ class GroupTrainer:
             self._slow_down()
             if rows:
                 gradient = totals[: keys.size] / rows  # a new array: ZeroMQ sends it after the buffer is reused
-                self._timed_on_ps(self.client.push, keys, gradient.reshape(-1, self.model.width), self.clock)
+                sent_keys, sent = self.push_filter.apply(keys, gradient.reshape(-1, self.model.width), values)
+                if sent_keys.size:
+                    self._timed_on_ps(self.client.push, sent_keys, sent, self.clock)
         self.clock += 1
         self.meter.add(rows, loss_sum)
         result.steps, result.samples = self.clock, result.samples + rows
@@ -293,6 +310,7 @@ class GroupTrainer:
     def _reshard(self) -> None:
         """Leader: the tier's shards change at this clock: write the cut, move the ranges, publish the cut."""
         clock = self.client.reshard_at
+        self._flush_filter()
         cut = self.client.checkpoint(clock)  # the cut every shard moves ranges through
         self.client.reshard(clock, self.tier_view())
         if cut is not None and self.publish is not None:
@@ -302,11 +320,18 @@ class GroupTrainer:
         """Leader: stop at ``clock`` until every shard wrote the cut, then publish it."""
         if self.publish is None:
             return
+        self._flush_filter()
         cut = self.client.checkpoint(clock)
         if cut is None:
             log.warning("checkpoint at clock %s not published: a shard died while writing it", clock)
             return
         self.publish(cut, result)
+
+    def _flush_filter(self) -> None:
+        """Leader: push whatever the filters still hold back (before a cut, and at the end): nothing is lost."""
+        keys, values = self.push_filter.flush()
+        if keys.size:
+            self.client.push(keys, values, self.clock)
 
     def _evaluate(self, result: GroupResult) -> None:
         """One pass over the data with the final model (pulls wait until every group finished)."""
@@ -336,7 +361,17 @@ class GroupTrainer:
         rate, loss = self.meter.window()
         running = self.client.shard_clocks[self.client.shard_clocks != FINAL_CLOCK]
         gap = int(running.max() - running.min()) if running.size else 0
-        log.info("step %d | %.0f samples/s (group %d) | train logloss %.4f | clock gap %d",
-                 self.clock, rate, self.group_id, loss, gap)
+        clock, sent, received = self._report_mark
+        steps = max(self.clock - clock, 1)
+        sent_per_step = (self.client.bytes_sent - sent) / steps
+        received_per_step = (self.client.bytes_received - received) / steps
+        self._report_mark = (self.clock, self.client.bytes_sent, self.client.bytes_received)
+        stats = self.push_filter.stats
+        push_share = stats.bytes_out / stats.bytes_in if stats.bytes_in else 1.0
+        log.info("step %d | %.0f samples/s (group %d) | train logloss %.4f | clock gap %d | PS %.0f kB/step out "
+                 "(pushes at %.0f%% of raw), %.0f kB/step in", self.clock, rate, self.group_id, loss, gap,
+                 sent_per_step / 1e3, 100 * push_share, received_per_step / 1e3)
         self.metrics.write("progress", step=self.clock, group=self.group_id, samples_per_s=rate,
-                           train_logloss=loss, clock_gap=gap, elapsed=self.meter.elapsed)
+                           train_logloss=loss, clock_gap=gap, elapsed=self.meter.elapsed,
+                           bytes_sent_per_step=sent_per_step, bytes_received_per_step=received_per_step,
+                           push_bytes_raw=stats.bytes_in, push_bytes_filtered=stats.bytes_out)

@@ -47,7 +47,7 @@ def test_defaults_validate():
 def test_to_dict_and_derived_paths():
     config = _load("--output-dir", "runs/x")
     data = config.to_dict()
-    assert set(data) == {"cluster", "data", "optimizer", "train"}
+    assert set(data) == {"cluster", "data", "optimizer", "train", "comm"}
     assert data["data"]["rows"] == 200_000
     assert config.checkpoint_root == "runs/x/checkpoints" and config.resume_path == ""
     config = _load("--checkpoint-dir", "/ckpt", "--resume", "latest")
@@ -347,3 +347,10 @@ def test_a_group_timeout_shorter_than_the_heartbeats_is_refused(value):
 def test_a_missing_tier_file_is_named():
     with pytest.raises(ConfigError, match="cluster.ps_tier: no such tier file 'nope.json'"):
         _load("--ps-tier", "nope.json")
+
+
+def test_kkt_needs_an_l1_band():
+    with pytest.raises(ConfigError, match=r"comm.kkt needs optimizer.l1 > 0"):
+        _load("--kkt", "true")
+    config = _load("--kkt", "true", "--optimizer", "ftrl", "--l1", "0.01", "--value-encoding", "bfloat16")
+    assert config.comm.kkt and config.comm.value_encoding == "bfloat16"

@@ -722,3 +722,29 @@ def test_a_tier_stops_when_no_group_joins_or_every_joined_group_is_gone(make_clu
     abandoned.threads[0].join(timeout=5)
     assert not abandoned.threads[0].is_alive(), "once its only group was dropped, the tier stops"
     assert abandoned.services[0].clock.dropped.tolist() == [True, True]
+
+
+# -- filters and encodings through real shards ------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings", [dict(threshold=0.2), dict(encoding="bfloat16"),
+                                      dict(threshold=0.2, encoding="float16")], ids=str)
+def test_filtered_and_encoded_pushes_reach_the_shards_in_full_after_a_flush(make_cluster, settings):
+    from hybrid_ps.worker.filters import PushFilter
+
+    cluster = make_cluster(shards=2, replication=2, staleness=math.inf)  # SGD, lr 1: a value = -(its gradients)
+    client = cluster.client(0)
+    push = PushFilter(width=1, **settings)
+    rng = np.random.default_rng(4)
+    universe = _random_keys(500, seed=12)
+    given = np.zeros(universe.size)
+    for step in range(30):
+        chosen = np.sort(rng.choice(universe.size, 100, replace=False))
+        grads = rng.normal(0, 0.1, (100, 1)).astype(np.float32)
+        given[chosen] += grads[:, 0]
+        keys, values = push.apply(universe[chosen], grads, client.wait(client.pull(universe[chosen], step)))
+        if keys.size:
+            client.wait(client.push(keys, values, step))
+    client.wait(client.push(*push.flush(), 30))
+    assert push.stats.bytes_out < push.stats.bytes_in
+    np.testing.assert_allclose(-client.wait(client.pull(universe, 31))[:, 0], given, atol=1e-5)
