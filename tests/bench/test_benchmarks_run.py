@@ -96,3 +96,12 @@ def test_replication_benchmark(tmp_path):
     assert "longest step after the kill" in out
     record = json.loads((tmp_path / "replication.json").read_text())
     assert record["headline"]["ratio"] > 0 and record["failover_stall_seconds"]["0.5"] >= 0.5
+
+
+def test_compression_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.compression", "--ranks", "4", "--rows", "20000",
+               "--epochs", "1", "--settings", "bfloat16", "threshold 1e-3")
+    assert "fewer bytes" in out
+    results = json.loads((tmp_path / "compression.json").read_text())["results"]
+    assert results["threshold 1e-3"]["push_bytes_filtered"] < results["none"]["push_bytes_filtered"]
+    assert results["bfloat16"]["ps_bytes_sent_per_step"] < results["none"]["ps_bytes_sent_per_step"]
