@@ -25,6 +25,10 @@ SETTINGS = {
     "relative 0.05": ["--filter-threshold", "0.05", "--filter-relative", "true"],
     "threshold 1e-4 + bfloat16": ["--filter-threshold", "1e-4", "--value-encoding", "bfloat16"],
     "threshold 1e-3 + bfloat16": ["--filter-threshold", "1e-3", "--value-encoding", "bfloat16"],
+    "key cache": ["--key-cache", "true"],
+    "key cache + bfloat16": ["--key-cache", "true", "--value-encoding", "bfloat16"],
+    "key cache + threshold 1e-4 + bfloat16": ["--key-cache", "true", "--filter-threshold", "1e-4",
+                                              "--value-encoding", "bfloat16"],
 }
 
 

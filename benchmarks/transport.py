@@ -173,7 +173,7 @@ def _validation_seconds(service_like, parts, grad_parts, push: bool) -> float:
 
         def check():
             h = wire.decode_header(frames[: 3 if push else 2])
-            service_like._checked_keys(frames[1], h, primary=not push)
+            service_like._checked_keys(b"", frames[1], h, primary=not push)
             if push:
                 wire.values_from_frame(frames[2], h)
 

@@ -115,6 +115,9 @@ class CommConfig:
     kkt: bool = _option(
         False, "KKT filter (needs optimizer.l1 > 0): hold back updates of zero weights while they stay inside "
         "the L1 band", "--kkt")
+    key_cache: bool = _option(
+        False, "send a key list a shard has seen lately as a 16-byte reference (shards keep 2M keys per leader)",
+        "--key-cache")
     value_encoding: str = _option(
         "float32", "pushed values on the wire (float16/bfloat16: half the bytes, rounding error carried over)",
         "--value-encoding", ("float32", "float16", "bfloat16"))

@@ -5,7 +5,8 @@ A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
     frame 0  header   HEADER_SIZE bytes, struct ``HEADER_FORMAT`` (little endian):
                       magic b"HP", version, op, dtype, flags, group (u32),
                       request_id (u64), clock (i64), num_keys (u64), width (u32)
-    frame 1  keys     num_keys * uint64, strictly increasing       (PULL, PUSH)
+    frame 1  keys     num_keys * uint64, strictly increasing       (PULL, PUSH); with FLAG_KEYS_BY_REF
+                      16 bytes instead: (signature, count) of a list sent with FLAG_KEEP_KEYS
     frame 2  values   num_keys * width * dtype, row-major           (PUSH; frame 1 of PULL_REPLY)
                       dtype code 0 float32; 1 float16, 2 bfloat16 (pushes of ``comm.value_encoding``)
     frame 2  clocks   num_groups * int64, the shard's vector clock   (PULL_REPLY, after values;
@@ -70,6 +71,8 @@ __all__ = [
     "FINAL_CLOCK",
     "FLAG_STOP",
     "FLAG_RESHARD",
+    "FLAG_KEEP_KEYS",
+    "FLAG_KEYS_BY_REF",
     "Op",
     "Header",
     "encode_header",
@@ -90,6 +93,10 @@ FLAG_STOP = 1
 """Header flag of CLOCK acknowledgements: ``clock`` is the clock every group must stop at."""
 FLAG_RESHARD = 2
 """Header flag of CLOCK acknowledgements: ``clock`` is the clock every group reshards at."""
+FLAG_KEEP_KEYS = 4
+"""Header flag of PULL and PUSH: keep this key list for later references (see hybrid_ps.keycache)."""
+FLAG_KEYS_BY_REF = 8
+"""Header flag of PULL and PUSH: the keys frame is a reference to a kept key list (16 bytes)."""
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 

@@ -16,6 +16,7 @@ import zmq
 
 from .. import wire
 from ..errors import WireError
+from ..keycache import MISS, KeyListCache, parse_reference, signature
 from ..partition import HashRing
 from ..preemption import StopRequest
 from ..replication import Placement
@@ -115,6 +116,7 @@ class ShardService(TierMembership):
         self._joined_any = groups_present
         self._init_membership(cut_reader, joins_a_running_tier=not groups_present)
         self.stats = ServiceStats()
+        self._key_lists: dict[bytes, KeyListCache] = {}  # per connection: the key lists it asked us to keep
         self._deferred: list[_DeferredPull] = []
         self._checkpoint_writer = checkpoint_writer
         self._checkpoint_requests: dict[int, tuple[bytes, wire.Header]] = {}
@@ -215,7 +217,7 @@ class ShardService(TierMembership):
         if op in (wire.Op.PULL, wire.Op.PUSH) and header.width != self.shard.width:
             raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
         if op is wire.Op.PULL:
-            keys = self._checked_keys(body[1], header, primary=True)
+            keys = self._checked_keys(identity, body[1], header, primary=True)
             self.stats.keys_pulled += keys.size
             if self.clock.ready(header.clock, self.staleness):
                 self._answer_pull(identity, header, keys)
@@ -224,7 +226,7 @@ class ShardService(TierMembership):
                 self._deferred.append(_DeferredPull(identity, header, keys))
             return
         if op is wire.Op.PUSH:
-            keys = self._checked_keys(body[1], header, primary=False)
+            keys = self._checked_keys(identity, body[1], header, primary=False)
             grads = wire.values_from_frame(body[2], header)
             self.shard.push(keys, grads)
             self.stats.keys_pushed += keys.size
@@ -235,6 +237,7 @@ class ShardService(TierMembership):
         elif op is wire.Op.BYE:
             self.clock.finish(header.group)
             self.left[header.group] = True
+            self._key_lists.pop(identity, None)
             self._stop_when_every_group_is_gone()
         elif op is wire.Op.STOP:
             self._choose_stop_clock(f"group {header.group}")
@@ -256,12 +259,29 @@ class ShardService(TierMembership):
             self._maybe_checkpoint()
             self._maybe_reshard()
 
-    def _checked_keys(self, frame: memoryview, header: wire.Header, primary: bool) -> np.ndarray:
-        """The request's keys, if this shard holds them all (pulls: as acting primary)."""
-        keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys)
+    def _checked_keys(self, identity: bytes, frame: memoryview, header: wire.Header, primary: bool) -> np.ndarray:
+        """The request's keys (sent, or a kept list's), if this shard holds them all (pulls: as acting primary)."""
+        keys = self._keys_of(identity, frame, header)
         stray = self.placement.first_stray(keys, self.shard_id, primary) if keys.size else None
         if stray is not None:
             raise WireError(stray[1])
+        return keys
+
+    def _keys_of(self, identity: bytes, frame: memoryview, header: wire.Header) -> np.ndarray:
+        """The keys frame, or the kept list it references; kept for later if the request asks."""
+        if header.flags & wire.FLAG_KEYS_BY_REF:
+            try:
+                sig, count = parse_reference(frame)
+            except ValueError as e:
+                raise WireError(str(e)) from None
+            cache = self._key_lists.get(identity)
+            hit, keys = cache.recall(sig, count) if cache else (False, None)
+            if not hit or count != header.num_keys:
+                raise WireError(f"{MISS}: signature {sig:#x} of {count} keys")
+            return keys
+        keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys)
+        if header.flags & wire.FLAG_KEEP_KEYS:
+            self._key_lists.setdefault(identity, KeyListCache()).remember(signature(keys), keys.size, keys.copy())
         return keys
 
     def _choose_stop_clock(self, why: str) -> None:

@@ -25,6 +25,7 @@ import zmq
 
 from .. import wire
 from ..errors import ShardUnavailableError
+from ..keycache import MISS, KeyListCache, reference_frame, signature
 from ..partition import HashRing
 from ..replication import Placement
 from ..tier import TierView
@@ -73,6 +74,7 @@ class PSClient:
         heartbeat_interval: while waiting, a shard quiet this long is pinged (shards count a group
             silent for ``cluster.group_timeout`` as gone; keep this well below it).
         failover_timeout: seconds of silence (pings unanswered) before a shard is declared dead.
+        key_cache: send a key list the shard keeps as a 16-byte reference (see hybrid_ps.keycache).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class PSClient:
         replication: int = 1,
         heartbeat_interval: float = 1.0,
         failover_timeout: float = 10.0,
+        key_cache: bool = False,
     ) -> None:
         self.endpoints = dict(endpoints) if isinstance(endpoints, Mapping) else dict(enumerate(endpoints))
         self.group = group
@@ -105,6 +108,9 @@ class PSClient:
         self._outstanding: dict[int, int] = {}  # per shard: requests not answered yet
         self._last_heard: dict[int, float] = {}  # per shard: last reply, or since when a reply is awaited
         self._last_ping: dict[int, float] = {}
+        self.key_cache = key_cache
+        self._key_mirrors: dict[int, KeyListCache] = {}  # per shard: the key lists it keeps for us
+        self._by_reference: dict[int, tuple] = {}  # request sent by reference -> what to send if the shard misses
         for shard, endpoint in self.endpoints.items():
             self._connect(shard, endpoint)
         self._next_id = 1
@@ -135,6 +141,7 @@ class PSClient:
         self._sockets[shard], self._shard_of_socket[sock] = sock, shard
         self.endpoints[shard] = endpoint
         self._outstanding[shard], self._last_heard[shard], self._last_ping[shard] = 0, time.monotonic(), 0.0
+        self._key_mirrors[shard] = KeyListCache()
 
     def _disconnect(self, shard: int, linger_ms: int = 1000) -> None:
         sock = self._sockets[shard]
@@ -334,6 +341,7 @@ class PSClient:
         orphans = [r for r, s in self._shard_of_request.items() if s == shard]
         for request_id in orphans:
             del self._shard_of_request[request_id]
+            self._by_reference.pop(request_id, None)
             ticket = self._tickets.pop(request_id)
             ticket.pending.discard(request_id)
             ticket.lost_shard = True
@@ -345,13 +353,17 @@ class PSClient:
                 self._send(self.placement.live_shards[0], ticket, wire.Op.STOP, 0, [], 0)
             # pushes: the other replicas have them; clocks, finish, bye, pings: nothing to do
 
-    def _send(self, shard: int, ticket: Ticket, op: wire.Op, clock: int, arrays: list, num_keys: int) -> int:
+    def _send(self, shard: int, ticket: Ticket, op: wire.Op, clock: int, arrays: list, num_keys: int,
+              by_reference: bool = True) -> int:
         request_id = self._next_id
         self._next_id += 1
         dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
-        header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype)
-        send_frames(self._sockets[shard], [wire.encode_header(header), *arrays])
-        self.bytes_sent += wire.HEADER_SIZE + sum(a.nbytes if isinstance(a, np.ndarray) else len(a) for a in arrays)
+        flags, frames = 0, arrays
+        if self.key_cache and op in (wire.Op.PULL, wire.Op.PUSH):
+            flags, frames = self._keys_or_reference(shard, request_id, (op, clock, arrays, num_keys), by_reference)
+        header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags)
+        send_frames(self._sockets[shard], [wire.encode_header(header), *frames])
+        self.bytes_sent += wire.HEADER_SIZE + sum(a.nbytes if isinstance(a, np.ndarray) else len(a) for a in frames)
         ticket.pending.add(request_id)
         self._tickets[request_id] = ticket
         self._shard_of_request[request_id] = shard
@@ -359,6 +371,31 @@ class PSClient:
             self._last_heard[shard] = time.monotonic()
         self._outstanding[shard] += 1
         return request_id
+
+    def _keys_or_reference(self, shard: int, request_id: int, request: tuple, by_reference: bool) -> tuple[int, list]:
+        """Flags and frames of a keyed request: a reference to a list the shard keeps, or the keys (kept there)."""
+        arrays = request[2]
+        keys = arrays[0]
+        sig = signature(keys)
+        mirror = self._key_mirrors[shard]
+        if by_reference and mirror.recall(sig, keys.size)[0]:
+            self._by_reference[request_id] = request
+            return wire.FLAG_KEYS_BY_REF, [reference_frame(sig, keys.size), *arrays[1:]]
+        mirror.remember(sig, keys.size)
+        return wire.FLAG_KEEP_KEYS, arrays
+
+    def _send_again_with_keys(self, shard: int, ticket: Ticket, request_id: int) -> bool:
+        """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""
+        request = self._by_reference.pop(request_id, None)
+        if request is None or ticket is None:
+            return False
+        ticket.pending.discard(request_id)
+        op, clock, arrays, num_keys = request
+        again = self._send(shard, ticket, op, clock, arrays, num_keys, by_reference=False)
+        if op is wire.Op.PULL:
+            ticket.placement[again] = ticket.placement.pop(request_id)
+        log.debug("group %d: shard %d had forgotten a key list; sent the keys again", self.group, shard)
+        return True
 
     def _limit_pushes_in_flight(self) -> None:
         self._pushes_in_flight = [t for t in self._pushes_in_flight if not t.done]
@@ -385,8 +422,11 @@ class PSClient:
         if self._shard_of_request.pop(header.request_id, None) is not None:
             self._outstanding[shard] -= 1
         if header.op is wire.Op.ERROR:
+            text = wire.error_text(frames[1])
+            if text.startswith(MISS) and self._send_again_with_keys(shard, ticket, header.request_id):
+                return
             what = ticket.what if ticket else f"request {header.request_id}"
-            message = f"shard {shard} ({self.endpoints[shard]}) rejected the {what}: {wire.error_text(frames[1])}"
+            message = f"shard {shard} ({self.endpoints[shard]}) rejected the {what}: {text}"
             if ticket is not None:
                 ticket.pending.discard(header.request_id)
                 ticket.error = message
@@ -395,6 +435,7 @@ class PSClient:
             log.warning("reply from shard %d to unknown request %d ignored", shard, header.request_id)
             return
         ticket.pending.discard(header.request_id)
+        self._by_reference.pop(header.request_id, None)
         ticket.reply_clock = max(ticket.reply_clock, header.clock)
         if header.flags & wire.FLAG_STOP:
             self.stop_at = header.clock

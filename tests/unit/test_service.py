@@ -748,3 +748,20 @@ def test_filtered_and_encoded_pushes_reach_the_shards_in_full_after_a_flush(make
     client.wait(client.push(*push.flush(), 30))
     assert push.stats.bytes_out < push.stats.bytes_in
     np.testing.assert_allclose(-client.wait(client.pull(universe, 31))[:, 0], given, atol=1e-5)
+
+
+def test_repeated_key_lists_travel_as_references_and_a_forgotten_one_is_sent_again(make_cluster):
+    cluster = make_cluster(shards=2, staleness=math.inf)
+    plain, cached = cluster.client(0), cluster.client(0, key_cache=True)
+    keys = _random_keys(2000, seed=13)
+    grads = np.ones((keys.size, 1), np.float32)
+    for client in (plain, cached):
+        for step in range(5):
+            client.wait(client.pull(keys, step))
+            client.wait(client.push(keys, grads, step))
+    assert cached.bytes_sent < 0.45 * plain.bytes_sent, "after the first pull and push only references go"
+    for service in cluster.services:
+        service._key_lists.clear()  # the shards forget: the client must notice and send the keys again
+    assert np.array_equal(cached.wait(cached.pull(keys, 6)), -10 * np.ones((keys.size, 1), np.float32))
+    cached.wait(cached.push(keys, grads, 6))
+    assert np.array_equal(plain.wait(plain.pull(keys, 7)), -11 * np.ones((keys.size, 1), np.float32))
