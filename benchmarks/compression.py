@@ -29,6 +29,10 @@ SETTINGS = {
     "key cache + bfloat16": ["--key-cache", "true", "--value-encoding", "bfloat16"],
     "key cache + threshold 1e-4 + bfloat16": ["--key-cache", "true", "--filter-threshold", "1e-4",
                                               "--value-encoding", "bfloat16"],
+    "zstd": ["--compression", "zstd"],
+    "zstd + values": ["--compression", "zstd", "--compress-values", "true"],
+    "key cache + zstd + values + bfloat16": ["--key-cache", "true", "--compression", "zstd", "--compress-values",
+                                             "true", "--value-encoding", "bfloat16"],
 }
 
 

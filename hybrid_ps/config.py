@@ -118,6 +118,10 @@ class CommConfig:
     key_cache: bool = _option(
         False, "send a key list a shard has seen lately as a 16-byte reference (shards keep 2M keys per leader)",
         "--key-cache")
+    compression: str = _option(
+        "none", "lossless compression of key frames (zstd: deltas of the sorted keys, byte-shuffled)",
+        "--compression", ("none", "zstd"))
+    compress_values: bool = _option(False, "with compression: compress pushed values too", "--compress-values")
     value_encoding: str = _option(
         "float32", "pushed values on the wire (float16/bfloat16: half the bytes, rounding error carried over)",
         "--value-encoding", ("float32", "float16", "bfloat16"))

@@ -100,7 +100,8 @@ def _run_worker(
         client = PSClient(endpoints, topology.group, plan.num_slots, ring, model.width, config.cluster.ps_timeout,
                           replication=plan.replication, failover_timeout=config.cluster.failover_timeout,
                           heartbeat_interval=min(1.0, config.cluster.failover_timeout / 4),
-                          key_cache=config.comm.key_cache)
+                          key_cache=config.comm.key_cache, compression=config.comm.compression,
+                          compress_values=config.comm.compress_values)
     try:
         publish = _publisher(config, topology, model) if config.train.checkpoint and client else None
         start = group.broadcast_int(client.join() if client else 0)  # its own clock; after a failure, the others'

@@ -6,7 +6,8 @@ A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
                       magic b"HP", version, op, dtype, flags, group (u32),
                       request_id (u64), clock (i64), num_keys (u64), width (u32)
     frame 1  keys     num_keys * uint64, strictly increasing       (PULL, PUSH); with FLAG_KEYS_BY_REF
-                      16 bytes instead: (signature, count) of a list sent with FLAG_KEEP_KEYS
+                      16 bytes instead: (signature, count) of a list sent with FLAG_KEEP_KEYS;
+                      with FLAG_COMPRESSED_KEYS (FLAG_COMPRESSED_VALUES) a frame is zstd (codec.py)
     frame 2  values   num_keys * width * dtype, row-major           (PUSH; frame 1 of PULL_REPLY)
                       dtype code 0 float32; 1 float16, 2 bfloat16 (pushes of ``comm.value_encoding``)
     frame 2  clocks   num_groups * int64, the shard's vector clock   (PULL_REPLY, after values;
@@ -61,6 +62,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import codec
 from .errors import WireError
 
 __all__ = [
@@ -73,6 +75,8 @@ __all__ = [
     "FLAG_RESHARD",
     "FLAG_KEEP_KEYS",
     "FLAG_KEYS_BY_REF",
+    "FLAG_COMPRESSED_KEYS",
+    "FLAG_COMPRESSED_VALUES",
     "Op",
     "Header",
     "encode_header",
@@ -97,6 +101,10 @@ FLAG_KEEP_KEYS = 4
 """Header flag of PULL and PUSH: keep this key list for later references (see hybrid_ps.keycache)."""
 FLAG_KEYS_BY_REF = 8
 """Header flag of PULL and PUSH: the keys frame is a reference to a kept key list (16 bytes)."""
+FLAG_COMPRESSED_KEYS = 16
+"""Header flag of PULL and PUSH: the keys frame is ``codec.pack_keys`` output (zstd)."""
+FLAG_COMPRESSED_VALUES = 32
+"""Header flag of PUSH: the values frame is ``codec.pack_values`` output (zstd)."""
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 
@@ -218,17 +226,20 @@ def decode_header(frames: Sequence[memoryview | bytes]) -> Header:
     return Header(op, group, request_id, clock, num_keys, width, DTYPES[dtype], flags)
 
 
-def keys_from_frame(frame: memoryview | bytes, num_keys: int, max_keys: int) -> np.ndarray:
-    """View a keys frame as uint64 without copying, checking count and order.
+def keys_from_frame(frame: memoryview | bytes, num_keys: int, max_keys: int, compressed: bool = False) -> np.ndarray:
+    """View a keys frame as uint64 without copying (or decompress it), checking count and order.
 
     Raises:
         WireError: wrong byte length, too many keys, or keys not strictly increasing.
     """
     if num_keys > max_keys:
         raise WireError(f"{num_keys} keys exceed the limit of {max_keys} per message")
-    if len(frame) != num_keys * 8:
+    if compressed:
+        keys = codec.unpack_keys(frame, num_keys)
+    elif len(frame) != num_keys * 8:
         raise WireError(f"keys frame is {len(frame)} bytes, expected {num_keys} * 8")
-    keys = np.frombuffer(frame, dtype="<u8")
+    else:
+        keys = np.frombuffer(frame, dtype="<u8")
     if num_keys > 1 and not bool(np.all(keys[1:] > keys[:-1])):
         raise WireError("keys must be strictly increasing")
     return keys
@@ -242,12 +253,16 @@ def values_from_frame(frame: memoryview | bytes, header: Header) -> np.ndarray:
     """
     itemsize = header.dtype.itemsize
     expected = header.num_keys * header.width * itemsize
-    if len(frame) != expected:
+    if header.flags & FLAG_COMPRESSED_VALUES:
+        raw = codec.unpack_values(frame, header.dtype, header.num_keys * header.width)
+    elif len(frame) != expected:
         raise WireError(
             f"values frame is {len(frame)} bytes, expected {header.num_keys} keys * "
             f"width {header.width} * {itemsize}"
         )
-    values = decode_values(np.frombuffer(frame, dtype=header.dtype).reshape(header.num_keys, header.width))
+    else:
+        raw = np.frombuffer(frame, dtype=header.dtype)
+    values = decode_values(raw.reshape(header.num_keys, header.width))
     if not _all_finite(values):
         raise WireError("values contain NaN or Inf")
     return values

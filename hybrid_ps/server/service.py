@@ -279,7 +279,8 @@ class ShardService(TierMembership):
             if not hit or count != header.num_keys:
                 raise WireError(f"{MISS}: signature {sig:#x} of {count} keys")
             return keys
-        keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys)
+        keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys,
+                                    compressed=bool(header.flags & wire.FLAG_COMPRESSED_KEYS))
         if header.flags & wire.FLAG_KEEP_KEYS:
             self._key_lists.setdefault(identity, KeyListCache()).remember(signature(keys), keys.size, keys.copy())
         return keys

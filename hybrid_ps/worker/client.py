@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import zmq
 
-from .. import wire
+from .. import codec, wire
 from ..errors import ShardUnavailableError
 from ..keycache import MISS, KeyListCache, reference_frame, signature
 from ..partition import HashRing
@@ -75,6 +75,8 @@ class PSClient:
             silent for ``cluster.group_timeout`` as gone; keep this well below it).
         failover_timeout: seconds of silence (pings unanswered) before a shard is declared dead.
         key_cache: send a key list the shard keeps as a 16-byte reference (see hybrid_ps.keycache).
+        compression: ``zstd`` compresses key frames (and, with ``compress_values``, pushed values) of
+            4 KiB and more (see hybrid_ps.codec); ``none`` sends them as they are.
     """
 
     def __init__(
@@ -91,6 +93,8 @@ class PSClient:
         heartbeat_interval: float = 1.0,
         failover_timeout: float = 10.0,
         key_cache: bool = False,
+        compression: str = "none",
+        compress_values: bool = False,
     ) -> None:
         self.endpoints = dict(endpoints) if isinstance(endpoints, Mapping) else dict(enumerate(endpoints))
         self.group = group
@@ -109,6 +113,8 @@ class PSClient:
         self._last_heard: dict[int, float] = {}  # per shard: last reply, or since when a reply is awaited
         self._last_ping: dict[int, float] = {}
         self.key_cache = key_cache
+        self.compression = compression != "none"
+        self.compress_values = self.compression and compress_values
         self._key_mirrors: dict[int, KeyListCache] = {}  # per shard: the key lists it keeps for us
         self._by_reference: dict[int, tuple] = {}  # request sent by reference -> what to send if the shard misses
         for shard, endpoint in self.endpoints.items():
@@ -361,6 +367,8 @@ class PSClient:
         flags, frames = 0, arrays
         if self.key_cache and op in (wire.Op.PULL, wire.Op.PUSH):
             flags, frames = self._keys_or_reference(shard, request_id, (op, clock, arrays, num_keys), by_reference)
+        if self.compression and op in (wire.Op.PULL, wire.Op.PUSH):
+            flags, frames = self._compressed(flags, frames)
         header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags)
         send_frames(self._sockets[shard], [wire.encode_header(header), *frames])
         self.bytes_sent += wire.HEADER_SIZE + sum(a.nbytes if isinstance(a, np.ndarray) else len(a) for a in frames)
@@ -383,6 +391,15 @@ class PSClient:
             return wire.FLAG_KEYS_BY_REF, [reference_frame(sig, keys.size), *arrays[1:]]
         mirror.remember(sig, keys.size)
         return wire.FLAG_KEEP_KEYS, arrays
+
+    def _compressed(self, flags: int, frames: list) -> tuple[int, list]:
+        """Keys (unless sent by reference) and, if asked, values, zstd-compressed when large enough."""
+        frames = list(frames)
+        if not flags & wire.FLAG_KEYS_BY_REF and frames[0].nbytes >= codec.MIN_BYTES:
+            frames[0], flags = codec.pack_keys(frames[0]), flags | wire.FLAG_COMPRESSED_KEYS
+        if self.compress_values and len(frames) > 1 and frames[1].nbytes >= codec.MIN_BYTES:
+            frames[1], flags = codec.pack_values(frames[1]), flags | wire.FLAG_COMPRESSED_VALUES
+        return flags, frames
 
     def _send_again_with_keys(self, shard: int, ticket: Ticket, request_id: int) -> bool:
         """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""

@@ -765,3 +765,17 @@ def test_repeated_key_lists_travel_as_references_and_a_forgotten_one_is_sent_aga
     assert np.array_equal(cached.wait(cached.pull(keys, 6)), -10 * np.ones((keys.size, 1), np.float32))
     cached.wait(cached.push(keys, grads, 6))
     assert np.array_equal(plain.wait(plain.pull(keys, 7)), -11 * np.ones((keys.size, 1), np.float32))
+
+
+@pytest.mark.parametrize("options", [dict(compression="zstd"), dict(compression="zstd", compress_values=True),
+                                     dict(compression="zstd", key_cache=True)], ids=str)
+def test_compressed_frames_give_the_same_model_with_fewer_bytes(make_cluster, options):
+    cluster = make_cluster(shards=2, staleness=math.inf)
+    plain, packed = cluster.client(0), cluster.client(0, **options)
+    keys = np.arange(0, 40_000, 3, dtype=np.uint64)  # small indices, as libsvm data has: deltas compress well
+    grads = np.full((keys.size, 1), 0.5, np.float32)
+    for client in (plain, packed):
+        client.wait(client.push(keys, grads, 0))
+        client.wait(client.pull(keys, 1))
+    assert packed.bytes_sent < 0.5 * plain.bytes_sent
+    assert np.array_equal(packed.wait(packed.pull(keys, 2)), -np.ones((keys.size, 1), np.float32))
