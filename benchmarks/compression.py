@@ -49,18 +49,19 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as output:
             summary = summary_of(run_training(args.ranks, [*common, *SETTINGS[name]], output))
         results[name] = {key: summary[key] for key in (
-            "ps_bytes_sent_per_step", "ps_bytes_received_per_step", "push_bytes_raw", "push_bytes_filtered",
-            "samples_per_s", "final_logloss")}
+            "ps_bytes_sent_per_step", "ps_bytes_received_per_step", "traffic_per_step", "samples_per_s",
+            "final_logloss")}
     base = results["none"]
     for name, r in results.items():
         r["fewer_bytes_sent"] = base["ps_bytes_sent_per_step"] / r["ps_bytes_sent_per_step"]
         r["logloss_change"] = r["final_logloss"] / base["final_logloss"] - 1
         rows.append([name, r["ps_bytes_sent_per_step"] / 1e3, f"{r['fewer_bytes_sent']:.2f}x",
-                     f"{100 * r['push_bytes_filtered'] / r['push_bytes_raw']:.0f}%",
+                     f"{100 * r['traffic_per_step']['push_filtered'] / r['traffic_per_step']['push_raw']:.0f}%",
+                     f"{100 * r['traffic_per_step']['keys_out'] / r['traffic_per_step']['keys_in']:.0f}%",
                      r["ps_bytes_received_per_step"] / 1e3, r["samples_per_s"], r["final_logloss"],
                      f"{100 * r['logloss_change']:+.2f}%"])
     print(f"{args.ranks} ranks, {args.rows} synthetic rows x {args.epochs} epochs")
-    print_table(["setting", "sent kB/step", "fewer bytes", "push volume", "received kB/step", "samples/s",
+    print_table(["setting", "sent kB/step", "fewer bytes", "push volume", "key bytes", "received kB/step", "samples/s",
                  "final logloss", "vs none"], rows)
     within = {name: r for name, r in results.items() if r["logloss_change"] <= 0.01}
     best = max(within, key=lambda name: within[name]["fewer_bytes_sent"])

@@ -25,7 +25,7 @@ from .tier import TierInfo, TierView, adopt_tier_settings, read_tier_file
 from .topology import Layout, Topology, build_topology, exchange_endpoints, plan_layout
 from .worker.client import PSClient
 from .worker.group import WorkerGroup, wait_quietly
-from .worker.trainer import GroupResult, GroupTrainer
+from .worker.trainer import TRAFFIC_FIELDS, GroupResult, GroupTrainer
 
 __all__ = ["run_job", "JobSummary"]
 
@@ -199,8 +199,9 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
     """Sum the leaders' results over the world (servers and members add zeros)."""
     totals = np.zeros_like(local)
     wait_quietly(topology.world.Iallreduce(local, totals))
-    (steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted, train_seconds, ps_seconds,
-     bytes_sent, bytes_received, push_raw, push_filtered) = totals
+    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted, train_seconds, ps_seconds = \
+        totals[: -len(TRAFFIC_FIELDS)]
+    traffic = dict(zip(TRAFFIC_FIELDS, (totals[-len(TRAFFIC_FIELDS):] / max(steps, 1)).tolist()))
     groups = topology.layout.num_groups
     wall, train_wall = seconds / groups, train_seconds / groups
     summary = JobSummary(
@@ -217,10 +218,9 @@ def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: M
         final_accuracy=eval_correct / eval_rows if eval_rows else math.nan,
         eval_rows=int(eval_rows),
         preempted=bool(preempted),
-        ps_bytes_sent_per_step=bytes_sent / steps if steps else math.nan,  # leaders -> PS, summed over groups
-        ps_bytes_received_per_step=bytes_received / steps if steps else math.nan,
-        push_bytes_raw=int(push_raw),
-        push_bytes_filtered=int(push_filtered),
+        ps_bytes_sent_per_step=traffic["sent"],  # a group step's, on the wire (see TRAFFIC_FIELDS)
+        ps_bytes_received_per_step=traffic["received"],
+        traffic_per_step=traffic,
     )
     if metrics is not None:
         metrics.write("summary", **summary)

@@ -31,9 +31,30 @@ from ..replication import Placement
 from ..tier import TierView
 from ..transport import connect_dealer, recv_frames, send_frames
 
-__all__ = ["PSClient", "Ticket"]
+__all__ = ["PSClient", "Ticket", "Traffic"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Traffic:
+    """Bytes a client sent and received, with the key and value frames before and after each stage."""
+
+    sent: int = 0  # on the wire: every frame of every request, replicas included
+    received: int = 0
+    keys_in: int = 0  # key frames as given (uint64)
+    keys_after_cache: int = 0  # ... with repeats sent as references
+    keys_out: int = 0  # ... and compressed
+    values_in: int = 0  # pushed value frames as given (after the encoding)
+    values_out: int = 0  # ... compressed
+
+    def count(self, arrays: list, frames: list) -> None:
+        """Add one keyed request: ``arrays`` as given, ``frames`` as sent (after the cache, after compression)."""
+        self.keys_in += arrays[0].nbytes
+        self.keys_out += len(frames[0]) if isinstance(frames[0], bytes) else frames[0].nbytes
+        if len(arrays) > 1:
+            self.values_in += arrays[1].nbytes
+            self.values_out += len(frames[1]) if isinstance(frames[1], bytes) else frames[1].nbytes
 
 
 @dataclass
@@ -124,8 +145,7 @@ class PSClient:
         self._shard_of_request: dict[int, int] = {}
         self._pushes_in_flight: list[Ticket] = []
         self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
-        self.bytes_sent = 0  # on the wire, every frame of every request (replicas included)
-        self.bytes_received = 0
+        self.traffic = Traffic()
         self.stop_at: int | None = None  # set when the coordinating shard announces a stop clock (preemption)
         self.reshard_at: int | None = None  # set when it announces a change of the tier's shards
 
@@ -365,13 +385,17 @@ class PSClient:
         self._next_id += 1
         dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
         flags, frames = 0, arrays
-        if self.key_cache and op in (wire.Op.PULL, wire.Op.PUSH):
-            flags, frames = self._keys_or_reference(shard, request_id, (op, clock, arrays, num_keys), by_reference)
-        if self.compression and op in (wire.Op.PULL, wire.Op.PUSH):
-            flags, frames = self._compressed(flags, frames)
+        if op in (wire.Op.PULL, wire.Op.PUSH):
+            if self.key_cache:
+                flags, frames = self._keys_or_reference(shard, request_id, (op, clock, arrays, num_keys),
+                                                        by_reference)
+            self.traffic.keys_after_cache += 16 if flags & wire.FLAG_KEYS_BY_REF else arrays[0].nbytes
+            if self.compression:
+                flags, frames = self._compressed(flags, frames)
+            self.traffic.count(arrays, frames)
         header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags)
         send_frames(self._sockets[shard], [wire.encode_header(header), *frames])
-        self.bytes_sent += wire.HEADER_SIZE + sum(a.nbytes if isinstance(a, np.ndarray) else len(a) for a in frames)
+        self.traffic.sent += wire.HEADER_SIZE + sum(a.nbytes if isinstance(a, np.ndarray) else len(a) for a in frames)
         ticket.pending.add(request_id)
         self._tickets[request_id] = ticket
         self._shard_of_request[request_id] = shard
@@ -427,7 +451,7 @@ class PSClient:
                 return
             shard = self._shard_of_socket[sock]
             self._last_heard[shard] = time.monotonic()
-            self.bytes_received += sum(len(frame) for frame in frames)
+            self.traffic.received += sum(len(frame) for frame in frames)
             self._on_reply(shard, frames)
 
     def _on_reply(self, shard: int, frames: list[memoryview]) -> None:

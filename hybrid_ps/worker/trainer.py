@@ -14,7 +14,7 @@ import collections
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -30,7 +30,13 @@ from .client import PSClient
 from .filters import PushFilter
 from .group import WorkerGroup
 
-__all__ = ["GroupTrainer", "GroupResult"]
+__all__ = ["GroupTrainer", "GroupResult", "TRAFFIC_FIELDS"]
+
+TRAFFIC_FIELDS = ("sent", "received", "push_raw", "push_filtered", "keys_in", "keys_after_cache", "keys_out",
+                  "values_in", "values_out")
+"""A leader's PS traffic in bytes: on the wire both ways; pushes before and after the filters and encoding
+(float32 keys + values, one replica); key frames before the key cache, after it and after compression;
+pushed value frames before and after compression."""
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +66,15 @@ class GroupResult:
     preempted: bool = False
     train_seconds: float = 0.0
     ps_seconds: float = 0.0  # the leader's time blocked on the PS tier during training
-    ps_bytes_sent: int = 0  # on the wire, leader -> PS (every frame, every replica)
-    ps_bytes_received: int = 0
-    push_bytes_raw: int = 0  # pushes as float32 keys + values, before filters and encodings (one replica)
-    push_bytes_filtered: int = 0  # the same after them
+    traffic: np.ndarray = field(default_factory=lambda: np.zeros(len(TRAFFIC_FIELDS)))  # bytes, TRAFFIC_FIELDS
 
     def as_array(self) -> np.ndarray:
-        """The numbers as a float64 vector (for a world-level sum)."""
-        return np.array(
+        """The numbers as a float64 vector (for a world-level sum); the traffic counters come last."""
+        return np.concatenate([np.array(
             [self.steps, self.samples, self.train_loss_sum, self.eval_loss_sum, self.eval_correct, self.eval_rows,
-             self.seconds, self.preempted, self.train_seconds, self.ps_seconds, self.ps_bytes_sent,
-             self.ps_bytes_received, self.push_bytes_raw, self.push_bytes_filtered],
+             self.seconds, self.preempted, self.train_seconds, self.ps_seconds],
             dtype=np.float64,
-        )
+        ), self.traffic])
 
 
 class GroupTrainer:
@@ -139,7 +141,7 @@ class GroupTrainer:
         comm = config.comm
         self.push_filter = PushFilter(model.width, comm.filter_threshold, comm.filter_relative,
                                       config.optimizer.l1 if comm.kkt else 0.0, comm.value_encoding)
-        self._report_mark = (0, 0, 0)  # leader: (clock, bytes sent, bytes received) at the last progress line
+        self._report_mark = (0, np.zeros(len(TRAFFIC_FIELDS)))  # leader: (clock, traffic) at the last progress line
 
     def run(self) -> GroupResult:
         """Train, evaluate if configured, and leave the PS tier; returns the group's sums."""
@@ -228,9 +230,7 @@ class GroupTrainer:
                 upcoming = self._start_exchange(next(batches, None), self.clock)
         result.train_seconds, result.ps_seconds = self.meter.elapsed, self._ps_seconds
         if self.client is not None:
-            result.ps_bytes_sent, result.ps_bytes_received = self.client.bytes_sent, self.client.bytes_received
-            result.push_bytes_raw = self.push_filter.stats.bytes_in
-            result.push_bytes_filtered = self.push_filter.stats.bytes_out
+            result.traffic = self._traffic()
 
     def _step(self, batch: PreparedBatch | None, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
         """Steps 4-5: gradient, one Allreduce (gradient + stats), the leader's push and clock."""
@@ -333,6 +333,12 @@ class GroupTrainer:
         if keys.size:
             self.client.push(keys, values, self.clock)
 
+    def _traffic(self) -> np.ndarray:
+        """Leader: the traffic counters so far, in ``TRAFFIC_FIELDS`` order."""
+        t, f = self.client.traffic, self.push_filter.stats
+        return np.array([t.sent, t.received, f.bytes_in, f.bytes_out, t.keys_in, t.keys_after_cache, t.keys_out,
+                         t.values_in, t.values_out], dtype=np.float64)
+
     def _evaluate(self, result: GroupResult) -> None:
         """One pass over the data with the final model (pulls wait until every group finished)."""
         for batch in self.batches():
@@ -361,17 +367,14 @@ class GroupTrainer:
         rate, loss = self.meter.window()
         running = self.client.shard_clocks[self.client.shard_clocks != FINAL_CLOCK]
         gap = int(running.max() - running.min()) if running.size else 0
-        clock, sent, received = self._report_mark
-        steps = max(self.clock - clock, 1)
-        sent_per_step = (self.client.bytes_sent - sent) / steps
-        received_per_step = (self.client.bytes_received - received) / steps
-        self._report_mark = (self.clock, self.client.bytes_sent, self.client.bytes_received)
-        stats = self.push_filter.stats
-        push_share = stats.bytes_out / stats.bytes_in if stats.bytes_in else 1.0
-        log.info("step %d | %.0f samples/s (group %d) | train logloss %.4f | clock gap %d | PS %.0f kB/step out "
-                 "(pushes at %.0f%% of raw), %.0f kB/step in", self.clock, rate, self.group_id, loss, gap,
-                 sent_per_step / 1e3, 100 * push_share, received_per_step / 1e3)
+        clock, before = self._report_mark
+        now = self._traffic()
+        self._report_mark = (self.clock, now)
+        window = dict(zip(TRAFFIC_FIELDS, ((now - before) / max(self.clock - clock, 1)).tolist()))
+        share = lambda part, whole: 100 * part / whole if whole else 100.0  # noqa: E731
+        log.info("step %d | %.0f samples/s (group %d) | train logloss %.4f | clock gap %d | PS out %.0f kB/step, "
+                 "in %.0f (pushes %.0f%% after filters, keys %.0f%% after cache and compression)", self.clock, rate,
+                 self.group_id, loss, gap, window["sent"] / 1e3, window["received"] / 1e3,
+                 share(window["push_filtered"], window["push_raw"]), share(window["keys_out"], window["keys_in"]))
         self.metrics.write("progress", step=self.clock, group=self.group_id, samples_per_s=rate,
-                           train_logloss=loss, clock_gap=gap, elapsed=self.meter.elapsed,
-                           bytes_sent_per_step=sent_per_step, bytes_received_per_step=received_per_step,
-                           push_bytes_raw=stats.bytes_in, push_bytes_filtered=stats.bytes_out)
+                           train_logloss=loss, clock_gap=gap, elapsed=self.meter.elapsed, traffic_per_step=window)

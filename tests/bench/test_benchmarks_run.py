@@ -103,5 +103,5 @@ def test_compression_benchmark(tmp_path):
                "--epochs", "1", "--settings", "bfloat16", "threshold 1e-3")
     assert "fewer bytes" in out
     results = json.loads((tmp_path / "compression.json").read_text())["results"]
-    assert results["threshold 1e-3"]["push_bytes_filtered"] < results["none"]["push_bytes_filtered"]
+    assert results["threshold 1e-3"]["traffic_per_step"]["push_filtered"] < results["none"]["traffic_per_step"]["push_filtered"]
     assert results["bfloat16"]["ps_bytes_sent_per_step"] < results["none"]["ps_bytes_sent_per_step"]

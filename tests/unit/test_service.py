@@ -759,7 +759,8 @@ def test_repeated_key_lists_travel_as_references_and_a_forgotten_one_is_sent_aga
         for step in range(5):
             client.wait(client.pull(keys, step))
             client.wait(client.push(keys, grads, step))
-    assert cached.bytes_sent < 0.45 * plain.bytes_sent, "after the first pull and push only references go"
+    assert cached.traffic.sent < 0.45 * plain.traffic.sent, "after the first pull and push only references go"
+    assert cached.traffic.keys_after_cache < 0.25 * cached.traffic.keys_in == 0.25 * plain.traffic.keys_in
     for service in cluster.services:
         service._key_lists.clear()  # the shards forget: the client must notice and send the keys again
     assert np.array_equal(cached.wait(cached.pull(keys, 6)), -10 * np.ones((keys.size, 1), np.float32))
@@ -777,5 +778,6 @@ def test_compressed_frames_give_the_same_model_with_fewer_bytes(make_cluster, op
     for client in (plain, packed):
         client.wait(client.push(keys, grads, 0))
         client.wait(client.pull(keys, 1))
-    assert packed.bytes_sent < 0.5 * plain.bytes_sent
+    assert packed.traffic.sent < 0.5 * plain.traffic.sent
+    assert packed.traffic.keys_out < 0.1 * packed.traffic.keys_in and plain.traffic.keys_out == plain.traffic.keys_in
     assert np.array_equal(packed.wait(packed.pull(keys, 2)), -np.ones((keys.size, 1), np.float32))
