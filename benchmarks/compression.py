@@ -33,6 +33,8 @@ SETTINGS = {
     "zstd + values": ["--compression", "zstd", "--compress-values", "true"],
     "key cache + zstd + values + bfloat16": ["--key-cache", "true", "--compression", "zstd", "--compress-values",
                                              "true", "--value-encoding", "bfloat16"],
+    "all, threshold 1e-4": ["--key-cache", "true", "--compression", "zstd", "--compress-values", "true",
+                            "--value-encoding", "bfloat16", "--filter-threshold", "1e-4"],
 }
 
 

@@ -8,6 +8,8 @@ size the header announces, so a forged frame cannot blow up a shard's memory.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import zstandard
 
@@ -19,8 +21,13 @@ MIN_BYTES = 4096
 """Frames smaller than this are sent as they are (compression would not pay for itself)."""
 
 _LEVEL = 1
-_compressor = zstandard.ZstdCompressor(level=_LEVEL)
-_decompressor = zstandard.ZstdDecompressor()
+_local = threading.local()  # zstandard's (de)compressor objects must not be shared between threads
+
+
+def _codecs() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    if not hasattr(_local, "codecs"):
+        _local.codecs = (zstandard.ZstdCompressor(level=_LEVEL), zstandard.ZstdDecompressor())
+    return _local.codecs
 
 
 def _shuffle(array: np.ndarray) -> bytes:
@@ -36,7 +43,7 @@ def _unshuffle(raw: bytes, dtype: np.dtype, count: int) -> np.ndarray:
 
 def _decompress(frame: memoryview | bytes, size: int, what: str) -> bytes:
     try:
-        raw = _decompressor.decompress(bytes(frame), max_output_size=size)
+        raw = _codecs()[1].decompress(bytes(frame), max_output_size=size)
     except zstandard.ZstdError as e:
         raise WireError(f"compressed {what} frame is malformed: {e}") from None
     if len(raw) != size:
@@ -51,7 +58,7 @@ def pack_keys(keys: np.ndarray) -> bytes:
     if keys.size:
         deltas[0] = keys[0]
         np.subtract(keys[1:], keys[:-1], out=deltas[1:])
-    return _compressor.compress(_shuffle(deltas))
+    return _codecs()[0].compress(_shuffle(deltas))
 
 
 def unpack_keys(frame: memoryview | bytes, count: int) -> np.ndarray:
@@ -66,7 +73,7 @@ def unpack_keys(frame: memoryview | bytes, count: int) -> np.ndarray:
 
 def pack_values(values: np.ndarray) -> bytes:
     """Values (any wire dtype) as a compressed frame (byte-shuffled by item size, zstd)."""
-    return _compressor.compress(_shuffle(values))
+    return _codecs()[0].compress(_shuffle(values))
 
 
 def unpack_values(frame: memoryview | bytes, dtype: np.dtype, count: int) -> np.ndarray:

@@ -7,7 +7,9 @@ same keys. A request flagged ``FLAG_KEEP_KEYS`` asks the shard to keep its list;
 Client and shard apply the same least-recently-used rule to the same sequence of
 messages (one connection is first in, first out), so the client's mirror knows
 what the shard holds; if they ever disagree the shard answers "key list not
-cached" and the client sends the keys again, transparently.
+cached" and the client sends the keys again, transparently. A reference may
+carry a bitmask over the kept list: a filtered push names the subset of the
+step's pulled keys it updates in one bit a key.
 """
 
 from __future__ import annotations
@@ -36,20 +38,27 @@ def signature(keys: np.ndarray) -> int:
         return int(np.add.reduce(mix64(keys ^ _SALT), dtype=np.uint64))
 
 
-def reference_frame(sig: int, count: int) -> bytes:
-    """The 16 bytes sent instead of a cached key list."""
-    return _REFERENCE.pack(sig, count)
+def reference_frame(sig: int, count: int, subset: np.ndarray | None = None) -> bytes:
+    """The 16 bytes sent instead of a kept key list, then (``subset``: a bool mask over it) one bit a key."""
+    head = _REFERENCE.pack(sig, count)
+    return head if subset is None else head + np.packbits(subset, bitorder="little").tobytes()
 
 
-def parse_reference(frame: memoryview | bytes) -> tuple[int, int]:
-    """``(signature, count)`` of a reference frame.
+def parse_reference(frame: memoryview | bytes) -> tuple[int, int, np.ndarray | None]:
+    """``(signature, count, subset mask or None)`` of a reference frame.
 
     Raises:
-        ValueError: not 16 bytes.
+        ValueError: shorter than 16 bytes, or a bitmask of the wrong length.
     """
-    if len(frame) != _REFERENCE.size:
-        raise ValueError(f"a key-list reference is {_REFERENCE.size} bytes, got {len(frame)}")
-    return _REFERENCE.unpack(frame)
+    if len(frame) < _REFERENCE.size:
+        raise ValueError(f"a key-list reference is at least {_REFERENCE.size} bytes, got {len(frame)}")
+    sig, count = _REFERENCE.unpack(frame[: _REFERENCE.size])
+    if len(frame) == _REFERENCE.size:
+        return sig, count, None
+    bits = np.frombuffer(frame, dtype=np.uint8, offset=_REFERENCE.size)
+    if bits.size != (count + 7) // 8:
+        raise ValueError(f"a subset of {count} keys needs {(count + 7) // 8} mask bytes, got {bits.size}")
+    return sig, count, np.unpackbits(bits, count=count, bitorder="little").view(bool)
 
 
 class KeyListCache:

@@ -271,13 +271,16 @@ class ShardService(TierMembership):
         """The keys frame, or the kept list it references; kept for later if the request asks."""
         if header.flags & wire.FLAG_KEYS_BY_REF:
             try:
-                sig, count = parse_reference(frame)
+                sig, count, subset = parse_reference(frame)
             except ValueError as e:
                 raise WireError(str(e)) from None
             cache = self._key_lists.get(identity)
             hit, keys = cache.recall(sig, count) if cache else (False, None)
-            if not hit or count != header.num_keys:
+            if not hit:
                 raise WireError(f"{MISS}: signature {sig:#x} of {count} keys")
+            keys = keys if subset is None else keys[subset]
+            if keys.size != header.num_keys:
+                raise WireError(f"the referenced key list selects {keys.size} keys, the header says {header.num_keys}")
             return keys
         keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys,
                                     compressed=bool(header.flags & wire.FLAG_COMPRESSED_KEYS))

@@ -138,6 +138,7 @@ class PSClient:
         self.compress_values = self.compression and compress_values
         self._key_mirrors: dict[int, KeyListCache] = {}  # per shard: the key lists it keeps for us
         self._by_reference: dict[int, tuple] = {}  # request sent by reference -> what to send if the shard misses
+        self._pulled_lists: dict[int, tuple[int, np.ndarray]] = {}  # per shard: the last pull's kept key list
         for shard, endpoint in self.endpoints.items():
             self._connect(shard, endpoint)
         self._next_id = 1
@@ -211,12 +212,13 @@ class PSClient:
             grads = np.asarray(grads, dtype=np.float32)
         grads = np.ascontiguousarray(grads).reshape(keys.size, self.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
-        for shard, positions in self._split(keys, self.placement.push_parts):
-            if positions is None:
-                self._send(shard, ticket, wire.Op.PUSH, clock, [np.ascontiguousarray(keys), grads], keys.size)
-            else:
-                part = [np.take(keys, positions), np.take(grads, positions, axis=0)]
-                self._send(shard, ticket, wire.Op.PUSH, clock, part, positions.size)
+        for shard, shard_positions in self._split(keys, self.placement.push_parts):
+            for positions in self._split_by_pulled_list(shard, keys, shard_positions):
+                if positions is None:
+                    self._send(shard, ticket, wire.Op.PUSH, clock, [np.ascontiguousarray(keys), grads], keys.size)
+                else:
+                    part = [np.take(keys, positions), np.take(grads, positions, axis=0)]
+                    self._send(shard, ticket, wire.Op.PUSH, clock, part, positions.size)
         self._pushes_in_flight.append(ticket)
         self._limit_pushes_in_flight()
         return ticket
@@ -410,11 +412,43 @@ class PSClient:
         keys = arrays[0]
         sig = signature(keys)
         mirror = self._key_mirrors[shard]
+        reference = None
         if by_reference and mirror.recall(sig, keys.size)[0]:
+            reference = reference_frame(sig, keys.size)
+        elif by_reference and request[0] is wire.Op.PUSH:
+            reference = self._subset_reference(shard, keys)
+        if request[0] is wire.Op.PULL:
+            self._pulled_lists[shard] = (sig, keys)
+        if reference is not None:
             self._by_reference[request_id] = request
-            return wire.FLAG_KEYS_BY_REF, [reference_frame(sig, keys.size), *arrays[1:]]
+            return wire.FLAG_KEYS_BY_REF, [reference, *arrays[1:]]
         mirror.remember(sig, keys.size)
         return wire.FLAG_KEEP_KEYS, arrays
+
+    def _split_by_pulled_list(self, shard: int, keys: np.ndarray, positions: np.ndarray | None) -> list:
+        """With the key cache: a shard's push part as the keys it served in the last pull (a subset reference
+        names them in a bit each) and the others (a backup's keys); otherwise ``[positions]``."""
+        base = self._pulled_lists.get(shard, (0, None))[1]
+        if not self.key_cache or base is None or not base.size:
+            return [positions]
+        part = keys if positions is None else keys[positions]
+        inside = base[np.minimum(np.searchsorted(base, part), base.size - 1)] == part
+        if inside.all() or not inside.any():
+            return [positions]
+        everything = np.arange(keys.size) if positions is None else positions
+        return [everything[inside], everything[~inside]]
+
+    def _subset_reference(self, shard: int, keys: np.ndarray) -> bytes | None:
+        """A reference to the shard's last pulled key list with a bitmask selecting ``keys``, if they are a subset."""
+        sig, base = self._pulled_lists.get(shard, (0, None))
+        if base is None or keys.size > base.size:
+            return None
+        positions = np.minimum(np.searchsorted(base, keys), base.size - 1)
+        if not np.array_equal(base[positions], keys) or not self._key_mirrors[shard].recall(sig, base.size)[0]:
+            return None
+        subset = np.zeros(base.size, dtype=bool)
+        subset[positions] = True
+        return reference_frame(sig, base.size, subset)
 
     def _compressed(self, flags: int, frames: list) -> tuple[int, list]:
         """Keys (unless sent by reference) and, if asked, values, zstd-compressed when large enough."""

@@ -55,3 +55,25 @@ def test_bad_frames_are_refused_with_a_clear_error():
     unsorted = codec.pack_keys(keys[::-1].copy())  # wraps around: deltas of a descending list
     with pytest.raises(WireError, match="strictly increasing"):
         wire.keys_from_frame(unsorted, 100, 1 << 24, compressed=True)
+
+
+def test_threads_compress_and_decompress_at_once_without_corrupting_each_other():
+    import threading
+
+    keys = [np.unique(np.random.default_rng(s).integers(0, 2**40, 20_000, dtype=np.uint64)) for s in range(4)]
+    failures = []
+
+    def work(own: np.ndarray) -> None:
+        for _ in range(30):
+            try:
+                if not np.array_equal(codec.unpack_keys(codec.pack_keys(own), own.size), own):
+                    failures.append("wrong keys")
+            except Exception as e:  # reported by the assertion below, not lost in the thread
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures

@@ -16,9 +16,14 @@ def test_signatures_tell_lists_apart_and_repeat_for_the_same_list():
 
 
 def test_a_reference_frame_round_trips_and_a_bad_one_is_refused():
-    assert parse_reference(reference_frame(2**64 - 1, 12)) == (2**64 - 1, 12)
-    with pytest.raises(ValueError, match="a key-list reference is 16 bytes, got 3"):
+    assert parse_reference(reference_frame(2**64 - 1, 12)) == (2**64 - 1, 12, None)
+    subset = np.arange(13) % 3 == 0
+    sig, count, mask = parse_reference(reference_frame(7, 13, subset))
+    assert (sig, count) == (7, 13) and np.array_equal(mask, subset)
+    with pytest.raises(ValueError, match="a key-list reference is at least 16 bytes, got 3"):
         parse_reference(b"abc")
+    with pytest.raises(ValueError, match="a subset of 13 keys needs 2 mask bytes, got 1"):
+        parse_reference(reference_frame(7, 13) + b"x")
 
 
 def test_the_cache_evicts_the_least_recently_used_beyond_its_capacity():

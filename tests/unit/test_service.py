@@ -781,3 +781,21 @@ def test_compressed_frames_give_the_same_model_with_fewer_bytes(make_cluster, op
     assert packed.traffic.sent < 0.5 * plain.traffic.sent
     assert packed.traffic.keys_out < 0.1 * packed.traffic.keys_in and plain.traffic.keys_out == plain.traffic.keys_in
     assert np.array_equal(packed.wait(packed.pull(keys, 2)), -np.ones((keys.size, 1), np.float32))
+
+
+def test_a_filtered_push_names_its_keys_as_a_subset_of_the_pulled_list(make_cluster):
+    from hybrid_ps.worker.filters import PushFilter
+
+    cluster = make_cluster(shards=1, staleness=math.inf)  # one replica: a push goes where the pull went
+    client = cluster.client(0, key_cache=True)
+    push = PushFilter(width=1, threshold=0.5)
+    keys = _random_keys(4000, seed=3)
+    grads = np.where(np.arange(keys.size) % 4 == 0, 1.0, 0.1).astype(np.float32).reshape(-1, 1)
+    pulled = client.wait(client.pull(keys, 0))
+    keys_before = client.traffic.keys_after_cache
+    sent_keys, values = push.apply(keys, grads, pulled)
+    client.wait(client.push(sent_keys, values, 0))
+    assert sent_keys.size == 1000 and client.traffic.keys_after_cache - keys_before == 16
+    assert client.traffic.keys_out - keys_before < 4000 / 8 + 64, "a bitmask, not 1000 keys"
+    expected = np.where(np.arange(keys.size) % 4 == 0, -1.0, 0.0).astype(np.float32).reshape(-1, 1)
+    assert np.array_equal(client.wait(client.pull(keys, 1)), expected)
