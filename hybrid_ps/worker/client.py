@@ -23,38 +23,18 @@ from typing import Mapping, Sequence
 import numpy as np
 import zmq
 
-from .. import codec, wire
+from .. import wire
 from ..errors import ShardUnavailableError
-from ..keycache import MISS, KeyListCache, reference_frame, signature
+from ..keycache import MISS
 from ..partition import HashRing
 from ..replication import Placement
 from ..tier import TierView
 from ..transport import connect_dealer, recv_frames, send_frames
+from .framing import RequestFraming, Traffic
 
-__all__ = ["PSClient", "Ticket", "Traffic"]
+__all__ = ["PSClient", "Ticket"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Traffic:
-    """Bytes a client sent and received, with the key and value frames before and after each stage."""
-
-    sent: int = 0  # on the wire: every frame of every request, replicas included
-    received: int = 0
-    keys_in: int = 0  # key frames as given (uint64)
-    keys_after_cache: int = 0  # ... with repeats sent as references
-    keys_out: int = 0  # ... and compressed
-    values_in: int = 0  # pushed value frames as given (after the encoding)
-    values_out: int = 0  # ... compressed
-
-    def count(self, arrays: list, frames: list) -> None:
-        """Add one keyed request: ``arrays`` as given, ``frames`` as sent (after the cache, after compression)."""
-        self.keys_in += arrays[0].nbytes
-        self.keys_out += len(frames[0]) if isinstance(frames[0], bytes) else frames[0].nbytes
-        if len(arrays) > 1:
-            self.values_in += arrays[1].nbytes
-            self.values_out += len(frames[1]) if isinstance(frames[1], bytes) else frames[1].nbytes
 
 
 @dataclass
@@ -133,12 +113,8 @@ class PSClient:
         self._outstanding: dict[int, int] = {}  # per shard: requests not answered yet
         self._last_heard: dict[int, float] = {}  # per shard: last reply, or since when a reply is awaited
         self._last_ping: dict[int, float] = {}
-        self.key_cache = key_cache
-        self.compression = compression != "none"
-        self.compress_values = self.compression and compress_values
-        self._key_mirrors: dict[int, KeyListCache] = {}  # per shard: the key lists it keeps for us
+        self.framing = RequestFraming(key_cache, compression, compress_values)
         self._by_reference: dict[int, tuple] = {}  # request sent by reference -> what to send if the shard misses
-        self._pulled_lists: dict[int, tuple[int, np.ndarray]] = {}  # per shard: the last pull's kept key list
         for shard, endpoint in self.endpoints.items():
             self._connect(shard, endpoint)
         self._next_id = 1
@@ -146,7 +122,6 @@ class PSClient:
         self._shard_of_request: dict[int, int] = {}
         self._pushes_in_flight: list[Ticket] = []
         self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
-        self.traffic = Traffic()
         self.stop_at: int | None = None  # set when the coordinating shard announces a stop clock (preemption)
         self.reshard_at: int | None = None  # set when it announces a change of the tier's shards
 
@@ -168,7 +143,7 @@ class PSClient:
         self._sockets[shard], self._shard_of_socket[sock] = sock, shard
         self.endpoints[shard] = endpoint
         self._outstanding[shard], self._last_heard[shard], self._last_ping[shard] = 0, time.monotonic(), 0.0
-        self._key_mirrors[shard] = KeyListCache()
+        self.framing.connected(shard)
 
     def _disconnect(self, shard: int, linger_ms: int = 1000) -> None:
         sock = self._sockets[shard]
@@ -213,7 +188,7 @@ class PSClient:
         grads = np.ascontiguousarray(grads).reshape(keys.size, self.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
         for shard, shard_positions in self._split(keys, self.placement.push_parts):
-            for positions in self._split_by_pulled_list(shard, keys, shard_positions):
+            for positions in self.framing.split_push(shard, keys, shard_positions):
                 if positions is None:
                     self._send(shard, ticket, wire.Op.PUSH, clock, [np.ascontiguousarray(keys), grads], keys.size)
                 else:
@@ -314,6 +289,11 @@ class PSClient:
         return ticket.values
 
     @property
+    def traffic(self) -> Traffic:
+        """Bytes sent and received, by stage (``framing.Traffic``)."""
+        return self.framing.traffic
+
+    @property
     def dead_shards(self) -> list[int]:
         """Shards this client declared (or was told are) dead."""
         return sorted(self.placement.dead)
@@ -388,16 +368,12 @@ class PSClient:
         dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
         flags, frames = 0, arrays
         if op in (wire.Op.PULL, wire.Op.PUSH):
-            if self.key_cache:
-                flags, frames = self._keys_or_reference(shard, request_id, (op, clock, arrays, num_keys),
-                                                        by_reference)
-            self.traffic.keys_after_cache += 16 if flags & wire.FLAG_KEYS_BY_REF else arrays[0].nbytes
-            if self.compression:
-                flags, frames = self._compressed(flags, frames)
-            self.traffic.count(arrays, frames)
+            flags, frames = self.framing.frames(shard, op, arrays, by_reference)
+            if flags & wire.FLAG_KEYS_BY_REF:  # what to send if the shard has forgotten the list
+                self._by_reference[request_id] = (op, clock, arrays, num_keys)
         header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags)
         send_frames(self._sockets[shard], [wire.encode_header(header), *frames])
-        self.traffic.sent += wire.HEADER_SIZE + sum(a.nbytes if isinstance(a, np.ndarray) else len(a) for a in frames)
+        self.traffic.count_request(frames)
         ticket.pending.add(request_id)
         self._tickets[request_id] = ticket
         self._shard_of_request[request_id] = shard
@@ -405,59 +381,6 @@ class PSClient:
             self._last_heard[shard] = time.monotonic()
         self._outstanding[shard] += 1
         return request_id
-
-    def _keys_or_reference(self, shard: int, request_id: int, request: tuple, by_reference: bool) -> tuple[int, list]:
-        """Flags and frames of a keyed request: a reference to a list the shard keeps, or the keys (kept there)."""
-        arrays = request[2]
-        keys = arrays[0]
-        sig = signature(keys)
-        mirror = self._key_mirrors[shard]
-        reference = None
-        if by_reference and mirror.recall(sig, keys.size)[0]:
-            reference = reference_frame(sig, keys.size)
-        elif by_reference and request[0] is wire.Op.PUSH:
-            reference = self._subset_reference(shard, keys)
-        if request[0] is wire.Op.PULL:
-            self._pulled_lists[shard] = (sig, keys)
-        if reference is not None:
-            self._by_reference[request_id] = request
-            return wire.FLAG_KEYS_BY_REF, [reference, *arrays[1:]]
-        mirror.remember(sig, keys.size)
-        return wire.FLAG_KEEP_KEYS, arrays
-
-    def _split_by_pulled_list(self, shard: int, keys: np.ndarray, positions: np.ndarray | None) -> list:
-        """With the key cache: a shard's push part as the keys it served in the last pull (a subset reference
-        names them in a bit each) and the others (a backup's keys); otherwise ``[positions]``."""
-        base = self._pulled_lists.get(shard, (0, None))[1]
-        if not self.key_cache or base is None or not base.size:
-            return [positions]
-        part = keys if positions is None else keys[positions]
-        inside = base[np.minimum(np.searchsorted(base, part), base.size - 1)] == part
-        if inside.all() or not inside.any():
-            return [positions]
-        everything = np.arange(keys.size) if positions is None else positions
-        return [everything[inside], everything[~inside]]
-
-    def _subset_reference(self, shard: int, keys: np.ndarray) -> bytes | None:
-        """A reference to the shard's last pulled key list with a bitmask selecting ``keys``, if they are a subset."""
-        sig, base = self._pulled_lists.get(shard, (0, None))
-        if base is None or keys.size > base.size:
-            return None
-        positions = np.minimum(np.searchsorted(base, keys), base.size - 1)
-        if not np.array_equal(base[positions], keys) or not self._key_mirrors[shard].recall(sig, base.size)[0]:
-            return None
-        subset = np.zeros(base.size, dtype=bool)
-        subset[positions] = True
-        return reference_frame(sig, base.size, subset)
-
-    def _compressed(self, flags: int, frames: list) -> tuple[int, list]:
-        """Keys (unless sent by reference) and, if asked, values, zstd-compressed when large enough."""
-        frames = list(frames)
-        if not flags & wire.FLAG_KEYS_BY_REF and frames[0].nbytes >= codec.MIN_BYTES:
-            frames[0], flags = codec.pack_keys(frames[0]), flags | wire.FLAG_COMPRESSED_KEYS
-        if self.compress_values and len(frames) > 1 and frames[1].nbytes >= codec.MIN_BYTES:
-            frames[1], flags = codec.pack_values(frames[1]), flags | wire.FLAG_COMPRESSED_VALUES
-        return flags, frames
 
     def _send_again_with_keys(self, shard: int, ticket: Ticket, request_id: int) -> bool:
         """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""
