@@ -139,3 +139,18 @@ def test_prefetching_overlaps_the_pull_with_the_groups_own_push(run_job):
     overlapped, in_order = _single_group_logloss(run_job, 2, "true"), _single_group_logloss(run_job, 2, "false")
     assert overlapped != pytest.approx(in_order, abs=1e-7)
     assert overlapped < 0.6 and in_order < 0.6
+
+
+def test_every_traffic_stage_at_once_keeps_the_model_and_cuts_the_bytes(run_job):
+    common = [*SMALL, "--epochs", "3", "--optimizer", "ftrl", "--l1", "1e-4", "--lr", "0.1", "--seed", "4"]
+    plain = run_job(8, *common)
+    lean = run_job(8, *common, "--kkt", "true", "--filter-threshold", "1e-4", "--value-encoding", "bfloat16",
+                   "--key-cache", "true", "--compression", "zstd", "--compress-values", "true")
+    for job in (plain, lean):
+        assert job.returncode == 0, job.stderr[-3000:]
+    before, after = plain.summary["traffic_per_step"], lean.summary["traffic_per_step"]
+    print(f"sent {before['sent']:.0f} -> {after['sent']:.0f} B/step; logloss {plain.summary['final_logloss']:.4f} "
+          f"-> {lean.summary['final_logloss']:.4f}")
+    assert after["push_filtered"] < after["push_raw"] and after["keys_out"] < 0.7 * after["keys_in"]
+    assert after["sent"] < 0.6 * before["sent"]
+    assert lean.summary["final_logloss"] <= 1.02 * plain.summary["final_logloss"]
