@@ -75,6 +75,16 @@ class Placement:
         """Which of ``keys`` have ``shard`` as acting primary (bool mask)."""
         return self.primary_of(keys) == shard
 
+    def is_replica(self, keys: np.ndarray, shard: int) -> np.ndarray:
+        """Which of ``keys`` have ``shard`` in their preference list, dead or alive (bool mask)."""
+        return self._holds(self.ring.point_of(keys), shard)
+
+    def _holds(self, points: np.ndarray, shard: int) -> np.ndarray:
+        slot = int(np.searchsorted(self.ring.shard_ids, shard))
+        if slot == self.ring.num_shards or int(self.ring.shard_ids[slot]) != shard:
+            return np.zeros(points.shape, dtype=bool)  # not on this ring at all
+        return (self._preference[points] == slot).any(axis=1)
+
     def replicas_of(self, keys: np.ndarray) -> np.ndarray:
         """``[n, R]`` shard ids of every key's preference list (dead ones included), primary first."""
         return self.ring.shard_ids[self._preference[self.ring.point_of(keys)]]
@@ -118,7 +128,7 @@ class Placement:
         if primary:
             wrong = np.flatnonzero(self._primary_slot[points] != slot)
         else:
-            wrong = np.flatnonzero(~(self._preference[points] == slot).any(axis=1))
+            wrong = np.flatnonzero(~self._holds(points, shard))
         if not wrong.size:
             return None
         key = int(np.asarray(keys).reshape(-1)[wrong[0]])

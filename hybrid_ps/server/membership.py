@@ -124,7 +124,7 @@ class TierMembership:
             self._running = False
             return
         placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)
-        mine = lambda keys: (placement.replicas_of(keys) == self.shard_id).any(axis=1)  # noqa: E731
+        mine = lambda keys: placement.is_replica(keys, self.shard_id)  # noqa: E731
         keys = self.shard.export()[0]
         keep = mine(keys) if keys.size else np.zeros(0, dtype=bool)
         if not keep.all():

@@ -114,8 +114,7 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
 def _restore(service: ShardService, spec: ShardSpec) -> None:
     """Load every key this shard replicates (re-sharded by the current ring) and the clocks of a checkpoint."""
     path = spec.config.resume_path
-    placement = service.placement
-    owned = lambda keys: (placement.replicas_of(keys) == spec.shard_id).any(axis=1)  # noqa: E731
+    owned = lambda keys: service.placement.is_replica(keys, spec.shard_id)  # noqa: E731
     for part in checkpoint.restore_shard(path, owned, service.shard.optimizer.name):
         service.shard.load(part.keys, part.values, part.state)
     service.clock.clocks[:] = checkpoint.resume_clocks(path, spec.num_groups)

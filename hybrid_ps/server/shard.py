@@ -7,7 +7,16 @@ import numpy as np
 from .key_index import KeyIndex
 from .optimizers import Optimizer
 
-__all__ = ["Shard"]
+__all__ = ["Shard", "grow_rows"]
+
+
+def grow_rows(rows: np.ndarray, count: int) -> np.ndarray:
+    """``rows`` with room for at least ``count`` rows (doubling; new rows are zero), or ``rows`` if it has it."""
+    if count <= rows.shape[0]:
+        return rows
+    grown = np.zeros((max(count, 2 * rows.shape[0]), *rows.shape[1:]), dtype=rows.dtype)
+    grown[: rows.shape[0]] = rows
+    return grown
 
 
 class Shard:
@@ -56,7 +65,7 @@ class Shard:
     def push(self, keys: np.ndarray, grads: np.ndarray) -> None:
         """Apply the optimizer to unique ``keys`` with ``grads`` of shape ``[n, width]``."""
         slots = self.index.lookup_or_insert(keys)
-        self._ensure_capacity(len(self.index))
+        self._rows = grow_rows(self._rows, len(self.index))
         rows = np.take(self._rows, slots, axis=0)  # values and state of every touched key: one gather
         self.optimizer.apply(rows[:, : self.width], np.asarray(grads, dtype=np.float32), self._split(rows))
         self._as_records(self._rows)[slots] = self._as_records(rows)  # a 1-D scatter: ~4x faster than rows
@@ -64,7 +73,7 @@ class Shard:
     def load(self, keys: np.ndarray, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
         """Add absent ``keys`` with their values and optimizer state (restoring a checkpoint)."""
         slots = self.index.insert(keys)
-        self._ensure_capacity(len(self.index))
+        self._rows = grow_rows(self._rows, len(self.index))
         self._rows[slots, : self.width] = values
         for name, array in self.state.items():
             array[slots] = state[name]
@@ -90,11 +99,3 @@ class Shard:
         """The state columns of ``rows`` (``[n, width * (1 + states)]``) by name, as views."""
         w = self.width
         return {name: rows[:, w * (i + 1) : w * (i + 2)] for i, name in enumerate(self.optimizer.state_names)}
-
-    def _ensure_capacity(self, count: int) -> None:
-        capacity = self._rows.shape[0]
-        if count <= capacity:
-            return
-        grown = np.zeros((max(count, 2 * capacity), self._rows.shape[1]), dtype=np.float32)
-        grown[:capacity] = self._rows
-        self._rows = grown

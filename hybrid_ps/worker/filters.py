@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..server.key_index import KeyIndex
+from ..server.shard import grow_rows
 from ..wire import decode_values, encode_values
 
 __all__ = ["ResidualStore", "PushFilter", "FilterStats"]
@@ -48,10 +49,7 @@ class ResidualStore:
     def put(self, keys: np.ndarray, residual: np.ndarray) -> None:
         """Set the residual of ``keys`` (inserting new keys)."""
         slots = self.index.lookup_or_insert(keys)
-        if len(self.index) > self._rows.shape[0]:
-            grown = np.zeros((max(len(self.index), 2 * self._rows.shape[0]), self.width), dtype=np.float32)
-            grown[: self._rows.shape[0]] = self._rows
-            self._rows = grown
+        self._rows = grow_rows(self._rows, len(self.index))
         self._rows[slots] = residual
 
     def drain(self) -> tuple[np.ndarray, np.ndarray]:

@@ -96,3 +96,11 @@ def test_first_stray_checks_primary_for_pulls_and_any_replica_for_pushes():
     assert placement.without(int(replicas[replicas[:, 1] == 2][0, 0])).first_stray(backed_up[:1], 2, True) is None
     others = KEYS[(replicas != 2).all(axis=1)]
     assert "is not one of its replicas" in placement.first_stray(others, 2, primary=False)[1]
+
+
+def test_is_replica_marks_the_keys_a_shard_holds_dead_or_alive():
+    placement = Placement(HashRing(range(4), vnodes=32), 2).without(1)
+    replicas = placement.replicas_of(KEYS)
+    for shard in range(4):
+        assert np.array_equal(placement.is_replica(KEYS, shard), (replicas == shard).any(axis=1))
+    assert not placement.is_replica(KEYS, 9).any(), "a shard that is not on the ring holds nothing"
