@@ -9,7 +9,7 @@ A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
                       16 bytes instead: (signature, count) of a list sent with FLAG_KEEP_KEYS;
                       with FLAG_COMPRESSED_KEYS (FLAG_COMPRESSED_VALUES) a frame is zstd (codec.py)
     frame 2  values   num_keys * width * dtype, row-major           (PUSH; frame 1 of PULL_REPLY)
-                      dtype code 0 float32; 1 float16, 2 bfloat16 (pushes of ``comm.value_encoding``)
+                      dtype code 0 float32; 1 float16, 2 bfloat16, 3 float8 (pushes of ``comm.value_encoding``)
     frame 2  clocks   num_groups * int64, the shard's vector clock   (PULL_REPLY, after values;
                       FINAL_CLOCK for groups that finished training)
     frame 1  text     UTF-8 error message                           (ERROR)
@@ -108,11 +108,13 @@ FLAG_COMPRESSED_VALUES = 32
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 
-DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("<u2")}
-"""Value dtype codes on the wire: float32, float16, and bfloat16 (a float32's top half, carried as uint16)."""
+DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("<u2"), 3: np.dtype("u1")}
+"""Value dtype codes on the wire: float32, float16, bfloat16 (a float32's top half, carried as uint16)
+and float8 (e5m2: a float16's top byte, carried as uint8)."""
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
-ENCODINGS = {"float32": DTYPES[0], "float16": DTYPES[1], "bfloat16": DTYPES[2]}
+ENCODINGS = {"float32": DTYPES[0], "float16": DTYPES[1], "bfloat16": DTYPES[2], "float8": DTYPES[3]}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_FLOAT8_MAX = 57344.0  # the largest finite e5m2 value
 
 _MAX_ERROR_TEXT = 4096
 
@@ -269,9 +271,11 @@ def values_from_frame(frame: memoryview | bytes, header: Header) -> np.ndarray:
 
 
 def encode_values(values: np.ndarray, encoding: str) -> np.ndarray:
-    """``values`` (float32) in the wire dtype of ``encoding`` (``float32``, ``float16``, ``bfloat16``).
+    """``values`` (float32) in the wire dtype of ``encoding`` (``float32``, ``float16``, ``bfloat16``, ``float8``).
 
-    float16 saturates at +-65504 instead of overflowing; bfloat16 rounds to nearest even.
+    float16 saturates at +-65504 and float8 at +-57344 instead of overflowing; bfloat16 and
+    float8 round to nearest even (float8 through float16 rounded to odd, so exactly: 2 mantissa bits, magnitudes from
+    2**-16 (smaller ones flush to zero) up; error feedback carries what rounding loses).
     """
     values = np.ascontiguousarray(values, dtype=np.float32)
     if encoding == "float32":
@@ -282,15 +286,34 @@ def encode_values(values: np.ndarray, encoding: str) -> np.ndarray:
         bits = values.view(np.uint32)
         rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
         return (rounded >> np.uint32(16)).astype(np.uint16)
+    if encoding == "float8":
+        bits = _float16_rounded_to_odd(np.clip(values, -_FLOAT8_MAX, _FLOAT8_MAX))
+        rounded = bits + (np.uint16(0x7F) + ((bits >> np.uint16(8)) & np.uint16(1)))
+        return (rounded >> np.uint16(8)).astype(np.uint8)
     raise ValueError(f"unknown value encoding {encoding!r} (one of {', '.join(ENCODINGS)})")
 
 
+def _float16_rounded_to_odd(values: np.ndarray) -> np.ndarray:
+    """float16 bits of ``values``, rounded toward zero with the last bit set if inexact.
+
+    Rounding to odd first keeps the later rounding to fewer bits correct (no double rounding).
+    """
+    half = values.astype(np.float16)
+    widened = half.astype(np.float32)
+    bits = half.view(np.uint16)
+    bits -= (np.abs(widened) > np.abs(values)).astype(np.uint16)  # rounded away from zero: one step back
+    bits |= (widened != values).astype(np.uint16)
+    return bits
+
+
 def decode_values(encoded: np.ndarray) -> np.ndarray:
-    """Wire values (float32, float16 or bfloat16 as uint16) as float32; float32 comes back without a copy."""
+    """Wire values (float32, float16, bfloat16 as uint16, float8 as uint8) as float32; float32 comes back without a copy."""
     if encoded.dtype == DTYPES[0]:
         return encoded
     if encoded.dtype == DTYPES[1]:
         return encoded.astype(np.float32)
+    if encoded.dtype == DTYPES[3]:
+        return (encoded.astype(np.uint16) << np.uint16(8)).view(np.float16).astype(np.float32)
     return (encoded.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 

@@ -176,7 +176,7 @@ class PSClient:
             ticket.placement[request_id] = part.size if positions is None else positions
 
     def push(self, keys: np.ndarray, grads: np.ndarray, clock: int) -> Ticket:
-        """Send ``grads`` (``[len(keys), width]``; float32, or float16 / bfloat16 from ``wire.encode_values``)
+        """Send ``grads`` (``[len(keys), width]``; float32, or an encoding from ``wire.encode_values``)
         for sorted unique ``keys``.
 
         Returns at once; the acknowledgements are collected by later waits.
@@ -188,7 +188,7 @@ class PSClient:
         grads = np.ascontiguousarray(grads).reshape(keys.size, self.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
         for shard, shard_positions in self._split(keys, self.placement.push_parts):
-            for positions in self.framing.split_push(shard, keys, shard_positions):
+            for positions in self.framing.split_push(shard, clock, keys, shard_positions):
                 if positions is None:
                     self._send(shard, ticket, wire.Op.PUSH, clock, [np.ascontiguousarray(keys), grads], keys.size)
                 else:
@@ -368,7 +368,7 @@ class PSClient:
         dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
         flags, frames = 0, arrays
         if op in (wire.Op.PULL, wire.Op.PUSH):
-            flags, frames = self.framing.frames(shard, op, arrays, by_reference)
+            flags, frames = self.framing.frames(shard, op, clock, arrays, by_reference)
             if flags & wire.FLAG_KEYS_BY_REF:  # what to send if the shard has forgotten the list
                 self._by_reference[request_id] = (op, clock, arrays, num_keys)
         header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags)

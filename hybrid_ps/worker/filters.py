@@ -7,7 +7,7 @@ One push of sorted ``keys`` with mean gradients ``g`` and the weights ``w`` pull
    ``|owed| >= threshold`` (or, with ``comm.filter_relative``, ``>= threshold * |w|``);
 3. KKT filter (``comm.kkt``, L1 regularisation): hold back an entry while ``w == 0`` and
    ``|owed| <= l1``, the band in which the proximal step keeps the weight at zero;
-4. value encoding (``comm.value_encoding``): float16 or bfloat16 on the wire;
+4. value encoding (``comm.value_encoding``): float16, bfloat16 or float8 on the wire;
 5. ``residual[keys] = owed - sent``: held-back entries wait in full, sent ones keep their
    rounding error (error feedback), so nothing is lost for good: it goes with a later push
    of the same key, or with ``flush`` (before every checkpoint cut and at the end).
@@ -86,7 +86,7 @@ class PushFilter:
         threshold: significantly-modified threshold (0 = off).
         relative: compare ``|owed|`` with ``threshold * |w|`` instead of ``threshold``.
         kkt_l1: the L1 strength for the KKT filter (0 = off).
-        encoding: ``float32``, ``float16`` or ``bfloat16``.
+        encoding: ``float32``, ``float16``, ``bfloat16`` or ``float8`` (see ``wire.encode_values``).
     """
 
     def __init__(self, width: int, threshold: float = 0.0, relative: bool = False, kkt_l1: float = 0.0,

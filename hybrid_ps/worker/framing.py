@@ -1,13 +1,14 @@
 """How a leader's keyed requests (PULL, PUSH) go on the wire: key-list references, compression, byte counts.
 
 Stages, each optional: a key list the shard keeps goes as a reference (a subset
-of the last pulled list as a reference with a bitmask, see hybrid_ps.keycache);
+of the list pulled at the same clock as a reference with a bitmask, see hybrid_ps.keycache);
 large key and value frames are zstd-compressed (hybrid_ps.codec). ``Traffic``
 counts the frames before and after each stage. No sockets here.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,10 @@ from .. import codec, wire
 from ..keycache import KeyListCache, reference_frame, signature
 
 __all__ = ["Traffic", "RequestFraming"]
+
+_PULLED_CLOCKS = 4
+"""Pulled key lists remembered per shard, by clock: a push names its keys as a subset of the list
+pulled at its own clock, which with prefetching is not the latest pull."""
 
 
 def _size(frame: object) -> int:
@@ -40,7 +45,7 @@ class Traffic:
 
 
 class RequestFraming:
-    """The per-shard state of the stages: what each shard keeps for this client, and its last pulled list.
+    """The per-shard state of the stages: what each shard keeps for this client, and its recent pulled lists.
 
     Args:
         key_cache: send kept key lists as references.
@@ -54,16 +59,16 @@ class RequestFraming:
         self.compress_values = self.compression and compress_values
         self.traffic = Traffic()
         self._mirrors: dict[int, KeyListCache] = {}  # per shard: the key lists it keeps for us
-        self._pulled: dict[int, tuple[int, np.ndarray]] = {}  # per shard: the last pull's key list (kept there)
+        self._pulled: dict[int, OrderedDict[int, tuple[int, np.ndarray]]] = {}  # shard -> clock -> (sig, keys)
 
     def connected(self, shard: int) -> None:
         """A (new) connection to ``shard``: it keeps nothing for us yet."""
         self._mirrors[shard] = KeyListCache()
-        self._pulled.pop(shard, None)
+        self._pulled[shard] = OrderedDict()
 
-    def frames(self, shard: int, op: wire.Op, arrays: list, by_reference: bool = True) -> tuple[int, list]:
-        """Header flags and frames for a keyed request's ``arrays`` (keys, and values for a push)."""
-        flags, frames = (self._keys_or_reference(shard, op, arrays, by_reference) if self.key_cache
+    def frames(self, shard: int, op: wire.Op, clock: int, arrays: list, by_reference: bool = True) -> tuple[int, list]:
+        """Header flags and frames for a keyed request's ``arrays`` (keys, and values for a push) at ``clock``."""
+        flags, frames = (self._keys_or_reference(shard, op, clock, arrays, by_reference) if self.key_cache
                          else (0, arrays))
         self.traffic.keys_in += arrays[0].nbytes
         self.traffic.keys_after_cache += _size(frames[0])
@@ -75,10 +80,10 @@ class RequestFraming:
             self.traffic.values_out += _size(frames[1])
         return flags, frames
 
-    def split_push(self, shard: int, keys: np.ndarray, positions: np.ndarray | None) -> list:
-        """A shard's push part as the keys it served in the last pull (named by a subset reference) and
-        the others (a backup's); ``[positions]`` when there is nothing to gain."""
-        base = self._pulled.get(shard, (0, None))[1]
+    def split_push(self, shard: int, clock: int, keys: np.ndarray, positions: np.ndarray | None) -> list:
+        """A shard's push part at ``clock`` as the keys it served in the pull of that clock (named by a
+        subset reference) and the others (a backup's); ``[positions]`` when there is nothing to gain."""
+        base = self._pulled_at(shard, clock)[1]
         if not self.key_cache or base is None or not base.size:
             return [positions]
         part = keys if positions is None else keys[positions]
@@ -88,8 +93,13 @@ class RequestFraming:
         everything = np.arange(keys.size) if positions is None else positions
         return [everything[inside], everything[~inside]]
 
-    def _keys_or_reference(self, shard: int, op: wire.Op, arrays: list, by_reference: bool) -> tuple[int, list]:
-        """A reference to a list the shard keeps (or to a subset of its last pulled one), or the keys, kept there."""
+    def _pulled_at(self, shard: int, clock: int) -> tuple[int, np.ndarray | None]:
+        return self._pulled.get(shard, {}).get(clock, (0, None))
+
+    def _keys_or_reference(self, shard: int, op: wire.Op, clock: int, arrays: list,
+                           by_reference: bool) -> tuple[int, list]:
+        """A reference to a list the shard keeps (or to a subset of the one pulled at ``clock``), or the keys,
+        kept there."""
         keys = arrays[0]
         sig = signature(keys)
         mirror = self._mirrors[shard]
@@ -97,16 +107,20 @@ class RequestFraming:
         if by_reference and mirror.recall(sig, keys.size)[0]:
             reference = reference_frame(sig, keys.size)
         elif by_reference and op is wire.Op.PUSH:
-            reference = self._subset_reference(shard, keys)
+            reference = self._subset_reference(shard, clock, keys)
         if op is wire.Op.PULL:
-            self._pulled[shard] = (sig, keys)
+            pulled = self._pulled[shard]
+            pulled[clock] = (sig, keys)
+            pulled.move_to_end(clock)
+            while len(pulled) > _PULLED_CLOCKS:
+                pulled.popitem(last=False)
         if reference is not None:
             return wire.FLAG_KEYS_BY_REF, [reference, *arrays[1:]]
         mirror.remember(sig, keys.size)
         return wire.FLAG_KEEP_KEYS, arrays
 
-    def _subset_reference(self, shard: int, keys: np.ndarray) -> bytes | None:
-        sig, base = self._pulled.get(shard, (0, None))
+    def _subset_reference(self, shard: int, clock: int, keys: np.ndarray) -> bytes | None:
+        sig, base = self._pulled_at(shard, clock)
         if base is None or keys.size > base.size:
             return None
         positions = np.minimum(np.searchsorted(base, keys), base.size - 1)

@@ -100,8 +100,10 @@ def test_replication_benchmark(tmp_path):
 
 def test_compression_benchmark(tmp_path):
     out = _run(tmp_path, sys.executable, "-m", "benchmarks.compression", "--ranks", "4", "--rows", "20000",
-               "--epochs", "1", "--settings", "bfloat16", "threshold 1e-3")
+               "--epochs", "1", "--long-epochs", "2", "--settings", "bfloat16", "threshold 1e-3")
     assert "fewer bytes" in out
-    results = json.loads((tmp_path / "compression.json").read_text())["results"]
+    record = json.loads((tmp_path / "compression.json").read_text())
+    results = record["results"]
+    assert record["long_epochs"] == 2 and "none" in record["long_results"]
     assert results["threshold 1e-3"]["traffic_per_step"]["push_filtered"] < results["none"]["traffic_per_step"]["push_filtered"]
     assert results["bfloat16"]["ps_bytes_sent_per_step"] < results["none"]["ps_bytes_sent_per_step"]

@@ -144,7 +144,7 @@ def test_prefetching_overlaps_the_pull_with_the_groups_own_push(run_job):
 def test_every_traffic_stage_at_once_keeps_the_model_and_cuts_the_bytes(run_job):
     common = [*SMALL, "--epochs", "3", "--optimizer", "ftrl", "--l1", "1e-4", "--lr", "0.1", "--seed", "4"]
     plain = run_job(8, *common)
-    lean = run_job(8, *common, "--kkt", "true", "--filter-threshold", "1e-4", "--value-encoding", "bfloat16",
+    lean = run_job(8, *common, "--kkt", "true", "--filter-threshold", "1e-4", "--value-encoding", "float8",
                    "--key-cache", "true", "--compression", "zstd", "--compress-values", "true")
     for job in (plain, lean):
         assert job.returncode == 0, job.stderr[-3000:]

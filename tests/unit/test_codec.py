@@ -30,7 +30,7 @@ def test_small_keys_shrink_a_lot_and_hashed_ones_a_little():
     assert len(codec.pack_keys(hashed)) < 0.9 * hashed.nbytes
 
 
-@pytest.mark.parametrize("encoding", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("encoding", ["float32", "float16", "bfloat16", "float8"])
 def test_values_round_trip_exactly(encoding):
     values = wire.encode_values(RNG.normal(0, 0.01, (3000, 2)).astype(np.float32), encoding)
     frame = codec.pack_values(values)

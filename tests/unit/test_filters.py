@@ -58,7 +58,7 @@ def test_kkt_holds_back_zero_weights_inside_the_l1_band():
 
 @pytest.mark.parametrize("settings", [
     dict(threshold=0.05), dict(threshold=0.5, relative=True), dict(kkt_l1=0.1), dict(encoding="float16"),
-    dict(encoding="bfloat16"), dict(threshold=0.05, kkt_l1=0.1, encoding="bfloat16"),
+    dict(encoding="bfloat16"), dict(encoding="float8"), dict(threshold=0.05, kkt_l1=0.1, encoding="bfloat16"),
 ], ids=str)
 def test_nothing_is_lost_gradients_in_equal_values_pushed_plus_what_is_owed(settings):
     rng = np.random.default_rng(0)

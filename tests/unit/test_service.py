@@ -727,7 +727,7 @@ def test_a_tier_stops_when_no_group_joins_or_every_joined_group_is_gone(make_clu
 # -- filters and encodings through real shards ------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings", [dict(threshold=0.2), dict(encoding="bfloat16"),
+@pytest.mark.parametrize("settings", [dict(threshold=0.2), dict(encoding="bfloat16"), dict(encoding="float8"),
                                       dict(threshold=0.2, encoding="float16")], ids=str)
 def test_filtered_and_encoded_pushes_reach_the_shards_in_full_after_a_flush(make_cluster, settings):
     from hybrid_ps.worker.filters import PushFilter
@@ -799,3 +799,15 @@ def test_a_filtered_push_names_its_keys_as_a_subset_of_the_pulled_list(make_clus
     assert client.traffic.keys_after_cache - keys_before == 16 + 4000 // 8, "a reference and a bitmask, not 1000 keys"
     expected = np.where(np.arange(keys.size) % 4 == 0, -1.0, 0.0).astype(np.float32).reshape(-1, 1)
     assert np.array_equal(client.wait(client.pull(keys, 1)), expected)
+
+
+def test_a_push_after_a_prefetched_pull_refers_to_the_list_pulled_at_its_own_clock(make_cluster):
+    cluster = make_cluster(shards=1, staleness=math.inf)
+    client = cluster.client(0, key_cache=True)
+    now, upcoming = _random_keys(4000, seed=5), _random_keys(4000, seed=6)
+    client.wait(client.pull(now, 0))
+    client.wait(client.pull(upcoming, 1))  # the next step's pull goes before this step's push
+    keys_before = client.traffic.keys_after_cache
+    client.wait(client.push(now[::2], np.ones((2000, 1), np.float32), 0))
+    assert client.traffic.keys_after_cache - keys_before == 16 + 4000 // 8
+    assert np.array_equal(client.wait(client.pull(now, 2))[::2], -np.ones((2000, 1), np.float32))

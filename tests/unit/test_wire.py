@@ -130,7 +130,7 @@ def test_unknown_op(op):
         wire.decode_header([_raw_header(op=op)])
 
 
-@pytest.mark.parametrize("dtype", [3, 7, 255])
+@pytest.mark.parametrize("dtype", [4, 7, 255])
 def test_unknown_dtype(dtype):
     with pytest.raises(WireError, match=f"unknown dtype code {dtype}"):
         wire.decode_header([_raw_header(dtype=dtype)])
@@ -297,14 +297,16 @@ def test_error_text_never_raises_on_invalid_utf8():
 # -- value encodings -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding, relative_error", [("float32", 0.0), ("float16", 2**-11), ("bfloat16", 2**-8)])
+@pytest.mark.parametrize("encoding, relative_error", [("float32", 0.0), ("float16", 2**-11), ("bfloat16", 2**-8),
+                                                      ("float8", 2**-3)])
 def test_value_encodings_round_trip_within_their_precision(encoding, relative_error):
     values = (np.random.default_rng(3).standard_normal((1000, 3)) * 10.0 ** np.arange(-1, 2)).astype(np.float32)  # normal float16 range
     encoded = wire.encode_values(values, encoding)
     assert encoded.dtype == wire.ENCODINGS[encoding]
     decoded = wire.decode_values(encoded)
     assert decoded.dtype == np.float32 and decoded.shape == values.shape
-    assert np.all(np.abs(decoded - values) <= relative_error * np.abs(values) + 2**-25)  # + half a float16 subnormal step
+    smallest_step = 2**-16 if encoding == "float8" else 2**-24  # the subnormal step
+    assert np.all(np.abs(decoded - values) <= relative_error * np.abs(values) + smallest_step / 2)
     if encoding == "float32":
         assert decoded is encoded, "float32 is not copied"
 
@@ -313,20 +315,33 @@ def test_float16_saturates_instead_of_overflowing_and_bfloat16_keeps_the_range()
     big = np.array([1e5, -1e6, 3e38], dtype=np.float32)
     assert wire.decode_values(wire.encode_values(big, "float16")).tolist() == [65504.0, -65504.0, 65504.0]
     assert np.allclose(wire.decode_values(wire.encode_values(big, "bfloat16")), big, rtol=2**-8)
+    assert wire.decode_values(wire.encode_values(big, "float8")).tolist() == [57344.0, -57344.0, 57344.0]
     with pytest.raises(ValueError, match="unknown value encoding 'int4'"):
         wire.encode_values(big, "int4")
 
 
-@pytest.mark.parametrize("encoding", ["float16", "bfloat16"])
+def test_float8_rounds_to_the_nearest_of_its_256_values():
+    every_code = np.arange(256, dtype=np.uint8)
+    finite = np.sort(np.unique(wire.decode_values(every_code)[np.isfinite(wire.decode_values(every_code))]))
+    values = np.random.default_rng(5).uniform(-2.0, 2.0, 10_000).astype(np.float32) * 2.0 ** np.arange(-20, 20, 4).repeat(1000)
+    decoded = wire.decode_values(wire.encode_values(values, "float8"))
+    saturated = np.clip(values, -57344, 57344)
+    nearest = np.min(np.abs(finite[None, :] - saturated[:, None]), axis=1)
+    assert np.all(np.isin(decoded, finite))
+    assert np.allclose(np.abs(decoded - saturated), nearest, rtol=1e-3, atol=0)  # no nearer float8 value exists
+
+
+@pytest.mark.parametrize("encoding", ["float16", "bfloat16", "float8"])
 def test_encoded_push_values_decode_to_float32_and_are_checked(encoding):
-    values = np.array([[1.5], [-2.25]], dtype=np.float32)
+    values = np.array([[1.5], [-2.5]], dtype=np.float32)
     encoded = wire.encode_values(values, encoding)
     header = wire.Header(wire.Op.PUSH, num_keys=2, width=1, dtype=encoded.dtype)
     frames = [wire.encode_header(header), b"", encoded.tobytes()]
     decoded_header = wire.decode_header(frames)
     assert decoded_header.dtype == encoded.dtype
-    assert wire.values_from_frame(frames[2], decoded_header).tolist() == [[1.5], [-2.25]]
-    infinite = np.array([[np.inf], [0]], dtype=np.float32)  # from a peer that does not saturate float16
-    bad = infinite.astype(np.float16) if encoding == "float16" else wire.encode_values(infinite, encoding)
+    assert wire.values_from_frame(frames[2], decoded_header).tolist() == [[1.5], [-2.5]]
+    infinite = np.array([[np.inf], [0]], dtype=np.float32)  # from a peer that does not saturate
+    bad = {"float16": infinite.astype(np.float16), "bfloat16": wire.encode_values(infinite, encoding),
+           "float8": np.array([[0x7C], [0]], dtype=np.uint8)}[encoding]  # 0x7C: e5m2 +inf
     with pytest.raises(WireError, match="NaN or Inf"):
         wire.values_from_frame(bad.tobytes(), decoded_header)
