@@ -2,7 +2,7 @@
 
 Run: ``python -m benchmarks.replication [--ranks 8] [--repeats 3]``.
 
-1. The same job (``--ranks`` ranks, default layout) with ``--replication 1`` and
+1. The same job (``--ranks`` ranks, default layout but at least 2 servers) with ``--replication 1`` and
    ``2``, alternated ``--repeats`` times; the median samples/s of each.
 2. Failover: three shard processes at replication 2, one client pushing and
    pulling in a loop; a shard is SIGKILLed and the longest step after the kill
@@ -26,7 +26,7 @@ from .common import finish, print_table, run_training, summary_of
 
 def _throughput(ranks: int, rows: int, repeats: int) -> dict[int, list[float]]:
     common = ["--rows", str(rows), "--epochs", "2", "--checkpoint", "false", "--final-eval", "false",
-              "--log-interval", "60"]
+              "--log-interval", "60", "--servers", str(max(2, ranks // 4))]  # replication 2 needs 2 servers
     rates: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(repeats):
         for replication in (1, 2):

@@ -31,13 +31,13 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import multiprocessing as mp
 import os
 
 import numpy as np
 import zmq
 
 from .common import best_time, finish, print_table
+from .raw_server import serve_raw, start
 
 SIZES = [10**3, 10**4, 10**5, 10**6]
 WIDTH = 1
@@ -84,51 +84,6 @@ def _serve_shard(shard_id: int, num_shards: int, capacity: int, null: bool, conn
     conn.close()
     with service:
         service.serve()
-
-
-def _serve_raw(max_keys: int, conn) -> None:
-    """The raw baseline: a ROUTER that answers each request with frames of the PS reply's sizes.
-
-    A 3-frame message (identity, header, keys) is a pull: header + ``n * WIDTH`` float32 + the
-    one-group clock vector. A 4-frame message (identity, header, keys, grads) is a push: header.
-    Anything else (the 2-frame shutdown) is answered with the header and ends the loop.
-    """
-    from hybrid_ps import wire
-
-    context = zmq.Context()
-    sock = context.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 1000)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    conn.send(f"tcp://127.0.0.1:{port}")
-    conn.close()
-    values = np.zeros(max_keys * WIDTH, dtype=np.float32)
-    clocks = np.zeros(1, dtype=np.int64)
-    reply = wire.encode_header(wire.Header(wire.Op.PULL_REPLY))
-    ack = wire.encode_header(wire.Header(wire.Op.ACK))
-    while True:
-        frames = sock.recv_multipart(copy=False)
-        if len(frames) == 3:
-            count = len(frames[2]) // 8
-            sock.send_multipart([frames[0], reply, values[: count * WIDTH], clocks], copy=False)
-        elif len(frames) == 4:
-            sock.send_multipart([frames[0], ack], copy=False)
-        else:
-            sock.send_multipart([frames[0], ack], copy=False)
-            break
-    sock.close()
-    context.term()
-
-
-def _start(target, *args) -> tuple[mp.Process, str]:
-    context = mp.get_context("spawn")
-    parent, child = context.Pipe(duplex=False)
-    process = context.Process(target=target, args=(*args, child), daemon=True)
-    process.start()
-    child.close()
-    if not parent.poll(60):
-        process.terminate()
-        raise RuntimeError(f"{target.__name__} did not start")
-    return process, parent.recv()
 
 
 # -- the measurements ----------------------------------------------------------------------------------------
@@ -195,9 +150,9 @@ def measure(num_shards: int, sizes: list[int], rng: np.random.Generator) -> list
     all_keys = all_keys[rng.permutation(all_keys.size)]  # subsets below: random keys of the held set
     capacity = 2 * largest // num_shards + 1024
 
-    started = [_start(_serve_shard, shard, num_shards, capacity, False) for shard in range(num_shards)]
-    null_started = [_start(_serve_shard, shard, num_shards, largest, True) for shard in range(num_shards)]
-    raw_started = [_start(_serve_raw, largest) for _ in range(num_shards)]
+    started = [start(_serve_shard, shard, num_shards, capacity, False) for shard in range(num_shards)]
+    null_started = [start(_serve_shard, shard, num_shards, largest, True) for shard in range(num_shards)]
+    raw_started = [start(serve_raw, largest * WIDTH, 1, None) for _ in range(num_shards)]
     context = zmq.Context()
     client = PSClient([e for _, e in started], 0, 1, ring, WIDTH, timeout=120, context=context)
     null_client = PSClient([e for _, e in null_started], 0, 1, ring, WIDTH, timeout=120, context=context)

@@ -42,6 +42,7 @@ __all__ = [
     "load_model",
     "checkpoint_info",
     "restore_shard",
+    "check_resumable",
     "cut_parts",
     "resume_clocks",
 ]
@@ -275,6 +276,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         CheckpointError: nothing published there.
     """
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: not a checkpoint: no such file or directory")
     if path.is_file() and path.name == "model.h5":
         return path.parent
     if (path / "model.h5").is_file():
@@ -309,15 +312,59 @@ def load_model(path: str | Path) -> Model:
     model_path = directory / "model.h5"
     with _open(model_path) as f:
         _check_format(f, model_path, "hybrid_ps model")
-        for name in f["shards"]:
-            if not (directory / f"{name}.h5").is_file():
-                raise CheckpointError(f"{directory}: shard file {name}.h5 is missing")
-        keys = f["model/keys"][()]
-        values = f["model/values"][()]
+        _check_shard_files(f, directory)
+        try:  # a shard file that went bad after the check above still fails here, not in numpy
+            keys = f["model/keys"][()]
+            values = f["model/values"][()]
+        except (KeyError, OSError) as e:
+            raise CheckpointError(f"{model_path}: cannot read the model's keys and values: {e}") from None
         kind = str(f["model"].attrs.get("kind", ""))
         attrs = dict(f.attrs)
     order = np.argsort(keys, kind="stable")
     return Model(keys[order], values[order], kind, int(attrs["clock"]), attrs)
+
+
+def _check_shard_files(f: h5py.File, directory: Path) -> list[Path]:
+    """The shard files ``model.h5`` names, each present, readable HDF5 and a shard file of this format."""
+    paths = []
+    try:
+        names = sorted(f["shards"])
+    except KeyError:
+        raise CheckpointError(f"{directory / 'model.h5'}: incomplete model file: no /shards group") from None
+    for name in names:
+        path = directory / f"{name}.h5"
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: shard file {name}.h5 is missing")
+        with _open(path) as shard:
+            _check_format(shard, path, "hybrid_ps shard")
+        paths.append(path)
+    return paths
+
+
+def check_resumable(path: str | Path, kind: str, width: int, optimizer: str) -> Path:
+    """Check, before any work, that a job training ``kind`` (``width`` values per key) with ``optimizer``
+    can resume from ``path``; returns the checkpoint directory. Reads attributes only, no keys or values.
+
+    Raises:
+        CheckpointError: missing, truncated or foreign files, another model, width or optimizer (named).
+    """
+    directory = resolve_checkpoint(path)
+    model_path = directory / "model.h5"
+    with _open(model_path) as f:
+        _check_format(f, model_path, "hybrid_ps model")
+        model = f["model"].attrs if "model" in f else {}
+        found_kind, found_width = str(model.get("kind", "")), int(model.get("width", -1))
+        if (found_kind, found_width) != (kind, width):
+            raise CheckpointError(f"{model_path}: holds a {found_kind or 'unknown'} model with {found_width} "
+                                  f"value(s) per key; this job trains {kind} with {width}")
+        shard_paths = _check_shard_files(f, directory)
+    for shard_path in shard_paths:
+        with _open(shard_path) as shard:
+            trained = str(shard.attrs.get("optimizer", ""))
+        if trained != optimizer:
+            raise CheckpointError(f"{shard_path}: trained with optimizer {trained!r}, this job uses {optimizer!r} "
+                                  "(optimizer.name)")
+    return directory
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:

@@ -43,7 +43,14 @@ def _unshuffle(raw: bytes, dtype: np.dtype, count: int) -> np.ndarray:
 
 def _decompress(frame: memoryview | bytes, size: int, what: str) -> bytes:
     try:
-        raw = _codecs()[1].decompress(bytes(frame), max_output_size=size)
+        # zstandard allocates (and fills) the content size a frame's header declares, whatever
+        # max_output_size says: a frame of a few kB can declare gigabytes (a decompression bomb).
+        # A declared size must be the one expected; an undeclared one is bounded by max_output_size
+        # (at least 1: 0 would mean "no limit").
+        declared = zstandard.frame_content_size(frame)
+        if declared not in (-1, size):
+            raise WireError(f"compressed {what} frame holds {declared} bytes, expected {size}")
+        raw = _codecs()[1].decompress(frame, max_output_size=max(size, 1))
     except zstandard.ZstdError as e:
         raise WireError(f"compressed {what} frame is malformed: {e}") from None
     if len(raw) != size:

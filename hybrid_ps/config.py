@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError
+from .security import check_plaintext_host
 from .staleness import parse_staleness
+from .transport import resolve_bind_host
 
 __all__ = ["ClusterConfig", "DataConfig", "OptimizerConfig", "TrainConfig", "CommConfig", "Config", "build_parser",
            "load_config"]
@@ -36,6 +38,9 @@ class ClusterConfig:
         2, "SSP bound: a group may run this many clocks ahead of the slowest (0 = BSP, inf = ASP)", "--staleness"
     )
     bind_host: str = _option("auto", "address shards bind to (auto = this node's resolved hostname)", "--bind-host")
+    security: str = _option(
+        "curve", "PS traffic: curve (encrypted; only this job's clients get in) or none (plain TCP, loopback only)",
+        "--security", ("curve", "none"))
     ps_timeout: float = _option(600.0, "seconds a leader waits for a shard reply before failing", "--ps-timeout")
     group_timeout: float = _option(
         600.0, "seconds without a message from a group before shards stop waiting for it (0 = never); "
@@ -85,6 +90,9 @@ class TrainConfig:
     epochs: int = _option(2, "passes over the data", "--epochs")
     batch_size: int = _option(256, "rows per rank per step", "--batch-size")
     max_steps: int = _option(0, "stop after this many steps per group (0 = no limit)", "--max-steps")
+    on_nonfinite: str = _option(
+        "stop", "a NaN/Inf gradient: stop (the job fails, naming group, ranks and step) or skip (that step, "
+        "with a warning)", "--on-nonfinite", ("stop", "skip"))
     log_interval: float = _option(5.0, "seconds between progress lines", "--log-interval")
     output_dir: str = _option("runs/latest", "directory for metrics.jsonl and run outputs", "--output-dir")
     final_eval: bool = _option(True, "evaluate the final model on the training data after training", "--final-eval")
@@ -159,6 +167,7 @@ class Config:
             ("data.nnz_per_row", self.data.nnz_per_row >= 1, ">= 1"),
             ("data.zipf_exponent", self.data.zipf_exponent > 0, "> 0"),
             ("optimizer.learning_rate", self.optimizer.learning_rate > 0, "> 0"),
+            ("optimizer.learning_rate", self.optimizer.learning_rate < math.inf, "finite"),
             ("optimizer.l1", self.optimizer.l1 >= 0, ">= 0"),
             ("optimizer.l2", self.optimizer.l2 >= 0, ">= 0"),
             ("optimizer.ftrl_beta", self.optimizer.ftrl_beta >= 0, ">= 0"),
@@ -182,7 +191,11 @@ class Config:
         if self.optimizer.l1 > 0 and self.optimizer.name != "ftrl":
             raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got {self.optimizer.name!r}")
         if self.data.path and not Path(self.data.path).is_file():
+            if Path(self.data.path).is_dir():
+                raise ConfigError(f"data.path: {self.data.path!r} is a directory, not a data file")
             raise ConfigError(f"data.path: no such file {self.data.path!r}")
+        if self.cluster.security == "none" and not self.cluster.ps_tier:
+            check_plaintext_host(resolve_bind_host(self.cluster.bind_host))
         if self.cluster.ps_tier and not Path(self.cluster.ps_tier).is_file():
             raise ConfigError(f"cluster.ps_tier: no such tier file {self.cluster.ps_tier!r} "
                               "(python -m hybrid_ps.serve writes it once its shards are up)")
@@ -234,6 +247,8 @@ def _convert(name: str, kind: type, value: Any) -> Any:
     """Convert a TOML or command-line value to the field's type, naming the field on failure."""
     try:
         if name == "cluster.staleness":
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError("expected a whole number >= 0 or 'inf'")
             return parse_staleness(value)
         if kind is bool:
             if isinstance(value, bool):
@@ -247,11 +262,17 @@ def _convert(name: str, kind: type, value: Any) -> Any:
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("expected a whole number")
-            return int(value)
+            try:
+                return int(value)
+            except (TypeError, ValueError, OverflowError):
+                raise ValueError("expected a whole number") from None
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError("expected a number")
-            number = float(value)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError("expected a number") from None
             if math.isnan(number):
                 raise ValueError("NaN is not a valid setting")
             return number
@@ -294,16 +315,29 @@ def _load_toml(config: Config, path: str) -> None:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: invalid TOML: not UTF-8 text (byte {e.object[e.start]:#04x})") from None
     for section, table in document.items():
         if section not in _SECTIONS or not isinstance(table, dict):
             raise ConfigError(f"{path}: unknown section [{section}] (expected {', '.join(_SECTIONS)})")
         for key, value in table.items():
-            _assign(config, f"{section}.{key}", value, path)
+            try:
+                _assign(config, f"{section}.{key}", value, path)
+            except ConfigError as e:  # name the file too (unknown settings already do)
+                raise ConfigError(str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}") from None
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``hybrid_ps.train: error: ...``, exit 2), no usage dump."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog.removeprefix('python -m ')}: error: {message} (see --help)\n")
 
 
 def build_parser(prog: str = "python -m hybrid_ps.train", description: str = "") -> argparse.ArgumentParser:
     """An argparse parser with ``--config``, ``--set`` and one flag per setting."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file with [cluster], [data], [optimizer], [train], [comm] tables")

@@ -47,5 +47,9 @@ class CheckpointError(HybridPSError):
     """A checkpoint is missing, truncated, foreign or incompatible."""
 
 
+class NonFiniteError(HybridPSError):
+    """A NaN or an infinity where a number must be finite (a gradient, an optimizer update)."""
+
+
 class WaitTimeoutError(HybridPSError):
     """A blocking wait ran out of time; the message names what it waited for."""

@@ -14,7 +14,8 @@ import math
 import sys
 
 from .checkpoint import checkpoint_info
-from .errors import ConfigError, HybridPSError
+from .config import OneLineErrorParser
+from .errors import CheckpointError, ConfigError, DataError, HybridPSError
 
 log = logging.getLogger("hybrid_ps.evaluate")
 
@@ -27,6 +28,10 @@ def _batches(data: str, checkpoint: str, batch_rows: int):
         if recorded.get("source") != "synthetic":
             raise ConfigError(f"--data synthetic: {checkpoint} was trained on {recorded.get('source')!r}")
         fields = ("rows", "features", "nnz_per_row", "zipf_exponent", "seed")
+        missing = [k for k in fields if k not in recorded]
+        if missing:
+            raise CheckpointError(f"--data synthetic: {checkpoint} does not record the synthetic data's "
+                                  f"{', '.join(missing)}; give --data FILE")
         return SyntheticShard(SyntheticSpec(**{k: recorded[k] for k in fields})).batches(batch_rows)
     from .data.libsvm import LibsvmShard
 
@@ -48,8 +53,8 @@ def _print(result: dict, fmt: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, evaluate or describe the checkpoint, print; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m hybrid_ps.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(prog="python -m hybrid_ps.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="ckpt-<clock> directory, its model.h5, or a checkpoint root")
     parser.add_argument("--data", help="libsvm/svmlight file to evaluate on, or 'synthetic'")
     parser.add_argument("--info", action="store_true", help="print what the checkpoint holds instead")
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.info and not args.data:
         parser.error("give --data FILE (or --data synthetic), or --info")
+    if args.batch_rows < 1:
+        parser.error(f"--batch-rows must be >= 1, got {args.batch_rows}")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     try:
         if args.info:
@@ -67,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluation import evaluate_model
 
             result = evaluate_model(args.checkpoint, _batches(args.data, args.checkpoint, args.batch_rows))
+            if not result["rows"]:
+                raise DataError(f"{args.data}: no data rows (only blank lines and comments)")
     except HybridPSError as e:
         if args.debug:
             raise

@@ -34,7 +34,8 @@ from .preemption import StopRequest
 from .replication import default_replication
 from .server.process import ShardProcess, ShardSpec, describe_exit
 from .tier import TierInfo, TierView, write_tier_file
-from .transport import resolve_bind_host
+from .security import JobKeys
+from .transport import bind_router, close_router, connect_dealer, resolve_bind_host
 
 __all__ = ["TierSupervisor", "main"]
 
@@ -65,11 +66,10 @@ class TierSupervisor:
         self.shards: dict[int, ShardProcess] = {}  # every shard started, members or not
         self.members: list[int] = []  # the shards of the current view (a removed one may still be leaving)
         self.codes: dict[int, int] = {}
+        self.keys = JobKeys.generate() if config.cluster.security == "curve" else None
         self._context = zmq.Context()
-        self.control = self._context.socket(zmq.REP)
-        self.control.setsockopt(zmq.LINGER, 0)
-        port = self.control.bind_to_random_port(f"tcp://{resolve_bind_host(config.cluster.bind_host)}")
-        self.control_endpoint = f"tcp://{resolve_bind_host(config.cluster.bind_host)}:{port}"
+        self.control, self.control_endpoint = bind_router(self._context, resolve_bind_host(config.cluster.bind_host),
+                                                          self.keys, linger_ms=0, kind=zmq.REP)
         ids = list(range(config.cluster.servers))
         for shard_id in ids:
             self._start_shard(shard_id, ids)
@@ -77,7 +77,7 @@ class TierSupervisor:
 
     def _start_shard(self, shard_id: int, shard_ids: list[int]) -> None:
         spec = ShardSpec(self.config, shard_id, shard_ids, self.config.cluster.groups, self.width,
-                         coordinator=shard_id == shard_ids[0], groups_present=False)
+                         coordinator=shard_id == shard_ids[0], groups_present=False, keys=self.keys)
         self.shards[shard_id] = ShardProcess(spec, self.debug, label=self.tier_file)
         self.members.append(shard_id)
 
@@ -90,7 +90,7 @@ class TierSupervisor:
     def _publish(self, view: TierView | None = None) -> None:
         """Write the tier file for ``view`` (default: the running shards)."""
         tier = TierInfo((view or self.view).endpoints, self.config.cluster.groups, self.config.to_json_dict(),
-                        os.path.abspath(self.config.checkpoint_root), self.control_endpoint)
+                        os.path.abspath(self.config.checkpoint_root), self.control_endpoint, self.keys)
         write_tier_file(self.tier_file, tier)
 
     def run(self, stop: StopRequest | None = None) -> dict[int, int]:
@@ -110,7 +110,7 @@ class TierSupervisor:
         Path(self.tier_file).unlink(missing_ok=True)
         for shard in self.shards.values():
             shard.__exit__()
-        self.control.close()
+        close_router(self._context, self.control, self.keys)
         self._context.term()
 
     def _serve_control(self) -> None:
@@ -154,10 +154,8 @@ class TierSupervisor:
 
     def _announce(self, old: TierView, new: TierView) -> int:
         """Ask the coordinating shard (the lowest running one) for the clock every group reshards at."""
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = connect_dealer(self._context, old.endpoints[old.shard_ids[0]], self.keys, linger_ms=0)
         try:
-            sock.connect(old.endpoints[old.shard_ids[0]])
             sock.send_multipart([wire.encode_header(wire.Header(wire.Op.VIEW, request_id=1)), new.to_bytes()])
             if not sock.poll(_COORDINATOR_TIMEOUT_MS):
                 raise HybridPSError(f"shard {old.shard_ids[0]} did not answer the view change in "

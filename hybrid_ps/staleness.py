@@ -30,7 +30,10 @@ def parse_staleness(value: object) -> float:
             return math.inf
         if text == "bsp":
             return 0
-        value = float(text)
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"staleness must be a whole number >= 0 or 'inf', got {value!r}") from None
     number = float(value)  # type: ignore[arg-type]
     if math.isinf(number) and number > 0:
         return math.inf

@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Config
 from .errors import ConfigError
+from .security import JobKeys
 
 __all__ = ["TierView", "TierInfo", "write_tier_file", "read_tier_file", "adopt_tier_settings"]
 
@@ -69,6 +70,7 @@ class TierInfo:
     config: dict[str, dict[str, Any]]  # the tier's settings (Config.to_json_dict)
     checkpoint_root: str  # absolute: where the shards write, and leaders publish
     control: str = ""  # hybrid_ps.serve's control endpoint (hybrid_ps.tierctl)
+    keys: JobKeys | None = None  # the tier's CURVE keys (None: plain TCP on loopback)
 
 
 def write_tier_file(path: str | Path, tier: TierInfo) -> None:
@@ -78,7 +80,8 @@ def write_tier_file(path: str | Path, tier: TierInfo) -> None:
     temporary = path.with_name(path.name + ".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        document = {**tier.__dict__, "endpoints": {str(k): v for k, v in tier.endpoints.items()}}
+        document = {**tier.__dict__, "endpoints": {str(k): v for k, v in tier.endpoints.items()},
+                    "keys": tier.keys.to_dict() if tier.keys else None}
         json.dump({"kind": "hybrid_ps tier", **document}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
@@ -96,10 +99,11 @@ def read_tier_file(path: str | Path) -> TierInfo:
         if data.get("kind") != "hybrid_ps tier":
             raise ValueError(f"kind is {data.get('kind')!r}, not 'hybrid_ps tier'")
         tier = TierInfo({int(k): str(v) for k, v in data["endpoints"].items()}, int(data["num_groups"]),
-                        dict(data["config"]), str(data["checkpoint_root"]), str(data.get("control", "")))
+                        dict(data["config"]), str(data["checkpoint_root"]), str(data.get("control", "")),
+                        JobKeys.from_dict(data["keys"]) if data.get("keys") else None)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the tier file: {e.strerror}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as e:
         raise ConfigError(f"{path}: not a hybrid_ps tier file: {e}") from None
     if not tier.endpoints or tier.num_groups < 1:
         raise ConfigError(f"{path}: a tier file needs endpoints and group slots")

@@ -17,6 +17,7 @@ import zmq
 
 from .errors import HybridPSError
 from .tier import read_tier_file
+from .transport import connect_dealer
 
 _TIMEOUT_MS = 30_000
 
@@ -39,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hybrid_ps.tierctl: error: {e}", file=sys.stderr)
         return 2
     context = zmq.Context()
-    sock = context.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
     try:
-        sock.connect(tier.control)
+        sock = connect_dealer(context, tier.control, tier.keys, linger_ms=0, kind=zmq.REQ)
+    except HybridPSError as e:
+        print(f"hybrid_ps.tierctl: error: {e}", file=sys.stderr)
+        return 2
+    try:
         sock.send(json.dumps({"op": args.op, "shard": args.shard}).encode())
         if not sock.poll(_TIMEOUT_MS):
             print(f"hybrid_ps.tierctl: error: no answer from {tier.control} in {_TIMEOUT_MS / 1000:g}s",

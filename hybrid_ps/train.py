@@ -6,9 +6,10 @@ import logging
 import os
 import sys
 import time
+import traceback
 
-from .config import build_parser, load_config
-from .errors import HybridPSError
+from .config import Config, build_parser, load_config
+from .errors import CheckpointError, ConfigError, HybridPSError
 from .preemption import StopRequest
 
 log = logging.getLogger("hybrid_ps.train")
@@ -17,6 +18,48 @@ _ABORT_GRACE_SECONDS = 1.0
 
 _DESCRIPTION = """Train sparse logistic regression with MPI worker groups and a ZeroMQ parameter-server tier.
 Settings come from defaults < --config FILE < --set SECTION.KEY=VALUE < the flags below."""
+
+
+def _report(error: HybridPSError, debug: bool) -> None:
+    """The one error line on stderr (after the traceback with ``--debug``)."""
+    if debug:
+        traceback.print_exception(error)
+    print(f"hybrid_ps.train: error: {error}", file=sys.stderr, flush=True)
+
+
+def _check_fit(config: Config, plan, world) -> None:
+    """What plan_job leaves open, before any work: replication and the checkpoint to resume from.
+
+    Rank 0 reads the checkpoint's attributes; every rank gets its verdict, so all stop the same way.
+
+    Raises:
+        ConfigError, CheckpointError: naming the setting or the file.
+    """
+    if plan.tier is None and config.cluster.replication > plan.layout.num_servers:
+        raise ConfigError(f"cluster.replication = {config.cluster.replication} needs at least as many servers; "
+                          f"this job has {plan.layout.num_servers} (cluster.servers)")
+    if not config.train.resume:
+        return
+    import numpy as np
+
+    from . import checkpoint
+    from .models.logistic import LogisticRegression
+    from .worker.group import wait_quietly
+
+    problem = None
+    if world.Get_rank() == 0:
+        try:
+            model = LogisticRegression()
+            checkpoint.check_resumable(config.resume_path, model.kind, model.width, config.optimizer.name)
+            checkpoint.resume_clocks(config.resume_path, plan.num_slots)
+        except CheckpointError as e:
+            problem = e
+    failed = np.array([problem is not None], dtype=np.int8)
+    wait_quietly(world.Ibcast(failed, root=0))  # sleeping, not spinning, while rank 0 reads
+    if problem is not None:
+        raise problem
+    if failed[0]:
+        raise CheckpointError(f"{config.resume_path}: cannot resume from it (rank 0 prints why)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args)
     except HybridPSError as e:
-        print(f"hybrid_ps.train: error: {e}", file=sys.stderr)
+        _report(e, args.debug)
         return 2
 
     from mpi4py import MPI  # after argument parsing: --help and bad flags need no MPI
@@ -38,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
     try:
-        plan_job(config, world.Get_size())
-    except HybridPSError as e:  # the same verdict on every rank, before any collective: no abort needed
+        plan = plan_job(config, world.Get_size())
+        _check_fit(config, plan, world)
+    except HybridPSError as e:  # the same verdict on every rank, before any other collective: no abort needed
         if rank == 0:
-            print(f"hybrid_ps.train: error: {e}", file=sys.stderr, flush=True)
+            _report(e, args.debug)
         return 2
     stop = StopRequest().install()  # SIGTERM/SIGUSR1: checkpoint at one clock, then exit 0
     try:

@@ -9,8 +9,9 @@ from typing import Sequence
 import zmq
 
 from .errors import ConfigError
+from .security import AUTHENTICATORS, JobKeys
 
-__all__ = ["resolve_bind_host", "bind_router", "connect_dealer", "send_frames", "recv_frames"]
+__all__ = ["resolve_bind_host", "bind_router", "close_router", "connect_dealer", "send_frames", "recv_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -38,30 +39,57 @@ def _configure(sock: zmq.Socket, linger_ms: int) -> None:
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
 
 
-def bind_router(context: zmq.Context, host: str, linger_ms: int = 1000) -> tuple[zmq.Socket, str]:
-    """Bind a ROUTER socket to a random port on ``host``.
+def bind_router(context: zmq.Context, host: str, keys: JobKeys | None = None, linger_ms: int = 1000,
+                max_message_bytes: int = -1, kind: int = zmq.ROUTER) -> tuple[zmq.Socket, str]:
+    """Bind a ROUTER (or ``kind``) socket to a random port on ``host``.
+
+    Args:
+        keys: serve with CURVE and admit only the job's clients (``None``: plain TCP).
+        max_message_bytes: peers sending a larger frame are disconnected (-1: no limit).
 
     Returns:
-        ``(socket, endpoint)`` with the ``tcp://host:port`` endpoint to advertise.
+        ``(socket, endpoint)`` with the ``tcp://host:port`` endpoint to advertise;
+        close it with ``close_router``.
 
     Raises:
         ConfigError: the address cannot be bound (the message names it).
     """
-    sock = context.socket(zmq.ROUTER)
+    sock = context.socket(kind)
     _configure(sock, linger_ms)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    if kind == zmq.ROUTER:
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    if keys is not None:
+        AUTHENTICATORS.acquire(context, keys)
+        keys.serve(sock)
     try:
         port = sock.bind_to_random_port(f"tcp://{host}")
     except zmq.ZMQError as e:
-        sock.close(0)
+        close_router(context, sock, keys, 0)
         raise ConfigError(f"cluster.bind_host: cannot bind tcp://{host}: {e}") from e
     return sock, f"tcp://{host}:{port}"
 
 
-def connect_dealer(context: zmq.Context, endpoint: str, linger_ms: int = 1000) -> zmq.Socket:
-    """Connect a DEALER socket to ``endpoint`` (a bad address raises ConfigError naming it)."""
-    sock = context.socket(zmq.DEALER)
+def close_router(context: zmq.Context, sock: zmq.Socket, keys: JobKeys | None, linger_ms: int | None = None) -> None:
+    """Close a socket from ``bind_router`` (and release its ZAP handler)."""
+    if sock.closed:
+        return
+    sock.close(linger_ms)
+    if keys is not None:
+        AUTHENTICATORS.release(context)
+
+
+def connect_dealer(context: zmq.Context, endpoint: str, keys: JobKeys | None = None, linger_ms: int = 1000,
+                   kind: int = zmq.DEALER) -> zmq.Socket:
+    """Connect a DEALER (or ``kind``) socket to ``endpoint``, as a CURVE client with ``keys``.
+
+    Raises:
+        ConfigError: a bad address (the message names it).
+    """
+    sock = context.socket(kind)
     _configure(sock, linger_ms)
+    if keys is not None:
+        keys.connect_as_client(sock)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as e:

@@ -55,7 +55,6 @@ carries the clock at which every group checkpoints and sends RESHARD. A pull who
 from __future__ import annotations
 
 import enum
-import math
 import struct
 from dataclasses import dataclass
 from typing import Sequence
@@ -64,6 +63,7 @@ import numpy as np
 
 from . import codec
 from .errors import WireError
+from .numerics import all_finite
 
 __all__ = [
     "MAGIC",
@@ -265,7 +265,7 @@ def values_from_frame(frame: memoryview | bytes, header: Header) -> np.ndarray:
     else:
         raw = np.frombuffer(frame, dtype=header.dtype)
     values = decode_values(raw.reshape(header.num_keys, header.width))
-    if not _all_finite(values):
+    if not all_finite(values):
         raise WireError("values contain NaN or Inf")
     return values
 
@@ -315,17 +315,6 @@ def decode_values(encoded: np.ndarray) -> np.ndarray:
     if encoded.dtype == DTYPES[3]:
         return (encoded.astype(np.uint16) << np.uint16(8)).view(np.float16).astype(np.float32)
     return (encoded.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def _all_finite(values: np.ndarray) -> bool:
-    """Whether no value is NaN or +-Inf: one vectorised sum, no boolean temporary of the array's size.
-
-    A NaN or an infinity makes the sum non-finite; a non-finite sum of finite
-    values (overflow) is told apart by the exact elementwise check.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = float(np.add.reduce(values, axis=None))
-    return math.isfinite(total) or bool(np.isfinite(values).all())
 
 
 def error_text(frame: memoryview | bytes) -> str:

@@ -79,8 +79,12 @@ def _concat_rows(parts: list[_Rows]) -> _Rows:
 
 
 def _excerpt(text: bytes) -> str:
-    """A short, printable, quoted excerpt of a token or line."""
-    shown = text.decode("utf-8", "replace")
+    """A short, printable, quoted excerpt of a token or line (bytes that are not UTF-8 shown as ``\\xff``)."""
+    try:
+        shown = text.decode("utf-8")
+    except UnicodeDecodeError:
+        cut = text[:_EXCERPT_CHARS] + (b"..." if len(text) > _EXCERPT_CHARS else b"")
+        return repr(cut)[1:] + " (not UTF-8 text)"
     if len(shown) > _EXCERPT_CHARS:
         shown = shown[:_EXCERPT_CHARS] + "..."
     return repr(shown)
@@ -334,7 +338,8 @@ class LibsvmShard:
         except OSError as e:
             raise DataError(f"{self.path}: cannot read: {e.strerror or e}") from e
         if not stat.S_ISREG(info.st_mode):
-            raise DataError(f"{self.path}: not a regular file")
+            what = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
+            raise DataError(f"{self.path}: not a regular file ({what})")
         if info.st_size == 0:
             raise DataError(f"{self.path}: file is empty")
         self.size = info.st_size

@@ -49,7 +49,10 @@ class TierMembership:
 
     def _handle_reshard(self, identity: bytes, header: wire.Header, frame: memoryview) -> None:
         """A group stopped at the reshard clock (its part of the cut is written): switch once all have."""
-        self._reshard_requests[header.group] = (identity, header, self._view_of(frame))
+        view = self._view_of(frame)
+        if self._checkpoint_writer is None or self._cut_reader is None:  # as VIEW: there can be no cut to load
+            raise WireError("changing the tier's shards needs checkpoints: the ranges move through the cut's files")
+        self._reshard_requests[header.group] = (identity, header, view)
         if self._new_to_a_running_tier:
             self._learn_groups_from_the_cut(header.clock)
         self._maybe_reshard()
@@ -63,6 +66,8 @@ class TierMembership:
         if shard == self.shard_id:
             log.error("shard %d: a client declared this shard dead (it answered too slowly); stopping", shard)
             self._running = False
+        elif not bool((self.placement.ring.shard_ids == shard).any()):  # the dead set stays bounded by the ring
+            log.warning("shard %d: told that shard %d is dead, which is not on its ring: ignored", self.shard_id, shard)
         elif shard not in self.placement.dead:
             self.placement = self.placement.without(shard)
             log.warning("shard %d: shard %d is dead; this shard now serves the ranges it backed up for it",
@@ -118,21 +123,30 @@ class TierMembership:
                  self.clock.clocks.tolist())
 
     def _apply_view(self, view: TierView, cut: int) -> None:
-        """Keep the ranges ``view`` leaves here, load those it moves here from the cut's files, switch rings."""
+        """Load the ranges ``view`` moves here from the cut's files, drop those it moves away, switch rings.
+
+        All or nothing: if the cut cannot be read, the shard keeps exactly what it held (and its ring).
+        """
         if self.shard_id not in view.endpoints:
             log.warning("shard %d: the tier no longer has this shard (now %s): leaving", self.shard_id, view.shard_ids)
             self._running = False
             return
         placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)
         mine = lambda keys: placement.is_replica(keys, self.shard_id)  # noqa: E731
+        held = len(self.shard)
+        moved = 0
+        try:
+            for part in self._cut_reader(cut, lambda k: mine(k) & (self.shard.index.lookup(k) < 0)):
+                self.shard.load(part.keys, part.values, part.state)
+                moved += part.keys.size
+        except BaseException:
+            if len(self.shard) > held:  # loaded slots come after the held ones: drop them again
+                self.shard.retain(np.arange(len(self.shard)) < held)
+            raise
         keys = self.shard.export()[0]
         keep = mine(keys) if keys.size else np.zeros(0, dtype=bool)
         if not keep.all():
             self.shard.retain(keep)
-        moved = 0
-        for part in self._cut_reader(cut, lambda k: mine(k) & (self.shard.index.lookup(k) < 0)):
-            self.shard.load(part.keys, part.values, part.state)
-            moved += part.keys.size
         self.placement = placement
         log.info("shard %d: now one of shards %s: %d keys moved here, %d moved away, %d held",
                  self.shard_id, view.shard_ids, moved, keep.size - int(keep.sum()), len(self.shard))

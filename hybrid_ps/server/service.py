@@ -15,13 +15,14 @@ import numpy as np
 import zmq
 
 from .. import wire
-from ..errors import WireError
+from ..errors import NonFiniteError, WireError
 from ..keycache import MISS, KeyListCache, parse_reference, signature
 from ..partition import HashRing
 from ..preemption import StopRequest
 from ..replication import Placement
 from ..staleness import VectorClock
-from ..transport import bind_router, recv_frames, send_frames
+from ..security import JobKeys
+from ..transport import bind_router, close_router, recv_frames, send_frames
 from .membership import CutReader, TierMembership
 from .shard import Shard
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 _POLL_MS = 1000
 _MAX_BATCH = 256  # messages handled per wake-up before deferred pulls are re-checked
+_MAX_CLOCK = 1 << 62  # the largest clock a CLOCK may carry: the stop and reshard clocks (two past it) stay int64
+_MAX_HELD_PULLS = 64  # pulls one connection may have held back by the SSP rule (a leader has one or two) ...
+_MAX_HELD_KEYS = 4  # ... holding at most this many messages' worth of keys (max_keys each)
 
 
 @dataclass
@@ -86,6 +90,7 @@ class ShardService(TierMembership):
         groups_present: every group trains from the start (an MPI job's own shards);
             ``False`` (a PS tier of its own): group slots are absent until their group
             sends JOIN, and the shard stops once every group that joined has left.
+        keys: serve with CURVE, admitting only these keys' clients (``None``: plain TCP).
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class ShardService(TierMembership):
         replication: int = 1,
         groups_present: bool = True,
         cut_reader: CutReader | None = None,
+        keys: JobKeys | None = None,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -126,7 +132,10 @@ class ShardService(TierMembership):
         self.stop_at: int | None = None
         self._running = False
         self._context = context or zmq.Context.instance()
-        self.socket, self.endpoint = bind_router(self._context, host)
+        self._keys = keys
+        # keys or float32 values (zstd may add a little), or a tier view; a peer sending more is disconnected
+        largest_frame = int(1.01 * max_keys * max(8, 4 * shard.width)) + 65536
+        self.socket, self.endpoint = bind_router(self._context, host, keys, max_message_bytes=largest_frame)
 
     def __enter__(self) -> "ShardService":
         return self
@@ -136,8 +145,7 @@ class ShardService(TierMembership):
 
     def close(self) -> None:
         """Close the socket (pending replies get the socket's linger time)."""
-        if not self.socket.closed:
-            self.socket.close()
+        close_router(self._context, self.socket, self._keys)
 
     def serve(self) -> ServiceStats:
         """Handle requests until all groups left or SHUTDOWN; returns the counters."""
@@ -184,7 +192,7 @@ class ShardService(TierMembership):
             header = wire.decode_header(body)
             self.stats.count(header.op)
             self._dispatch(identity, header, body)
-        except WireError as e:
+        except (WireError, NonFiniteError) as e:
             self.stats.errors += 1
             log.warning("shard %d rejected a message: %s", self.shard_id, e)
             self._reply_error(identity, header, str(e))
@@ -222,6 +230,12 @@ class ShardService(TierMembership):
             if self.clock.ready(header.clock, self.staleness):
                 self._answer_pull(identity, header, keys)
             else:
+                held = [pull.keys.size for pull in self._deferred if pull.identity == identity]
+                if len(held) >= _MAX_HELD_PULLS or sum(held) + keys.size > _MAX_HELD_KEYS * self.max_keys:
+                    # each holds its keys: the memory one connection can pin is bounded
+                    raise WireError(f"{len(held)} pulls ({sum(held)} keys) of this connection are held back already "
+                                    f"(the SSP rule): at most {_MAX_HELD_PULLS}, with {_MAX_HELD_KEYS} * "
+                                    f"{self.max_keys} keys")
                 self.stats.deferred_pulls += 1
                 self._deferred.append(_DeferredPull(identity, header, keys))
             return
@@ -231,6 +245,8 @@ class ShardService(TierMembership):
             self.shard.push(keys, grads)
             self.stats.keys_pushed += keys.size
         elif op is wire.Op.CLOCK:
+            if not 0 <= header.clock <= _MAX_CLOCK:
+                raise WireError(f"clock {header.clock} out of range (0 .. {_MAX_CLOCK})")
             self.clock.advance(header.group, header.clock)
         elif op is wire.Op.FINISH:
             self.clock.finish(header.group)
@@ -274,7 +290,7 @@ class ShardService(TierMembership):
                 sig, count, subset = parse_reference(frame)
             except ValueError as e:
                 raise WireError(str(e)) from None
-            cache = self._key_lists.get(identity)
+            cache = self._key_list_cache(identity, create=False)
             hit, keys = cache.recall(sig, count) if cache else (False, None)
             if not hit:
                 raise WireError(f"{MISS}: signature {sig:#x} of {count} keys")
@@ -285,8 +301,24 @@ class ShardService(TierMembership):
         keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys,
                                     compressed=bool(header.flags & wire.FLAG_COMPRESSED_KEYS))
         if header.flags & wire.FLAG_KEEP_KEYS:
-            self._key_lists.setdefault(identity, KeyListCache()).remember(signature(keys), keys.size, keys.copy())
+            self._key_list_cache(identity, create=True).remember(signature(keys), keys.size, keys.copy())
         return keys
+
+    def _key_list_cache(self, identity: bytes, create: bool) -> KeyListCache | None:
+        """The key lists kept for a connection (made most recently used), or a new cache (``create``).
+
+        Connections that went away without BYE (a crashed leader, a restarted group) leave
+        their caches behind: beyond two per group slot, the least recently used is dropped
+        (its client, if alive, gets "key list not cached" and sends its keys again).
+        """
+        cache = self._key_lists.pop(identity, None)
+        if cache is None and create:
+            while len(self._key_lists) >= max(2 * self.clock.num_groups, 4):
+                del self._key_lists[next(iter(self._key_lists))]  # dicts keep insertion order: the oldest use
+            cache = KeyListCache()
+        if cache is not None:
+            self._key_lists[identity] = cache
+        return cache
 
     def _choose_stop_clock(self, why: str) -> None:
         """Pick the clock every group stops at (once): two past the fastest group.

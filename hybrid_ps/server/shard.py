@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import NonFiniteError
+from ..numerics import all_finite
 from .key_index import KeyIndex
 from .optimizers import Optimizer
 
@@ -63,11 +65,21 @@ class Shard:
         return out
 
     def push(self, keys: np.ndarray, grads: np.ndarray) -> None:
-        """Apply the optimizer to unique ``keys`` with ``grads`` of shape ``[n, width]``."""
+        """Apply the optimizer to unique ``keys`` with ``grads`` of shape ``[n, width]``.
+
+        Raises:
+            NonFiniteError: the update would store a NaN or an infinity (float32 overflow);
+                nothing is changed then.
+        """
         slots = self.index.lookup_or_insert(keys)
         self._rows = grow_rows(self._rows, len(self.index))
         rows = np.take(self._rows, slots, axis=0)  # values and state of every touched key: one gather
-        self.optimizer.apply(rows[:, : self.width], np.asarray(grads, dtype=np.float32), self._split(rows))
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.optimizer.apply(rows[:, : self.width], np.asarray(grads, dtype=np.float32), self._split(rows))
+        if not all_finite(rows):
+            bad = int(np.count_nonzero(~np.isfinite(rows).all(axis=1)))
+            raise NonFiniteError(f"the {self.optimizer.name} update of {bad} of {keys.size} keys overflows float32 "
+                                 "(NaN or Inf): push refused, no value changed")
         self._as_records(self._rows)[slots] = self._as_records(rows)  # a 1-D scatter: ~4x faster than rows
 
     def load(self, keys: np.ndarray, values: np.ndarray, state: dict[str, np.ndarray]) -> None:

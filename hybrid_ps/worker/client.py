@@ -28,6 +28,7 @@ from ..errors import ShardUnavailableError
 from ..keycache import MISS
 from ..partition import HashRing
 from ..replication import Placement
+from ..security import JobKeys
 from ..tier import TierView
 from ..transport import connect_dealer, recv_frames, send_frames
 from .framing import RequestFraming, Traffic
@@ -78,6 +79,7 @@ class PSClient:
         key_cache: send a key list the shard keeps as a 16-byte reference (see hybrid_ps.keycache).
         compression: ``zstd`` compresses key frames (and, with ``compress_values``, pushed values) of
             4 KiB and more (see hybrid_ps.codec); ``none`` sends them as they are.
+        keys: the job's CURVE keys (``None``: plain TCP, for shards serving without them).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class PSClient:
         key_cache: bool = False,
         compression: str = "none",
         compress_values: bool = False,
+        keys: JobKeys | None = None,
     ) -> None:
         self.endpoints = dict(endpoints) if isinstance(endpoints, Mapping) else dict(enumerate(endpoints))
         self.group = group
@@ -107,6 +110,7 @@ class PSClient:
         self.max_pushes_in_flight = max_pushes_in_flight
         self.shard_clocks = np.zeros(num_groups, dtype=np.int64)
         self._context = context or zmq.Context.instance()
+        self._keys = keys
         self._poller = zmq.Poller()
         self._sockets: dict[int, zmq.Socket] = {}
         self._shard_of_socket: dict[zmq.Socket, int] = {}
@@ -138,7 +142,7 @@ class PSClient:
                 sock.close()
 
     def _connect(self, shard: int, endpoint: str) -> None:
-        sock = connect_dealer(self._context, endpoint)
+        sock = connect_dealer(self._context, endpoint, self._keys)
         self._poller.register(sock, zmq.POLLIN)
         self._sockets[shard], self._shard_of_socket[sock] = sock, shard
         self.endpoints[shard] = endpoint

@@ -114,6 +114,10 @@ class WorkerGroup:
                      f"a broadcast from the leader (group rank {self.rank}; the leader waits on the PS or died)")
         return int(value[0])
 
+    def ranks_where(self, flag: bool) -> list[int]:
+        """The group ranks whose ``flag`` is set (collective; a rare path, so a pickled allgather)."""
+        return [rank for rank, flagged in enumerate(self.comm.allgather(bool(flag))) if flagged]
+
     def allreduce_sum(self, buffer: np.ndarray) -> np.ndarray:
         """Sum ``buffer`` over the group in place (one buffer-based Allreduce)."""
         self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)

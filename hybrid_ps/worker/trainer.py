@@ -21,8 +21,10 @@ import numpy as np
 
 from ..config import Config
 from ..data.batch import Batch
+from ..errors import NonFiniteError
 from ..metrics import MetricsWriter, RateMeter
 from ..models.logistic import PreparedBatch
+from ..numerics import all_finite
 from ..preemption import StopRequest
 from ..tier import TierView
 from ..wire import FINAL_CLOCK
@@ -238,13 +240,18 @@ class GroupTrainer:
         loss, rows = 0.0, 0
         if batch is not None and batch.batch.num_rows:
             loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
-            totals[: keys.size] = grad
+            with np.errstate(over="ignore"):  # beyond float32 it becomes Inf, handled below
+                totals[: keys.size] = grad
             rows = batch.batch.num_rows
         else:
             totals[: keys.size] = 0.0
         totals[keys.size :] = (loss, rows, 0.0, self.stop_request.requested)
+        local_finite = all_finite(totals)
         self.group.allreduce_sum(totals)
         loss_sum, rows = float(totals[-4]), int(totals[-3])
+        if not all_finite(totals):  # the same sum on every member: they all take this branch
+            self._non_finite_gradient(local_finite)
+            loss_sum, rows = 0.0, 0  # the step is skipped: no push, no samples counted
         if self.group.is_leader:
             if totals[-1] and not self._stop_sent:
                 self.client.request_stop()
@@ -265,6 +272,21 @@ class GroupTrainer:
             if every and self.clock % every == 0:
                 self._checkpoint(self.clock, result)
         self._maybe_report()
+
+    def _non_finite_gradient(self, local_finite: bool) -> None:
+        """The group's gradient has a NaN or Inf: name the ranks, then stop or skip (``train.on_nonfinite``).
+
+        Raises:
+            NonFiniteError: with ``stop``, on every member.
+        """
+        ranks = self.group.ranks_where(not local_finite)
+        where = (f"from group rank(s) {', '.join(map(str, ranks))}" if ranks
+                 else "in the sum over the group (float32 overflow)")
+        message = f"group {self.group_id}, step {self.clock}: NaN or Inf gradient {where}"
+        if self.config.train.on_nonfinite == "stop":
+            raise NonFiniteError(f"{message}; stopped (train.on_nonfinite = \"skip\" skips such steps)")
+        if self.group.is_leader:
+            log.warning("%s; step skipped (nothing pushed)", message)
 
     def _slow_down(self) -> None:
         """Fault injection: stretch this step's own work (not its PS waits) by ``train.delay_factor``

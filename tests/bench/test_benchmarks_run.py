@@ -107,3 +107,22 @@ def test_compression_benchmark(tmp_path):
     assert record["long_epochs"] == 2 and "none" in record["long_results"]
     assert results["threshold 1e-3"]["traffic_per_step"]["push_filtered"] < results["none"]["traffic_per_step"]["push_filtered"]
     assert results["bfloat16"]["ps_bytes_sent_per_step"] < results["none"]["ps_bytes_sent_per_step"]
+
+
+def test_load_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.load", "--groups", "4", "--processes", "2", "--seconds",
+               "1", "--replication", "1", "2", "--universe", "5000")
+    assert "updates lost: 0 keys" in out
+    record = json.loads((tmp_path / "load.json").read_text())
+    assert record["headline"]["ratio"] > 0 and record["lost_keys"] == 0
+    runs = {(run["mode"], run["replication"]) for run in record["runs"]}
+    assert runs == {(mode, replication) for mode in ("raw", "ps") for replication in (1, 2)}
+    assert all(run["pull"]["n"] > 0 and run["push"]["n"] > 0 for run in record["runs"])
+
+
+def test_security_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.security", "--sizes", "1000", "5000")
+    assert "PS speed with CURVE" in out
+    rows = json.loads((tmp_path / "security.json").read_text())["results"]
+    assert [r["keys"] for r in rows] == [1000, 5000]
+    assert all(r["ps_pull_curve_ms"] > 0 and r["raw_push_curve_ms"] > 0 for r in rows)

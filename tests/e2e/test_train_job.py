@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 from sklearn.metrics import log_loss
 
+from hybrid_ps import checkpoint
 from hybrid_ps.data.synthetic import SyntheticSpec, generate_all
 
 pytestmark = pytest.mark.e2e
@@ -79,6 +81,30 @@ def test_a_failing_rank_ends_the_job_with_its_error(run_job, tmp_path):
     job = run_job(4, "--data", str(path), "--servers", "1", "--groups", "1", timeout=120)
     assert job.returncode != 0
     assert f"{path}:500" in job.stderr
+
+
+def _overflowing_data(path):
+    """Three rows whose summed gradient on key 3 overflows float32 (3 * 1.5e38), then ordinary rows."""
+    rows = ["1 3:3e38 5:1"] * 3 + ["1 1:0.5 4:1", "0 2:1 6:0.3"] * 60
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_a_non_finite_gradient_stops_the_job_naming_group_rank_and_step(run_job, tmp_path):
+    job = run_job(2, "--data", _overflowing_data(tmp_path / "huge.svm"), "--batch-size", "8", timeout=120)
+    assert job.returncode != 0
+    assert "group 0, step 0: NaN or Inf gradient from group rank(s) 0; stopped" in job.stderr
+    assert "Traceback" not in job.stderr
+
+
+def test_a_non_finite_gradient_is_skipped_with_a_warning_and_never_reaches_a_shard(run_job, tmp_path):
+    job = run_job(2, "--data", _overflowing_data(tmp_path / "huge.svm"), "--batch-size", "8",
+                  "--on-nonfinite", "skip", timeout=120)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "group 0, step 0: NaN or Inf gradient from group rank(s) 0; step skipped" in job.stderr
+    assert "rejected" not in job.stderr and math.isfinite(job.summary["final_logloss"])
+    model = checkpoint.load_model(job.output_dir / "checkpoints")
+    assert model.values.size and np.isfinite(model.values).all()
 
 
 def test_help_and_config_errors_need_no_mpi():

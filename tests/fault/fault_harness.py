@@ -17,6 +17,7 @@ import zmq
 from hybrid_ps.config import Config
 from hybrid_ps.partition import HashRing
 from hybrid_ps.replication import default_replication
+from hybrid_ps.security import JobKeys
 from hybrid_ps.server.process import ShardProcess, ShardSpec
 from hybrid_ps.worker.client import PSClient
 from mpi_launch.detect import (
@@ -39,7 +40,9 @@ class Tier:
         self.config.train.checkpoint = False
         self.config.validate()
         self.groups = groups
-        self.shards = [ShardProcess(ShardSpec(self.config, i, list(range(servers)), groups, 1)) for i in range(servers)]
+        self.keys = JobKeys.generate()
+        self.shards = [ShardProcess(ShardSpec(self.config, i, list(range(servers)), groups, 1, keys=self.keys))
+                       for i in range(servers)]
         self.ring = HashRing(range(servers), self.config.cluster.vnodes)
         self.replication = default_replication(self.config.cluster.replication, servers)
         self.context = zmq.Context()
@@ -48,7 +51,7 @@ class Tier:
     def client(self, group: int, failover_timeout: float = 1.5, timeout: float = 60.0) -> PSClient:
         client = PSClient([s.endpoint for s in self.shards], group, self.groups, self.ring, timeout=timeout,
                           context=self.context, replication=self.replication, failover_timeout=failover_timeout,
-                          heartbeat_interval=failover_timeout / 4)
+                          heartbeat_interval=failover_timeout / 4, keys=self.keys)
         self._clients.append(client)
         return client
 

@@ -43,7 +43,7 @@ def test_shards_join_and_leave_while_a_group_trains_and_no_update_is_lost(tmp_pa
     view = lambda: TierView(read_tier_file(tier_file).endpoints, replication)  # noqa: E731
     context = zmq.Context()
     client = PSClient(view().endpoints, 0, 1, HashRing(view().shard_ids), context=context, replication=replication,
-                      timeout=30)
+                      timeout=30, keys=read_tier_file(tier_file).keys)
     rng = np.random.default_rng(replication)
     acked = np.zeros(UNIVERSE.size, dtype=np.int64)
     changes = {10: ["add"], 25: ["remove", "1"], 40: ["add"]}

@@ -140,3 +140,28 @@ def test_a_frozen_shard_is_declared_dead_and_fences_itself_when_it_wakes(tier):
     finally:
         t.kill(2, signal.SIGCONT)
     assert t.shards[2].process.wait(timeout=10) == 0, "a shard told it is dead stops serving"
+
+
+def test_shard_processes_admit_only_the_jobs_curve_keys(tier):
+    import zmq
+
+    from hybrid_ps import wire
+    from hybrid_ps.security import JobKeys
+
+    t = tier(1, groups=1)
+    client = t.client(0)
+    keys = np.arange(10, dtype=np.uint64)
+    client.wait(client.push(keys, np.ones((keys.size, 1), np.float32), 0))
+    push = [wire.encode_header(wire.Header(wire.Op.PUSH, num_keys=keys.size, request_id=5)), keys.tobytes(),
+            np.full(keys.size, -100.0, np.float32).tobytes()]
+    stranger = JobKeys.generate()
+    for keys_of_peer in (None, JobKeys(t.keys.server_public, "", stranger.client_public, stranger.client_secret)):
+        sock = t.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if keys_of_peer is not None:
+            keys_of_peer.connect_as_client(sock)
+        sock.connect(t.shards[0].endpoint)
+        sock.send_multipart(push)
+        assert not sock.poll(1000), "a peer without the job's keys got an answer"
+        sock.close(0)
+    assert np.array_equal(client.wait(client.pull(keys, 1)), -np.ones((keys.size, 1), np.float32))

@@ -192,8 +192,8 @@ def test_l1_needs_ftrl():
 def test_data_path_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="data.path: no such file '/no/such/file.svm'"):
         _load("--data", "/no/such/file.svm")
-    with pytest.raises(ConfigError, match="data.path: no such file"):
-        _load("--data", str(tmp_path))  # a directory is not a data file
+    with pytest.raises(ConfigError, match="data.path: .* is a directory, not a data file"):
+        _load("--data", str(tmp_path))
     existing = tmp_path / "train.svm"
     existing.write_text("1 1:1\n")
     assert _load("--data", str(existing)).data.path == str(existing)
@@ -354,3 +354,11 @@ def test_kkt_needs_an_l1_band():
         _load("--kkt", "true")
     config = _load("--kkt", "true", "--optimizer", "ftrl", "--l1", "0.01", "--value-encoding", "bfloat16")
     assert config.comm.kkt and config.comm.value_encoding == "bfloat16"
+
+
+def test_plain_tcp_is_refused_off_loopback_and_curve_is_the_default():
+    assert _load().cluster.security == "curve"
+    assert _load("--security", "none", "--bind-host", "127.0.0.1").cluster.security == "none"
+    with pytest.raises(ConfigError, match=r'cluster.security: "none" \(plain TCP\) is allowed on loopback only, '
+                                          r"but shards bind 10.1.2.3"):
+        _load("--security", "none", "--bind-host", "10.1.2.3")

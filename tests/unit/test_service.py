@@ -20,6 +20,7 @@ import zmq
 from hybrid_ps import wire
 from hybrid_ps.errors import HybridPSError, ShardUnavailableError
 from hybrid_ps.partition import HashRing
+from hybrid_ps.security import JobKeys
 from hybrid_ps.server.optimizers import make_optimizer
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard
@@ -35,8 +36,9 @@ class Cluster:
     def __init__(self, shards: int = 2, groups: int = 1, staleness: float = 0, width: int = 1,
                  optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24,
                  group_timeout: float = 0.0, checkpoint_writer=None, replication: int = 1,
-                 groups_present: bool = True) -> None:
+                 groups_present: bool = True, keys: JobKeys | None = None) -> None:
         self.context = zmq.Context()
+        self.keys = keys
         self.ring = HashRing(range(shards), vnodes=64)
         self.groups = groups
         self.width = width
@@ -45,7 +47,8 @@ class Cluster:
         self.services = [
             ShardService(Shard(width, make_optimizer(optimizer, learning_rate), capacity=16), shard, self.ring,
                          groups, staleness, max_keys=max_keys, context=self.context, group_timeout=group_timeout,
-                         checkpoint_writer=checkpoint_writer, replication=replication, groups_present=groups_present)
+                         checkpoint_writer=checkpoint_writer, replication=replication, groups_present=groups_present,
+                         keys=keys)
             for shard in range(shards)
         ]
         self.results: dict[int, object] = {}
@@ -69,14 +72,17 @@ class Cluster:
         kwargs.setdefault("width", self.width)
         kwargs.setdefault("heartbeat_interval", 0.1)
         kwargs.setdefault("replication", self.replication)  # well below the group timeouts used here
+        kwargs.setdefault("keys", self.keys)
         client = PSClient(self.endpoints, group, self.groups, self.ring, timeout=timeout, context=self.context,
                           **kwargs)
         self._clients.append(client)
         return client
 
-    def dealer(self, shard: int) -> zmq.Socket:
+    def dealer(self, shard: int, keys: JobKeys | None = None) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if keys := keys or self.keys:
+            keys.connect_as_client(sock)
         sock.connect(self.endpoints[shard])
         self._sockets.append(sock)
         return sock
@@ -811,3 +817,50 @@ def test_a_push_after_a_prefetched_pull_refers_to_the_list_pulled_at_its_own_clo
     client.wait(client.push(now[::2], np.ones((2000, 1), np.float32), 0))
     assert client.traffic.keys_after_cache - keys_before == 16 + 4000 // 8
     assert np.array_equal(client.wait(client.pull(now, 2))[::2], -np.ones((2000, 1), np.float32))
+
+
+# -- CURVE: only the job's clients get in ------------------------------------------------------------
+
+
+def test_with_the_jobs_keys_a_client_trains_and_without_them_nothing_reaches_the_shard(make_cluster, caplog):
+    keys = JobKeys.generate()
+    cluster = make_cluster(shards=1, staleness=math.inf, keys=keys)
+    client = cluster.client(0)
+    known = _random_keys(100, seed=21)
+    client.wait(client.push(known, np.ones((known.size, 1), np.float32), 0))
+    before = client.wait(client.pull(known, 1)).copy()
+    stranger = JobKeys.generate()
+    impostors = {
+        "plain TCP": cluster.context.socket(zmq.DEALER),
+        "another job's client keys": cluster.context.socket(zmq.DEALER),
+        "a wrong server key": cluster.context.socket(zmq.DEALER),
+    }
+    other_keys = JobKeys(keys.server_public, keys.server_secret, stranger.client_public, stranger.client_secret)
+    other_keys.connect_as_client(impostors["another job's client keys"])
+    stranger.connect_as_client(impostors["a wrong server key"])
+    push = [_header(wire.Op.PUSH, num_keys=known.size), _u64(known), np.full(known.size, 5.0, np.float32).tobytes()]
+    for name, sock in impostors.items():
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(cluster.endpoints[0])
+        sock.send_multipart(push)
+    try:
+        for name, sock in impostors.items():
+            assert not sock.poll(1000), f"{name}: the shard answered"
+    finally:
+        for sock in impostors.values():
+            sock.close(0)
+    assert np.array_equal(client.wait(client.pull(known, 2)), before), "an impostor's push was applied"
+    assert cluster.services[0].stats.requests.get("PUSH") == 1
+    assert any("unknown CURVE key" in r.getMessage() for r in caplog.records)
+
+
+def test_a_push_whose_update_would_overflow_is_rejected_and_the_shard_keeps_serving(make_cluster):
+    cluster = make_cluster(shards=1, optimizer="adagrad", staleness=math.inf)
+    client = cluster.client(0)
+    keys = _random_keys(10, seed=30)
+    client.wait(client.push(keys, np.ones((keys.size, 1), np.float32), 0))
+    before = client.wait(client.pull(keys, 1)).copy()
+    with pytest.raises(ShardUnavailableError, match="overflows float32"):
+        client.wait(client.push(keys, np.full((keys.size, 1), 3e38, np.float32), 1))
+    assert np.array_equal(client.wait(client.pull(keys, 2)), before)
+    assert cluster.services[0].stats.errors == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hybrid_ps.errors import NonFiniteError
 from hybrid_ps.server.optimizers import make_optimizer
 from hybrid_ps.server.shard import Shard
 
@@ -218,3 +219,25 @@ def test_load_restores_values_and_state(name, hyper):
     original.push(keys, grads)
     restored.push(keys, grads)
     np.testing.assert_array_equal(restored.pull(UNIVERSE), original.pull(UNIVERSE))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "ftrl"])
+def test_an_update_that_overflows_float32_is_refused_and_changes_nothing(name):
+    shard = Shard(1, make_optimizer(name, 1.0))
+    keys = np.array([3, 8, 20], dtype=np.uint64)
+    shard.push(keys, np.full((3, 1), 0.5, np.float32))
+    before_values, before_state = shard.pull(keys), {k: v[:3].copy() for k, v in shard.state.items()}
+    huge = np.array([[0.1], [3e38], [0.1]], np.float32)
+    for _ in range(3):  # SGD overflows on the second, AdaGrad and FTRL on the first (g * g)
+        try:
+            shard.push(keys, huge)
+        except NonFiniteError as e:
+            assert "update of 1 of 3 keys overflows float32" in str(e)
+            break
+        before_values, before_state = shard.pull(keys), {k: v[:3].copy() for k, v in shard.state.items()}
+    else:
+        pytest.fail("no push was refused")
+    assert np.array_equal(shard.pull(keys), before_values)
+    for name_, array in shard.state.items():
+        assert np.array_equal(array[:3], before_state[name_])
+    assert np.isfinite(shard.values[: len(shard)]).all()
