@@ -300,6 +300,7 @@ class Model:
     kind: str
     clock: int
     attrs: dict[str, Any]
+    model_attrs: dict[str, Any]  # the model's kind, width and shape settings (``Model.attrs``)
 
 
 def load_model(path: str | Path) -> Model:
@@ -318,10 +319,11 @@ def load_model(path: str | Path) -> Model:
             values = f["model/values"][()]
         except (KeyError, OSError) as e:
             raise CheckpointError(f"{model_path}: cannot read the model's keys and values: {e}") from None
-        kind = str(f["model"].attrs.get("kind", ""))
+        model_attrs = {k: _plain(v) for k, v in f["model"].attrs.items()}
         attrs = dict(f.attrs)
     order = np.argsort(keys, kind="stable")
-    return Model(keys[order], values[order], kind, int(attrs["clock"]), attrs)
+    return Model(keys[order], values[order], str(model_attrs.get("kind", "")), int(attrs["clock"]), attrs,
+                 model_attrs)
 
 
 def _check_shard_files(f: h5py.File, directory: Path) -> list[Path]:
@@ -341,9 +343,10 @@ def _check_shard_files(f: h5py.File, directory: Path) -> list[Path]:
     return paths
 
 
-def check_resumable(path: str | Path, kind: str, width: int, optimizer: str) -> Path:
-    """Check, before any work, that a job training ``kind`` (``width`` values per key) with ``optimizer``
-    can resume from ``path``; returns the checkpoint directory. Reads attributes only, no keys or values.
+def check_resumable(path: str | Path, kind: str, width: int, optimizer: str,
+                    shape: dict[str, Any] | None = None) -> Path:
+    """Check, before any work, that a job training ``kind`` (``width`` values per key, ``shape`` settings)
+    with ``optimizer`` can resume from ``path``; returns the checkpoint directory. Reads attributes only.
 
     Raises:
         CheckpointError: missing, truncated or foreign files, another model, width or optimizer (named).
@@ -357,6 +360,10 @@ def check_resumable(path: str | Path, kind: str, width: int, optimizer: str) -> 
         if (found_kind, found_width) != (kind, width):
             raise CheckpointError(f"{model_path}: holds a {found_kind or 'unknown'} model with {found_width} "
                                   f"value(s) per key; this job trains {kind} with {width}")
+        for name, value in (shape or {}).items():
+            if name in model and _plain(model[name]) != value:
+                raise CheckpointError(f"{model_path}: the model was trained with model.{name} = "
+                                      f"{_plain(model[name])!r}, this job has {value!r}")
         shard_paths = _check_shard_files(f, directory)
     for shard_path in shard_paths:
         with _open(shard_path) as shard:

@@ -20,7 +20,7 @@ from .security import check_plaintext_host
 from .staleness import parse_staleness
 from .transport import resolve_bind_host
 
-__all__ = ["ClusterConfig", "DataConfig", "OptimizerConfig", "TrainConfig", "CommConfig", "Config", "build_parser",
+__all__ = ["ClusterConfig", "DataConfig", "ModelConfig", "OptimizerConfig", "TrainConfig", "CommConfig", "Config", "build_parser",
            "load_config"]
 
 
@@ -69,7 +69,24 @@ class DataConfig:
     nnz_per_row: int = _option(20, "synthetic data: features per row", "--nnz-per-row")
     zipf_exponent: float = _option(1.1, "synthetic data: power-law exponent of feature frequency", "--zipf-exponent")
     seed: int = _option(0, "synthetic data: random seed (same data for any rank count)", "--seed")
+    interactions: float = _option(
+        0.0, "synthetic data: scale of hidden pairwise feature interactions in the labels (0 = a linear model; "
+        "factorization machines can learn them, logistic regression cannot)", "--interactions")
     preload: bool = _option(True, "read this rank's rows into memory once, before training (false = stream every pass)", "--preload")
+
+
+@dataclass
+class ModelConfig:
+    """What is trained: the model kind and its shapes."""
+
+    name: str = _option("logistic_regression", "model", "--model",
+                        ("logistic_regression", "factorization_machine", "wide_deep"))
+    embedding_dim: int = _option(8, "factorization machine, wide & deep: embedding size per feature",
+                                 "--embedding-dim")
+    init_scale: float = _option(0.01, "embeddings start uniform in [-init_scale, init_scale] (a fixed function of "
+                                "the key)", "--init-scale")
+    hidden: str = _option("32,16", "wide & deep: hidden layer sizes of the MLP on the pooled embeddings, comma "
+                          "separated (its weights live on the PS in blocks of embedding_dim + 1 values)", "--hidden")
 
 
 @dataclass
@@ -141,6 +158,7 @@ class Config:
 
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     comm: CommConfig = field(default_factory=CommConfig)
@@ -166,6 +184,9 @@ class Config:
             ("data.features", self.data.features >= 1, ">= 1"),
             ("data.nnz_per_row", self.data.nnz_per_row >= 1, ">= 1"),
             ("data.zipf_exponent", self.data.zipf_exponent > 0, "> 0"),
+            ("data.interactions", self.data.interactions >= 0, ">= 0"),
+            ("model.embedding_dim", self.model.embedding_dim >= 1, ">= 1"),
+            ("model.init_scale", self.model.init_scale >= 0, ">= 0"),
             ("optimizer.learning_rate", self.optimizer.learning_rate > 0, "> 0"),
             ("optimizer.learning_rate", self.optimizer.learning_rate < math.inf, "finite"),
             ("optimizer.l1", self.optimizer.l1 >= 0, ">= 0"),
@@ -186,6 +207,8 @@ class Config:
             if not ok:
                 section, key = name.split(".")
                 raise ConfigError(f"{name} must be {rule}, got {getattr(getattr(self, section), key)!r}")
+        if not all(part.strip().isdigit() and int(part) >= 1 for part in self.model.hidden.split(",") if part.strip()):
+            raise ConfigError(f"model.hidden must be comma-separated sizes >= 1, got {self.model.hidden!r}")
         if self.comm.kkt and self.optimizer.l1 <= 0:
             raise ConfigError("comm.kkt needs optimizer.l1 > 0 (the KKT filter works on the L1 band)")
         if self.optimizer.l1 > 0 and self.optimizer.name != "ftrl":

@@ -32,7 +32,8 @@ def _batches(data: str, checkpoint: str, batch_rows: int):
         if missing:
             raise CheckpointError(f"--data synthetic: {checkpoint} does not record the synthetic data's "
                                   f"{', '.join(missing)}; give --data FILE")
-        return SyntheticShard(SyntheticSpec(**{k: recorded[k] for k in fields})).batches(batch_rows)
+        spec = SyntheticSpec(**{k: recorded[k] for k in fields}, interactions=recorded.get("interactions", 0.0))
+        return SyntheticShard(spec).batches(batch_rows)
     from .data.libsvm import LibsvmShard
 
     return LibsvmShard(data).batches(batch_rows)

@@ -10,12 +10,9 @@ from .checkpoint import Model, load_model, resolve_checkpoint
 from .data.batch import Batch
 from .errors import CheckpointError
 from .metrics import StreamingAUC
-from .models.logistic import LogisticRegression
+from .models import model_from_checkpoint
 
-__all__ = ["evaluate_model", "MODELS"]
-
-MODELS = {LogisticRegression.kind: LogisticRegression}
-"""Model kinds a checkpoint may hold, by the ``kind`` attribute of ``/model``."""
+__all__ = ["evaluate_model"]
 
 
 def _weights_for(model: Model, keys: np.ndarray) -> tuple[np.ndarray, int]:
@@ -34,9 +31,7 @@ def evaluate_model(checkpoint_path: str, batches: Iterable[Batch]) -> dict[str, 
         CheckpointError: unreadable checkpoint or a model kind this build cannot evaluate.
     """
     model = load_model(checkpoint_path)
-    if model.kind not in MODELS:
-        raise CheckpointError(f"{checkpoint_path}: model kind {model.kind!r} is not one of {', '.join(MODELS)}")
-    scorer = MODELS[model.kind]()
+    scorer = model_from_checkpoint(model.kind, model.model_attrs, checkpoint_path)
     if model.values.shape[1] != scorer.width:
         raise CheckpointError(f"{checkpoint_path}: {model.kind} needs width {scorer.width}, checkpoint has {model.values.shape[1]}")
     rows = correct = 0

@@ -16,7 +16,8 @@ from .data import batch_source
 from .errors import TopologyError
 from .logs import configure_logging
 from .metrics import MetricsWriter
-from .models.logistic import BIAS_KEY, LogisticRegression
+from .models import Model, build_model
+from .models.base import BIAS_KEY
 from .partition import HashRing
 from .preemption import StopRequest
 from .replication import default_replication
@@ -61,7 +62,7 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
         log.info("%s; staleness %s; replication %d; optimizer %s", topology.layout.describe(),
                  config.cluster.staleness, plan.replication, config.optimizer.name)
     ring = HashRing(plan.shard_ids, config.cluster.vnodes)
-    model = LogisticRegression()
+    model = build_model(config.model)
     metrics = None
     if topology.rank == 0:
         metrics = MetricsWriter(f"{config.train.output_dir}/metrics.jsonl")
@@ -99,7 +100,7 @@ def _run_server(topology: Topology, config: Config, width: int, stop: StopReques
 
 
 def _run_worker(
-    topology: Topology, plan: "JobPlan", config: Config, ring: HashRing, model: LogisticRegression,
+    topology: Topology, plan: "JobPlan", config: Config, ring: HashRing, model: Model,
     metrics: MetricsWriter | None, stop: StopRequest | None, keys: JobKeys | None,
 ) -> np.ndarray:
     endpoints = plan.tier.endpoints if plan.tier else exchange_endpoints(topology, None)
@@ -182,13 +183,13 @@ def _warn_if_positions_differ(config: Config, topology: Topology) -> None:
                     "batches as were trained, so data positions are approximate", changed)
 
 
-def _publisher(config: Config, topology: Topology, model: LogisticRegression):
+def _publisher(config: Config, topology: Topology, model: Model):
     """A leader's callback that publishes a written cut (whichever leader comes first does it)."""
 
     def publish(cut: int, result: GroupResult) -> None:
         info = {
             "config": config.to_json_dict(),
-            "model": {"kind": model.kind, "width": model.width, "bias_key": int(BIAS_KEY)},
+            "model": {"kind": model.kind, "width": model.width, "bias_key": int(BIAS_KEY), **model.attrs()},
             "metrics": {
                 "published_by_group": topology.group,
                 "group_steps": result.steps,
@@ -198,7 +199,8 @@ def _publisher(config: Config, topology: Topology, model: LogisticRegression):
             "data": {"source": config.data.path or "synthetic", "worker_ranks": topology.layout.num_workers,
                      "batch_size": config.train.batch_size, **({} if config.data.path else {
                 "rows": config.data.rows, "features": config.data.features, "nnz_per_row": config.data.nnz_per_row,
-                "zipf_exponent": config.data.zipf_exponent, "seed": config.data.seed})},
+                "zipf_exponent": config.data.zipf_exponent, "seed": config.data.seed,
+                "interactions": config.data.interactions})},
         }
         published = checkpoint.publish(config.checkpoint_root, cut, info, config.train.keep)
         if published is not None:

@@ -29,7 +29,7 @@ from . import wire
 from .config import Config, build_parser, load_config
 from .errors import ConfigError, HybridPSError
 from .logs import configure_logging
-from .models.logistic import LogisticRegression
+from .models import build_model
 from .preemption import StopRequest
 from .replication import default_replication
 from .server.process import ShardProcess, ShardSpec, describe_exit
@@ -45,7 +45,7 @@ _POLL_MS = 200
 _COORDINATOR_TIMEOUT_MS = 10_000
 _DESCRIPTION = """Run a PS tier of its own for worker jobs started with --ps-tier FILE.
 Takes the same settings as hybrid_ps.train: [cluster] (servers, groups = group slots, staleness,
-replication, group_timeout, bind_host), [optimizer] and the checkpoint ones of [train]."""
+replication, group_timeout, bind_host, security), [model], [optimizer] and the checkpoint ones of [train]."""
 
 
 class TierSupervisor:
@@ -62,7 +62,7 @@ class TierSupervisor:
 
     def __init__(self, config: Config, tier_file: str, debug: bool = False) -> None:
         self.config, self.tier_file, self.debug = config, tier_file, debug
-        self.width = LogisticRegression().width
+        self.width = build_model(config.model).width
         self.shards: dict[int, ShardProcess] = {}  # every shard started, members or not
         self.members: list[int] = []  # the shards of the current view (a removed one may still be leaving)
         self.codes: dict[int, int] = {}

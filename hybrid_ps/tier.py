@@ -24,7 +24,7 @@ from .security import JobKeys
 __all__ = ["TierView", "TierInfo", "write_tier_file", "read_tier_file", "adopt_tier_settings"]
 
 _SHARED_SETTINGS = ("cluster.staleness", "cluster.replication", "cluster.vnodes", "cluster.max_keys_per_message",
-                    "train.checkpoint")
+                    "train.checkpoint", "model.name", "model.embedding_dim", "model.init_scale", "model.hidden")
 
 
 @dataclass(frozen=True)

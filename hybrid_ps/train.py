@@ -16,7 +16,8 @@ log = logging.getLogger("hybrid_ps.train")
 
 _ABORT_GRACE_SECONDS = 1.0
 
-_DESCRIPTION = """Train sparse logistic regression with MPI worker groups and a ZeroMQ parameter-server tier.
+_DESCRIPTION = """Train sparse models (logistic regression, factorization machines, wide & deep) with MPI worker
+groups and a ZeroMQ parameter-server tier.
 Settings come from defaults < --config FILE < --set SECTION.KEY=VALUE < the flags below."""
 
 
@@ -43,14 +44,15 @@ def _check_fit(config: Config, plan, world) -> None:
     import numpy as np
 
     from . import checkpoint
-    from .models.logistic import LogisticRegression
+    from .models import build_model
     from .worker.group import wait_quietly
 
     problem = None
     if world.Get_rank() == 0:
         try:
-            model = LogisticRegression()
-            checkpoint.check_resumable(config.resume_path, model.kind, model.width, config.optimizer.name)
+            model = build_model(config.model)
+            checkpoint.check_resumable(config.resume_path, model.kind, model.width, config.optimizer.name,
+                                       model.attrs())
             checkpoint.resume_clocks(config.resume_path, plan.num_slots)
         except CheckpointError as e:
             problem = e

@@ -27,7 +27,7 @@ def open_data_shard(config: "DataConfig", rank: int, num_ranks: int) -> "LibsvmS
 
     spec = SyntheticSpec(
         rows=config.rows, features=config.features, nnz_per_row=config.nnz_per_row,
-        zipf_exponent=config.zipf_exponent, seed=config.seed,
+        zipf_exponent=config.zipf_exponent, seed=config.seed, interactions=config.interactions,
     )
     return SyntheticShard(spec, rank, num_ranks)
 

@@ -8,6 +8,14 @@ logistic model with those weights plus ``bias``, so a learner has something
 real to find. All values are 1.0 (one-hot hashed categories); a feature may
 repeat inside a row.
 
+With ``interactions > 0`` each feature also has a hidden latent vector
+``u_i`` (``LATENT_RANK`` values, a hash of its key, ``E|u_i|^2 = 1``) and a
+row's true logit adds ``interactions * sum_{i<j} <u_i, u_j> x_i x_j`` over its
+pairs of distinct features (a repeated feature is one feature with value 2, as
+the models see it): a rank-``LATENT_RANK`` factorization machine of the row,
+which logistic regression cannot fit. Only the labels change; the keys are
+drawn exactly as without it.
+
 Rows come in fixed blocks of ``BLOCK_ROWS``, block ``b`` drawn from
 ``np.random.default_rng([seed, b])``: the dataset is the same whatever the
 number of ranks, and a rank generates only the blocks its rows fall in.
@@ -33,13 +41,19 @@ __all__ = [
     "feature_key",
     "true_weight",
     "true_logit",
+    "true_latent",
+    "LATENT_RANK",
     "generate_all",
 ]
 
 BLOCK_ROWS = 4096
 """Rows per generator block; block ``b`` is seeded by ``(seed, b)``."""
 
+LATENT_RANK = 4
+"""Size of each feature's hidden latent vector (``interactions > 0``)."""
+
 _WEIGHT_SALT = np.uint64(0x5851F42D4C957F2D)
+_LATENT_SALT = np.uint64(0x14057B7EF767814F)
 _MAX_FEATURE_KEY = np.uint64(2**64 - 2)  # 2**64 - 1 is the model's bias key
 _MAX_MARGIN = 500.0  # |margin| above this saturates the sigmoid anyway; keeps exp() finite
 
@@ -56,6 +70,8 @@ class SyntheticSpec:
         weight_scale: true weights are uniform in ``[-weight_scale, weight_scale]``.
         bias: the true model's intercept.
         seed: selects the keys, the true weights and the rows.
+        interactions: scale of the hidden pairwise term ``sum_{i<j} <u_i, u_j>`` in the true logit
+            (0: a purely linear model, the rows of earlier versions bit for bit).
 
     Raises:
         ConfigError: a field is out of range; the message names it as ``data.<field>``.
@@ -68,13 +84,14 @@ class SyntheticSpec:
     weight_scale: float = 1.0
     bias: float = -1.0
     seed: int = 0
+    interactions: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("rows", "features", "nnz_per_row", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ConfigError(f"data.{name} must be an integer, got {value!r}")
-        for name in ("zipf_exponent", "weight_scale", "bias"):
+        for name in ("zipf_exponent", "weight_scale", "bias", "interactions"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
                 raise ConfigError(f"data.{name} must be a finite number, got {value!r}")
@@ -84,6 +101,7 @@ class SyntheticSpec:
             ("nnz_per_row", self.nnz_per_row > 0, "> 0"),
             ("zipf_exponent", self.zipf_exponent > 0, "> 0"),
             ("weight_scale", self.weight_scale >= 0, ">= 0"),
+            ("interactions", self.interactions >= 0, ">= 0"),
             ("seed", 0 <= self.seed < 2**63, ">= 0 and < 2**63"),
         ):
             if not ok:
@@ -114,6 +132,45 @@ def _key_weight(keys: np.ndarray, weight_scale: float) -> np.ndarray:
     return (2.0 * unit - 1.0) * weight_scale
 
 
+def _key_latent(keys: np.ndarray) -> np.ndarray:
+    """Hidden latent vector of each hashed key: ``[n, LATENT_RANK]`` uniform in ``[-sqrt(3/R), sqrt(3/R))``."""
+    keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+    grid = keys[:, None] * np.uint64(LATENT_RANK) + np.arange(LATENT_RANK, dtype=np.uint64)
+    bits = mix64(grid ^ _LATENT_SALT)
+    unit = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return (2.0 * unit - 1.0) * math.sqrt(3.0 / LATENT_RANK)  # variance 1/R per column: E|u|^2 = 1
+
+
+def true_latent(index: np.ndarray, spec: SyntheticSpec) -> np.ndarray:
+    """Hidden latent vectors ``u`` of feature ``index`` (float64 ``[n, LATENT_RANK]``; used if ``interactions > 0``)."""
+    return _key_latent(feature_key(np.asarray(index).reshape(-1), spec.seed))
+
+
+def _pairwise(keys: np.ndarray, values: np.ndarray, row_ids: np.ndarray, num_rows: int,
+              order: np.ndarray | None = None) -> np.ndarray:
+    """``sum_{i<j} <u_i, u_j> x_i x_j`` per row over its distinct features (repeated keys' values add up).
+
+    Computed per nonzero as ``0.5 * (|sum_n u_n x_n|^2 - sum_n |u_n|^2 x_n X_n)``, ``X_n`` the
+    summed value of nonzero ``n``'s key in its row. ``order``: a permutation of the nonzeros that puts
+    a row's copies of a key side by side (worked out here if not given).
+    """
+    row_ids = row_ids.astype(np.int64, copy=False)
+    x = values.astype(np.float64)
+    latent = _key_latent(keys)
+    if order is None:
+        order = np.lexsort((keys, row_ids))
+    new = np.ones(order.size, dtype=bool)
+    new[1:] = (keys[order[1:]] != keys[order[:-1]]) | (row_ids[order[1:]] != row_ids[order[:-1]])
+    group = np.cumsum(new) - 1
+    merged = np.empty_like(x)
+    merged[order] = np.bincount(group, weights=x[order])[group]
+    flat = (row_ids[:, None] * LATENT_RANK + np.arange(LATENT_RANK)).reshape(-1)
+    sums = np.bincount(flat, weights=(latent * x[:, None]).reshape(-1), minlength=num_rows * LATENT_RANK)
+    sums = sums.astype(np.float64, copy=False).reshape(num_rows, LATENT_RANK)
+    squares = np.bincount(row_ids, weights=np.einsum("nf,nf->n", latent, latent) * x * merged, minlength=num_rows)
+    return 0.5 * (np.einsum("rf,rf->r", sums, sums) - squares)
+
+
 def true_weight(index: np.ndarray, spec: SyntheticSpec) -> np.ndarray:
     """Hidden true weight of feature ``index``.
 
@@ -128,7 +185,7 @@ def true_weight(index: np.ndarray, spec: SyntheticSpec) -> np.ndarray:
 
 
 def true_logit(batch: Batch, spec: SyntheticSpec) -> np.ndarray:
-    """The true model's margin ``bias + sum_j w*(key_j) * value_j`` for each row of ``batch``.
+    """The true model's margin ``bias + sum_j w*(key_j) * value_j`` (``+ interactions * _pairwise``) per row.
 
     Args:
         batch: rows generated from ``spec``.
@@ -138,7 +195,10 @@ def true_logit(batch: Batch, spec: SyntheticSpec) -> np.ndarray:
         float64 ``[batch.num_rows]``; ``P(label = 1) = sigmoid(margin)``.
     """
     weighted = _key_weight(batch.keys, spec.weight_scale) * batch.values
-    return np.bincount(batch.row_ids, weights=weighted, minlength=batch.num_rows) + spec.bias
+    margin = np.bincount(batch.row_ids, weights=weighted, minlength=batch.num_rows) + spec.bias
+    if spec.interactions > 0:
+        margin += spec.interactions * _pairwise(batch.keys, batch.values, batch.row_ids, batch.num_rows)
+    return margin
 
 
 class _ZipfSampler:
@@ -233,6 +293,11 @@ class SyntheticShard:
         keys = feature_key(self._sample(rng.random(rows * spec.nnz_per_row)), spec.seed)
         margin = _key_weight(keys, spec.weight_scale).reshape(rows, spec.nnz_per_row).sum(axis=1)
         margin += spec.bias
+        if spec.interactions > 0:
+            nnz = spec.nnz_per_row
+            row_ids = np.repeat(np.arange(rows, dtype=np.int64), nnz)
+            order = (np.argsort(keys.reshape(rows, nnz), axis=1) + np.arange(0, rows * nnz, nnz)[:, None]).reshape(-1)
+            margin += spec.interactions * _pairwise(keys, np.ones(keys.size, np.float32), row_ids, rows, order)
         np.clip(margin, -_MAX_MARGIN, _MAX_MARGIN, out=margin)
         labels = (rng.random(rows) * (1.0 + np.exp(-margin)) < 1.0).astype(np.float32)
         return labels, keys

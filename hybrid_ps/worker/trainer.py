@@ -23,7 +23,7 @@ from ..config import Config
 from ..data.batch import Batch
 from ..errors import NonFiniteError
 from ..metrics import MetricsWriter, RateMeter
-from ..models.logistic import PreparedBatch
+from ..models.base import Model, PreparedBatch
 from ..numerics import all_finite
 from ..preemption import StopRequest
 from ..tier import TierView
@@ -86,7 +86,7 @@ class GroupTrainer:
         config: the job configuration.
         group: the group's collectives.
         group_id: this group's id.
-        model: the model (``touched_keys``, ``loss_and_gradient``, ``width``).
+        model: the model (``hybrid_ps.models.base.Model``).
         batches: returns an iterator over this rank's minibatches for one pass.
         client: the PS client (leader only, ``None`` elsewhere).
         metrics: the metrics file (the first leader only).
@@ -105,7 +105,7 @@ class GroupTrainer:
         config: Config,
         group: WorkerGroup,
         group_id: int,
-        model,
+        model: Model,
         batches: Callable[[], Iterable[Batch]],
         client: PSClient | None = None,
         metrics: MetricsWriter | None = None,
@@ -236,16 +236,17 @@ class GroupTrainer:
 
     def _step(self, batch: PreparedBatch | None, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
         """Steps 4-5: gradient, one Allreduce (gradient + stats), the leader's push and clock."""
-        totals = self.group.reduce_buffer(keys.size + _STATS)  # [gradient..., loss, rows, (unused), stop]
+        size = keys.size * self.model.width
+        totals = self.group.reduce_buffer(size + _STATS)  # [gradient rows..., loss, rows, (unused), stop]
         loss, rows = 0.0, 0
         if batch is not None and batch.batch.num_rows:
             loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
             with np.errstate(over="ignore"):  # beyond float32 it becomes Inf, handled below
-                totals[: keys.size] = grad
+                totals[:size] = grad.reshape(-1)
             rows = batch.batch.num_rows
         else:
-            totals[: keys.size] = 0.0
-        totals[keys.size :] = (loss, rows, 0.0, self.stop_request.requested)
+            totals[:size] = 0.0
+        totals[size:] = (loss, rows, 0.0, self.stop_request.requested)
         local_finite = all_finite(totals)
         self.group.allreduce_sum(totals)
         loss_sum, rows = float(totals[-4]), int(totals[-3])
@@ -258,7 +259,7 @@ class GroupTrainer:
                 self._stop_sent = True
             self._slow_down()
             if rows:
-                gradient = totals[: keys.size] / rows  # a new array: ZeroMQ sends it after the buffer is reused
+                gradient = totals[:size] / rows  # a new array: ZeroMQ sends it after the buffer is reused
                 sent_keys, sent = self.push_filter.apply(keys, gradient.reshape(-1, self.model.width), values)
                 if sent_keys.size:
                     self._timed_on_ps(self.client.push, sent_keys, sent, self.clock)

@@ -126,3 +126,12 @@ def test_security_benchmark(tmp_path):
     rows = json.loads((tmp_path / "security.json").read_text())["results"]
     assert [r["keys"] for r in rows] == [1000, 5000]
     assert all(r["ps_pull_curve_ms"] > 0 and r["raw_push_curve_ms"] > 0 for r in rows)
+
+
+def test_models_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.models", "--ranks", "4", "--rows", "20000",
+               "--features", "500", "--epochs", "1")
+    assert "factorization_machine" in out and "wide_deep" in out
+    results = json.loads((tmp_path / "models.json").read_text())["results"]
+    assert set(results) == {"logistic_regression", "factorization_machine", "wide_deep"}
+    assert all(r["samples_per_s"] > 0 for r in results.values())

@@ -155,10 +155,10 @@ BAD_TOML = [
                  id="table twice"),
     pytest.param(b"[data]\nrows = 10\n\xff = 1\n", "bad.toml:3: invalid TOML: not UTF-8 text (byte 0xff)",
                  id="not UTF-8"),
-    pytest.param(b"[model]\nwidth = 2\n",
-                 "bad.toml: unknown section [model] (expected cluster, data, optimizer, train, comm)",
+    pytest.param(b"[network]\nwidth = 2\n",
+                 "bad.toml: unknown section [network] (expected cluster, data, model, optimizer, train, comm)",
                  id="unknown section"),
-    pytest.param(b"rows = 10\n", "bad.toml: unknown section [rows] (expected cluster, data, optimizer, train, comm)",
+    pytest.param(b"rows = 10\n", "bad.toml: unknown section [rows] (expected cluster, data, model, optimizer, train, comm)",
                  id="key outside a section"),
     pytest.param(b"[data]\nrowz = 10\n", "bad.toml: unknown setting 'data.rowz' (see --help for the list)",
                  id="unknown key"),
@@ -250,7 +250,7 @@ BAD_CHECKPOINTS_FOR_EVALUATE = [  # python -m hybrid_ps.evaluate NAME --data syn
                  id="other format version"),
     pytest.param("dangling", "dangling/latest points to ckpt-99, which has no model.h5", id="latest dangling"),
     pytest.param("width-2", "width-2: logistic_regression needs width 1, checkpoint has 2", id="other width"),
-    pytest.param("other-kind", "other-kind: model kind 'factorization_machine' is not one of logistic_regression",
+    pytest.param("other-kind", "other-kind: model kind 'deep_crossing' is not one of logistic_regression, factorization_machine, wide_deep",
                  id="other model kind"),
     pytest.param("trained-on-a-file", "--data synthetic: trained-on-a-file was trained on 'train.svm'",
                  id="synthetic data for a file-trained model"),
@@ -366,7 +366,7 @@ def _break_checkpoints(root: Path, trained: Path) -> None:
     with h5py.File(copy("format-99") / "model.h5", "r+") as f:
         f.attrs["format_version"] = 99
     with h5py.File(copy("other-kind") / "model.h5", "r+") as f:
-        f["model"].attrs["kind"] = "factorization_machine"
+        f["model"].attrs["kind"] = "deep_crossing"
     with h5py.File(copy("trained-on-a-file") / "model.h5", "r+") as f:
         f["data"].attrs["source"] = "train.svm"
     (root / "dangling").mkdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -65,6 +66,29 @@ def test_libsvm_file_job(run_job, tmp_path):
     assert job.returncode == 0, job.stderr[-3000:]
     assert job.summary["eval_rows"] == 4000
     assert job.summary["final_accuracy"] > 0.8
+
+
+INTERACTING = ["--rows", "60000", "--features", "1000", "--nnz-per-row", "10", "--interactions", "0.5"]
+
+
+def test_fm_learns_the_pairwise_interactions_that_lr_cannot(run_job):
+    lr, fm = (run_job(4, *INTERACTING, "--model", model) for model in ("logistic_regression", "factorization_machine"))
+    for job in (lr, fm):
+        assert job.returncode == 0, job.stderr[-3000:]
+    print(f"final logloss: LR {lr.summary['final_logloss']:.4f}, FM {fm.summary['final_logloss']:.4f}")
+    assert fm.summary["final_logloss"] < lr.summary["final_logloss"] - 0.05
+
+
+@pytest.mark.parametrize("model", ["factorization_machine", "wide_deep"])
+def test_every_model_checkpoints_and_evaluates_to_its_final_logloss(run_job, model):
+    job = run_job(4, *INTERACTING, "--epochs", "1", "--model", model, "--embedding-dim", "4")
+    assert job.returncode == 0, job.stderr[-3000:]
+    evaluated = subprocess.run([sys.executable, "-m", "hybrid_ps.evaluate", str(job.output_dir / "checkpoints"),
+                                "--data", "synthetic", "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["model"] == model
+    assert report["logloss"] == pytest.approx(job.summary["final_logloss"], rel=1e-4)
 
 
 def test_bad_layout_fails_fast_with_the_field_named(run_job):

@@ -47,7 +47,7 @@ def test_defaults_validate():
 def test_to_dict_and_derived_paths():
     config = _load("--output-dir", "runs/x")
     data = config.to_dict()
-    assert set(data) == {"cluster", "data", "optimizer", "train", "comm"}
+    assert set(data) == {"cluster", "data", "model", "optimizer", "train", "comm"}
     assert data["data"]["rows"] == 200_000
     assert config.checkpoint_root == "runs/x/checkpoints" and config.resume_path == ""
     config = _load("--checkpoint-dir", "/ckpt", "--resume", "latest")
@@ -289,8 +289,8 @@ def test_bad_toml_files_name_the_file(tmp_path, text, message):
 
 
 def test_unknown_section_lists_the_known_ones(tmp_path):
-    with pytest.raises(ConfigError, match=r"expected cluster, data, optimizer, train"):
-        _load("--config", _toml(tmp_path, "[model]\nwidth = 1\n"))
+    with pytest.raises(ConfigError, match=r"expected cluster, data, model, optimizer, train, comm"):
+        _load("--config", _toml(tmp_path, "[network]\nwidth = 1\n"))
 
 
 def test_missing_config_file(tmp_path):

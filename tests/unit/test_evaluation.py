@@ -97,8 +97,8 @@ def test_a_checkpoint_of_another_model_kind_is_refused(tmp_path):
     state = checkpoint.ShardState(0, 1, 1, np.array([1], np.uint64), np.ones((1, 8), np.float32), {},
                                   np.array([1]), np.array([True]), "sgd", {})
     checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path, 1), state)
-    checkpoint.publish(tmp_path, 1, {"model": {"kind": "factorization_machine", "width": 8}})
-    with pytest.raises(checkpoint.CheckpointError, match="model kind 'factorization_machine' is not one of"):
+    checkpoint.publish(tmp_path, 1, {"model": {"kind": "deep_crossing", "width": 8}})
+    with pytest.raises(checkpoint.CheckpointError, match="model kind 'deep_crossing' is not one of"):
         evaluate_model(str(tmp_path), [])
     done = _cli(str(tmp_path), "--data", "synthetic")
     assert done.returncode == 1 and "Traceback" not in done.stderr

@@ -49,9 +49,9 @@ def _dense_loss(batch: Batch, keys: np.ndarray, weights: np.ndarray) -> tuple[fl
     return loss, x.T @ (p - y), p
 
 
-def test_touched_keys_are_sorted_unique_with_the_bias_last():
+def test_prepared_keys_are_sorted_unique_with_the_bias_last():
     model, batch = LogisticRegression(), _batch()
-    keys = model.touched_keys(batch)
+    keys = model.prepare(batch).keys
     assert keys.dtype == np.uint64 and keys[-1] == BIAS_KEY == np.uint64(2**64 - 1)
     assert np.all(keys[1:] > keys[:-1])
     np.testing.assert_array_equal(keys[:-1], np.unique(batch.keys))
@@ -60,9 +60,10 @@ def test_touched_keys_are_sorted_unique_with_the_bias_last():
 
 def test_loss_and_probabilities_equal_a_dense_computation():
     model, batch = LogisticRegression(), _batch()
-    keys = model.touched_keys(batch)
+    keys = model.prepare(batch).keys
     weights = np.random.default_rng(0).normal(size=keys.size)
     loss, grad, probability = model.loss_and_gradient(batch, keys, weights)
+    grad = grad[:, 0]
     expected_loss, expected_grad, expected_p = _dense_loss(batch, keys, weights)
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(probability, expected_p, rtol=1e-12)
@@ -73,9 +74,10 @@ def test_loss_and_probabilities_equal_a_dense_computation():
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_gradient_matches_central_finite_differences(seed):
     model, batch = LogisticRegression(), _batch(seed)
-    keys = model.touched_keys(batch)
+    keys = model.prepare(batch).keys
     weights = np.random.default_rng(seed).normal(size=keys.size) * 0.5
     _, grad, _ = model.loss_and_gradient(batch, keys, weights)
+    grad = grad[:, 0]
     eps = 1e-6
     numeric = np.empty_like(weights)
     for j in range(keys.size):
@@ -89,9 +91,10 @@ def test_gradient_matches_central_finite_differences(seed):
 
 def test_bias_gradient_is_the_summed_residual():
     model, batch = LogisticRegression(), _batch()
-    keys = model.touched_keys(batch)
+    keys = model.prepare(batch).keys
     weights = np.random.default_rng(4).normal(size=keys.size)
     _, grad, probability = model.loss_and_gradient(batch, keys, weights)
+    grad = grad[:, 0]
     assert grad[-1] == pytest.approx(np.sum(probability - batch.labels), rel=1e-12)
 
 
@@ -101,7 +104,7 @@ def test_repeated_keys_in_a_row_add_up():
                      keys=np.array([5, 5, 9], np.uint64), values=np.array([1.0, 2.0, 0.5], np.float32))
     merged = Batch(labels=np.array([1.0], np.float32), indptr=np.array([0, 2]),
                    keys=np.array([5, 9], np.uint64), values=np.array([3.0, 0.5], np.float32))
-    keys = model.touched_keys(repeated)
+    keys = model.prepare(repeated).keys
     weights = np.array([0.3, -0.7, 0.1])
     a, b = model.loss_and_gradient(repeated, keys, weights), model.loss_and_gradient(merged, keys, weights)
     assert a[0] == pytest.approx(b[0], rel=1e-12)
@@ -112,9 +115,10 @@ def test_repeated_keys_in_a_row_add_up():
 
 def test_float32_weights_from_the_ps_and_a_column_shape():
     model, batch = LogisticRegression(), _batch()
-    keys = model.touched_keys(batch)
+    keys = model.prepare(batch).keys
     weights = np.random.default_rng(5).normal(size=(keys.size, 1)).astype(np.float32)
     loss, grad, _ = model.loss_and_gradient(batch, keys, weights)
+    grad = grad[:, 0]
     expected_loss, expected_grad, _ = _dense_loss(batch, keys, weights[:, 0].astype(np.float64))
     assert loss == pytest.approx(expected_loss, rel=1e-5)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-5)
@@ -123,10 +127,11 @@ def test_float32_weights_from_the_ps_and_a_column_shape():
 def test_keys_beyond_the_batch_get_zero_gradient():
     model, batch = LogisticRegression(), _batch()
     extra = np.array([3, 99, 2**40], np.uint64)  # pulled but unused by this batch
-    keys = np.union1d(model.touched_keys(batch), extra)
+    keys = np.union1d(model.prepare(batch).keys, extra)
     assert keys[-1] == BIAS_KEY
     weights = np.random.default_rng(6).normal(size=keys.size)
     loss, grad, _ = model.loss_and_gradient(batch, keys, weights)
+    grad = grad[:, 0]
     unused = np.isin(keys, extra)
     assert np.all(grad[unused] == 0)
     assert loss == pytest.approx(_dense_loss(batch, keys, weights)[0], rel=1e-12)
@@ -136,11 +141,11 @@ def test_extreme_margins_stay_finite():
     model = LogisticRegression()
     batch = Batch(labels=np.array([1.0, 0.0], np.float32), indptr=np.array([0, 1, 2]),
                   keys=np.array([1, 2], np.uint64), values=np.array([1.0, 1.0], np.float32))
-    keys = model.touched_keys(batch)
+    keys = model.prepare(batch).keys
     loss, grad, probability = model.loss_and_gradient(batch, keys, np.array([-800.0, 800.0, 0.0]))
     assert np.isfinite(loss) and loss == pytest.approx(1600.0)
     assert np.all(np.isfinite(grad)) and np.all(np.isfinite(probability))
-    np.testing.assert_allclose(grad, [-1.0, 1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(grad[:, 0], [-1.0, 1.0, 0.0], atol=1e-12)
 
 
 def test_rows_without_features():
@@ -154,7 +159,7 @@ def test_rows_without_features():
     model = LogisticRegression()
     batch = Batch(labels=np.array([1.0, 0.0], np.float32), indptr=np.zeros(3, np.int64),
                   keys=np.zeros(0, np.uint64), values=np.zeros(0, np.float32))
-    keys = model.touched_keys(batch)
+    keys = model.prepare(batch).keys
     np.testing.assert_array_equal(keys, [BIAS_KEY])
     bias = 0.4
     try:
@@ -164,15 +169,15 @@ def test_rows_without_features():
     p = 1 / (1 + np.exp(-bias))
     assert loss == pytest.approx(-np.log(p) - np.log(1 - p), rel=1e-12)
     np.testing.assert_allclose(probability, [p, p], rtol=1e-12)
-    np.testing.assert_allclose(grad, [(p - 1) + p], rtol=1e-12)
+    np.testing.assert_allclose(grad[:, 0], [(p - 1) + p], rtol=1e-12)
 
 
 def test_empty_batch():
     model = LogisticRegression()
-    keys = model.touched_keys(Batch.empty())
+    keys = model.prepare(Batch.empty()).keys
     np.testing.assert_array_equal(keys, [BIAS_KEY])
     loss, grad, probability = model.loss_and_gradient(Batch.empty(), keys, np.array([0.4]))
-    assert loss == 0.0 and grad.tolist() == [0.0] and probability.size == 0
+    assert loss == 0.0 and grad.tolist() == [[0.0]] and probability.size == 0
 
 
 def test_sigmoid():
@@ -193,7 +198,7 @@ def test_prepared_batch_maps_every_nonzero_to_its_key():
 
 def test_prepared_and_plain_batches_give_the_same_loss_and_gradient():
     model, batch = LogisticRegression(), _batch(seed=5)
-    keys = np.union1d(model.touched_keys(batch), np.array([42], dtype=np.uint64))
+    keys = np.union1d(model.prepare(batch).keys, np.array([42], dtype=np.uint64))
     weights = np.random.default_rng(0).normal(size=keys.size)
     plain, prepared = model.loss_and_gradient(batch, keys, weights), model.loss_and_gradient(model.prepare(batch), keys, weights)
     assert plain[0] == pytest.approx(prepared[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import pytest
@@ -11,12 +12,14 @@ from sklearn.metrics import roc_auc_score
 from hybrid_ps.data.batch import Batch
 from hybrid_ps.data.synthetic import (
     BLOCK_ROWS,
+    LATENT_RANK,
     SyntheticShard,
     SyntheticSpec,
     _ZipfSampler,
     feature_key,
     generate_all,
     mix64,
+    true_latent,
     true_logit,
     true_weight,
 )
@@ -153,6 +156,8 @@ def test_zipf_sampler_is_exactly_the_inverse_cdf(features, exponent):
         ("weight_scale", -1.0),
         ("bias", float("inf")),
         ("seed", -1),
+        ("interactions", -0.5),
+        ("interactions", float("nan")),
     ],
 )
 def test_spec_validation_names_the_field(field, value):
@@ -165,3 +170,84 @@ def test_bad_rank_and_batch_size():
         SyntheticShard(SMALL, 2, 2)
     with pytest.raises(ConfigError, match="batch_size"):
         next(SyntheticShard(SMALL).batches(0))
+
+
+def _digest(batch: Batch) -> str:
+    h = hashlib.sha256()
+    for field in ("labels", "indptr", "keys", "values"):
+        h.update(np.ascontiguousarray(getattr(batch, field)).tobytes())
+    return h.hexdigest()
+
+
+def test_no_interactions_keeps_the_rows_bit_for_bit(small_all):
+    """The digest of SMALL's rows before ``interactions`` existed (generated with the earlier code)."""
+    assert SMALL.interactions == 0.0
+    assert _digest(small_all) == "754617be9450a303078078397540ec60a23a8d2653e32a83cb674b77474a6128"
+    _assert_batches_equal(generate_all(dataclasses.replace(SMALL, interactions=0)), small_all)
+
+
+def _brute_force_pairwise(batch: Batch, spec: SyntheticSpec) -> np.ndarray:
+    """``sum_{i<j} <u_i, u_j> x_i x_j`` over each row's distinct features, spelt out."""
+    index = {int(k): i for i, k in enumerate(feature_key(np.arange(spec.features), spec.seed))}
+    out = np.zeros(batch.num_rows)
+    for row in range(batch.num_rows):
+        x: dict[int, float] = {}
+        for j in range(batch.indptr[row], batch.indptr[row + 1]):
+            x[int(batch.keys[j])] = x.get(int(batch.keys[j]), 0.0) + float(batch.values[j])
+        keys = sorted(x)
+        u = true_latent(np.array([index[k] for k in keys]), spec)
+        for a in range(len(keys)):
+            for b in range(a + 1, len(keys)):
+                out[row] += float(u[a] @ u[b]) * x[keys[a]] * x[keys[b]]
+    return out
+
+
+def test_interactions_change_only_the_labels(small_all):
+    spec = dataclasses.replace(SMALL, interactions=0.5)
+    data = generate_all(spec)
+    for field in ("indptr", "keys", "values"):
+        np.testing.assert_array_equal(getattr(data, field), getattr(small_all, field), err_msg=field)
+    assert 0.05 < np.mean(data.labels != small_all.labels) < 0.5
+    shards = [SyntheticShard(spec, rank, 3) for rank in range(3)]
+    _assert_batches_equal(Batch.concat([b for shard in shards for b in shard.batches(1000)]), data)
+
+
+def test_interactions_are_a_low_rank_pairwise_term_in_the_true_logit(small_all):
+    spec = dataclasses.replace(SMALL, interactions=0.5, features=50)  # few features: many repeats in a row
+    data = generate_all(spec)
+    rows = data.rows(0, 300)
+    repeats = sum(np.unique(rows.keys[rows.indptr[i]:rows.indptr[i + 1]]).size < spec.nnz_per_row
+                  for i in range(rows.num_rows))
+    assert repeats > 50
+    linear = true_logit(rows, dataclasses.replace(spec, interactions=0.0))
+    np.testing.assert_allclose(true_logit(rows, spec), linear + 0.5 * _brute_force_pairwise(rows, spec),
+                               rtol=1e-10, atol=1e-10)
+    # Non-unit values and rows without features in a hand-made batch.
+    hand = Batch(labels=np.zeros(3, np.float32), indptr=np.array([0, 0, 3, 5], np.int64),
+                 keys=feature_key(np.array([1, 2, 1, 4, 4]), spec.seed),
+                 values=np.array([0.5, 2.0, 1.5, 1.0, -1.0], np.float32))
+    np.testing.assert_allclose(true_logit(hand, spec) - true_logit(hand, dataclasses.replace(spec, interactions=0)),
+                               0.5 * _brute_force_pairwise(hand, spec), rtol=1e-12, atol=1e-12)
+    latent = true_latent(np.arange(20_000), SyntheticSpec())
+    assert latent.shape == (20_000, LATENT_RANK)
+    assert abs(np.mean(np.sum(latent**2, axis=1)) - 1.0) < 0.02, "E|u|^2 = 1"
+    full = generate_all(dataclasses.replace(SMALL, interactions=0.5))
+    logit = true_logit(full, dataclasses.replace(SMALL, interactions=0.5))
+    linear = true_logit(full, SMALL)
+    assert roc_auc_score(full.labels, logit) > roc_auc_score(full.labels, linear) + 0.05
+    assert abs(full.labels.mean() - np.mean(1 / (1 + np.exp(-logit)))) < 0.02
+
+
+def test_interactions_are_plumbed_from_the_config_and_the_checkpoint(monkeypatch):
+    from hybrid_ps import evaluate
+    from hybrid_ps.config import DataConfig
+    from hybrid_ps.data import open_data_shard
+
+    config = DataConfig(rows=500, features=100, nnz_per_row=4, seed=2, interactions=0.25)
+    shard = open_data_shard(config, 0, 1)
+    assert shard.spec == SyntheticSpec(rows=500, features=100, nnz_per_row=4, seed=2, interactions=0.25)
+    recorded = {"source": "synthetic", "rows": 500, "features": 100, "nnz_per_row": 4, "zipf_exponent": 1.1, "seed": 2}
+    for extra, interactions in (({}, 0.0), ({"interactions": 0.25}, 0.25)):  # older checkpoints record none
+        monkeypatch.setattr(evaluate, "checkpoint_info", lambda path, extra=extra: {"data": {**recorded, **extra}})
+        got = Batch.concat(list(evaluate._batches("synthetic", "ckpt", 128)))
+        _assert_batches_equal(got, generate_all(dataclasses.replace(shard.spec, interactions=interactions)))
