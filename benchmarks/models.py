@@ -16,7 +16,12 @@ import tempfile
 
 from .common import finish, print_table, run_training, summary_of
 
-MODELS = ["logistic_regression", "factorization_machine", "wide_deep"]
+MODELS = {
+    "logistic_regression": ["--model", "logistic_regression"],
+    "factorization_machine": ["--model", "factorization_machine"],
+    "wide_deep": ["--model", "wide_deep"],
+    "wide_deep, MLP in the group": ["--model", "wide_deep", "--dense-in-group", "true"],
+}
 
 
 def main() -> None:
@@ -32,19 +37,21 @@ def main() -> None:
               "--interactions", str(args.interactions), "--epochs", str(args.epochs), "--checkpoint", "false",
               "--log-interval", "60"]
     results = {}
-    for model in MODELS:
+    for model, flags in MODELS.items():
         with tempfile.TemporaryDirectory() as output:
-            summary = summary_of(run_training(args.ranks, [*common, "--model", model], output))
+            summary = summary_of(run_training(args.ranks, [*common, *flags], output))
         results[model] = {"samples_per_s": summary["samples_per_s"], "final_logloss": summary["final_logloss"],
-                          "final_accuracy": summary["final_accuracy"]}
+                          "final_accuracy": summary["final_accuracy"],
+                          "ps_bytes_sent_per_step": summary["ps_bytes_sent_per_step"]}
     base = results["logistic_regression"]
     for r in results.values():
         r["speed_vs_lr"] = r["samples_per_s"] / base["samples_per_s"]
         r["logloss_vs_lr"] = r["final_logloss"] - base["final_logloss"]
     print(f"{args.ranks} ranks, {args.rows} synthetic rows x {args.epochs} epochs, interactions {args.interactions}")
-    print_table(["model", "samples/s", "vs LR", "final logloss", "vs LR", "accuracy"],
+    print_table(["model", "samples/s", "vs LR", "final logloss", "vs LR", "accuracy", "PS out kB/step"],
                 [[name, r["samples_per_s"], f"{r['speed_vs_lr']:.2f}x", r["final_logloss"],
-                  f"{r['logloss_vs_lr']:+.3f}", r["final_accuracy"]] for name, r in results.items()])
+                  f"{r['logloss_vs_lr']:+.3f}", r["final_accuracy"], r["ps_bytes_sent_per_step"] / 1e3]
+                 for name, r in results.items()])
     fm = results["factorization_machine"]
     ratio = base["final_logloss"] / fm["final_logloss"]
     finish("models", {"ranks": args.ranks, "rows": args.rows, "interactions": args.interactions,

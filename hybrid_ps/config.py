@@ -87,6 +87,11 @@ class ModelConfig:
                                 "the key)", "--init-scale")
     hidden: str = _option("32,16", "wide & deep: hidden layer sizes of the MLP on the pooled embeddings, comma "
                           "separated (its weights live on the PS in blocks of embedding_dim + 1 values)", "--hidden")
+    dense_in_group: bool = _option(
+        False, "wide & deep: keep the MLP on every member of a group, updated from the in-group allreduce; it meets "
+        "the other groups' updates on the PS every dense_sync_every clocks", "--dense-in-group")
+    dense_sync_every: int = _option(8, "clocks between a group's exchanges of its dense copy with the PS",
+                                    "--dense-sync-every")
 
 
 @dataclass
@@ -187,6 +192,7 @@ class Config:
             ("data.interactions", self.data.interactions >= 0, ">= 0"),
             ("model.embedding_dim", self.model.embedding_dim >= 1, ">= 1"),
             ("model.init_scale", self.model.init_scale >= 0, ">= 0"),
+            ("model.dense_sync_every", self.model.dense_sync_every >= 2, ">= 2"),
             ("optimizer.learning_rate", self.optimizer.learning_rate > 0, "> 0"),
             ("optimizer.learning_rate", self.optimizer.learning_rate < math.inf, "finite"),
             ("optimizer.l1", self.optimizer.l1 >= 0, ">= 0"),

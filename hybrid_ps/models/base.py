@@ -87,6 +87,10 @@ class Model(ABC):
         """Sorted keys every batch needs besides its features (the bias; dense blocks), all above feature keys."""
         return np.array([BIAS_KEY], dtype=np.uint64)
 
+    def dense_keys(self) -> np.ndarray:
+        """The ``model_keys`` holding dense tensors (which ``model.dense_in_group`` keeps on every member)."""
+        return np.zeros(0, dtype=np.uint64)
+
     def prepare(self, batch: Batch) -> PreparedBatch:
         """The batch's sorted key set (features, then ``model_keys``) and each nonzero's place in it."""
         unique, inverse = np.unique(batch.keys, return_inverse=True)

@@ -52,11 +52,14 @@ class WideDeep(Model):
         self.layers = list(zip(sizes[:-1], sizes[1:]))  # (fan_in, fan_out) per layer
         self.num_dense = sum(i * o + o for i, o in self.layers)
         blocks = -(-self.num_dense // self.width)
-        self.dense_keys = (BIAS_KEY - np.uint64(blocks) + np.arange(blocks, dtype=np.uint64))  # just below the bias
+        self._dense_keys = (BIAS_KEY - np.uint64(blocks) + np.arange(blocks, dtype=np.uint64))  # just below the bias
         self._dense_start = self._glorot_blocks()
 
     def model_keys(self) -> np.ndarray:
-        return np.concatenate([self.dense_keys, [BIAS_KEY]]).astype(np.uint64)
+        return np.concatenate([self._dense_keys, [BIAS_KEY]]).astype(np.uint64)
+
+    def dense_keys(self) -> np.ndarray:
+        return self._dense_keys
 
     def attrs(self) -> dict[str, Any]:
         return {"embedding_dim": self.embedding_dim, "hidden": ",".join(map(str, self.hidden)),
@@ -70,8 +73,8 @@ class WideDeep(Model):
     def initial_values(self, keys: np.ndarray) -> np.ndarray:
         start = np.zeros((keys.size, self.width))
         start[:, 1:] = self.init_scale * hashed_uniform(keys, self.embedding_dim, _EMBEDDING_SALT)
-        dense = (keys >= self.dense_keys[0]) & (keys != BIAS_KEY)
-        start[dense] = self._dense_start[(keys[dense] - self.dense_keys[0]).astype(np.int64)]
+        dense = (keys >= self._dense_keys[0]) & (keys != BIAS_KEY)
+        start[dense] = self._dense_start[(keys[dense] - self._dense_keys[0]).astype(np.int64)]
         start[keys == BIAS_KEY] = 0.0
         return start
 
@@ -83,7 +86,7 @@ class WideDeep(Model):
         position = prepared.positions_in(keys)
         row_ids, x = prepared.row_ids, rows.values.astype(np.float64)
         n_rows = rows.num_rows
-        dense_at = np.searchsorted(keys, self.dense_keys)
+        dense_at = np.searchsorted(keys, self._dense_keys)
         weights = self._unflatten(params[dense_at].reshape(-1)[: self.num_dense])
         bias_at = keys.size - 1
 
@@ -97,7 +100,7 @@ class WideDeep(Model):
         grad[bias_at, 0] += residual.sum()
         dense_grads, d_pooled = self._backward(activations, weights, residual)
         grad[:, 1:] += self._scatter_rows(position, d_pooled[row_ids] * x[:, None], keys.size, k)
-        flat = np.zeros(self.dense_keys.size * self.width)
+        flat = np.zeros(self._dense_keys.size * self.width)
         flat[: self.num_dense] = np.concatenate([g.reshape(-1) for pair in dense_grads for g in pair])
         grad[dense_at] += flat.reshape(-1, self.width)
         return loss, grad, probability
@@ -139,8 +142,8 @@ class WideDeep(Model):
 
     def _glorot_blocks(self) -> np.ndarray:
         """The MLP's starting weights (Glorot-uniform, zero biases) as ``[blocks, width]``, fixed by the shapes."""
-        noise = hashed_uniform(self.dense_keys, self.width, _DENSE_SALT).reshape(-1)
-        flat = np.zeros(self.dense_keys.size * self.width)
+        noise = hashed_uniform(self._dense_keys, self.width, _DENSE_SALT).reshape(-1)
+        flat = np.zeros(self._dense_keys.size * self.width)
         at = 0
         for fan_in, fan_out in self.layers:
             count = fan_in * fan_out

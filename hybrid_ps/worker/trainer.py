@@ -30,7 +30,9 @@ from ..tier import TierView
 from ..wire import FINAL_CLOCK
 from .client import PSClient
 from .filters import PushFilter
+from ..server.optimizers import make_optimizer
 from .group import WorkerGroup
+from .group_rows import GroupRows
 
 __all__ = ["GroupTrainer", "GroupResult", "TRAFFIC_FIELDS"]
 
@@ -143,6 +145,11 @@ class GroupTrainer:
         comm = config.comm
         self.push_filter = PushFilter(model.width, comm.filter_threshold, comm.filter_relative,
                                       config.optimizer.l1 if comm.kkt else 0.0, comm.value_encoding)
+        self.group_rows = None  # model.dense_in_group: the dense blocks kept on every member (group_rows.py)
+        if config.model.dense_in_group and model.dense_keys().size:
+            opt = config.optimizer
+            self.group_rows = GroupRows(model.dense_keys(), model.width, make_optimizer(
+                opt.name, opt.learning_rate, opt.l1, opt.l2, opt.ftrl_beta), config.model.dense_sync_every)
         self._report_mark = (0, np.zeros(len(TRAFFIC_FIELDS)))  # leader: (clock, traffic) at the last progress line
 
     def run(self) -> GroupResult:
@@ -177,6 +184,8 @@ class GroupTrainer:
         union = self.group.gather_keys(prepared.keys if prepared is not None else None)
         ticket = None
         if self.group.is_leader and union is not None:
+            if self.group_rows is not None:
+                union = self.group_rows.pull_keys(union, clock)
             ticket = self.client.pull(union, clock)
         return _Exchange(prepared, union, ticket)
 
@@ -205,7 +214,10 @@ class GroupTrainer:
             if exchange.ticket is not None and not self._stopping:
                 values = self._wait_on_ps(exchange.ticket)
         union = None if self._stopping else exchange.union
-        return self.group.broadcast_pulled(union, values, self.model.width)
+        pulled = self.group.broadcast_pulled(union, values, self.model.width)
+        if pulled is not None and self.group_rows is not None:
+            pulled = self.group_rows.merged(*pulled)
+        return pulled
 
     def _train(self, result: GroupResult) -> None:
         """The step loop. With ``train.prefetch`` (and staleness >= 1) the pull for step ``c + 1`` goes
@@ -253,16 +265,23 @@ class GroupTrainer:
         if not all_finite(totals):  # the same sum on every member: they all take this branch
             self._non_finite_gradient(local_finite)
             loss_sum, rows = 0.0, 0  # the step is skipped: no push, no samples counted
+        on_ps = np.ones(keys.size, dtype=bool)
+        if rows and self.group_rows is not None:  # every member updates its copy of the group's rows
+            kept = np.searchsorted(keys, self.group_rows.keys)
+            on_ps[kept] = False
+            self.group_rows.apply(totals[:size].reshape(-1, self.model.width)[kept] / rows, self.group.is_leader)
         if self.group.is_leader:
             if totals[-1] and not self._stop_sent:
                 self.client.request_stop()
                 self._stop_sent = True
             self._slow_down()
             if rows:
-                gradient = totals[:size] / rows  # a new array: ZeroMQ sends it after the buffer is reused
-                sent_keys, sent = self.push_filter.apply(keys, gradient.reshape(-1, self.model.width), values)
+                gradient = (totals[:size] / rows).reshape(-1, self.model.width)  # a new array (sent zero-copy)
+                sent_keys, sent = self.push_filter.apply(keys[on_ps], gradient[on_ps], values[on_ps])
                 if sent_keys.size:
                     self._timed_on_ps(self.client.push, sent_keys, sent, self.clock)
+            if self.group_rows is not None and self.group_rows.due(self.clock):
+                self._timed_on_ps(self.client.push, *self.group_rows.drain(), self.clock)
         self.clock += 1
         self.meter.add(rows, loss_sum)
         result.steps, result.samples = self.clock, result.samples + rows
@@ -355,6 +374,8 @@ class GroupTrainer:
         keys, values = self.push_filter.flush()
         if keys.size:
             self.client.push(keys, values, self.clock)
+        if self.group_rows is not None:
+            self.client.push(*self.group_rows.drain(), self.clock)
 
     def _traffic(self) -> np.ndarray:
         """Leader: the traffic counters so far, in ``TRAFFIC_FIELDS`` order."""

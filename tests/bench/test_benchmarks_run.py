@@ -133,5 +133,5 @@ def test_models_benchmark(tmp_path):
                "--features", "500", "--epochs", "1")
     assert "factorization_machine" in out and "wide_deep" in out
     results = json.loads((tmp_path / "models.json").read_text())["results"]
-    assert set(results) == {"logistic_regression", "factorization_machine", "wide_deep"}
+    assert set(results) == {"logistic_regression", "factorization_machine", "wide_deep", "wide_deep, MLP in the group"}
     assert all(r["samples_per_s"] > 0 for r in results.values())

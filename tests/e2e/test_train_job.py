@@ -79,9 +79,11 @@ def test_fm_learns_the_pairwise_interactions_that_lr_cannot(run_job):
     assert fm.summary["final_logloss"] < lr.summary["final_logloss"] - 0.05
 
 
-@pytest.mark.parametrize("model", ["factorization_machine", "wide_deep"])
-def test_every_model_checkpoints_and_evaluates_to_its_final_logloss(run_job, model):
-    job = run_job(4, *INTERACTING, "--epochs", "1", "--model", model, "--embedding-dim", "4")
+@pytest.mark.parametrize("model, extra", [("factorization_machine", []), ("wide_deep", []),
+                                          ("wide_deep", ["--dense-in-group", "true", "--dense-sync-every", "4"])],
+                         ids=["fm", "wide_deep", "wide_deep-dense_in_group"])
+def test_every_model_checkpoints_and_evaluates_to_its_final_logloss(run_job, model, extra):
+    job = run_job(8, *INTERACTING, "--epochs", "1", "--model", model, "--embedding-dim", "4", *extra)
     assert job.returncode == 0, job.stderr[-3000:]
     evaluated = subprocess.run([sys.executable, "-m", "hybrid_ps.evaluate", str(job.output_dir / "checkpoints"),
                                 "--data", "synthetic", "--format", "json"], capture_output=True, text=True, timeout=120)

@@ -319,3 +319,15 @@ def test_fm_is_not_worse_than_lr_on_linear_data(learned):
     lr, fm = got["logistic_regression"], got["factorization_machine"]
     assert fm < lr + 0.02, got  # measured: LR 0.453, FM 0.463, Bayes 0.440
     assert got["bayes"] < lr < got["constant"] - 0.1, got
+
+
+def test_wide_deep_keeps_its_mlp_in_fixed_size_blocks_spread_over_every_shard():
+    from hybrid_ps.models.wide_deep import WideDeep
+    from hybrid_ps.partition import HashRing
+
+    model = WideDeep(embedding_dim=8, hidden=(32, 16))
+    blocks = model.dense_keys()
+    assert blocks.size == -(-(8 * 32 + 32 + 32 * 16 + 16 + 16 + 1) // model.width)
+    assert np.all(blocks[1:] > blocks[:-1]) and blocks[-1] < BIAS_KEY
+    assert np.array_equal(model.model_keys(), np.append(blocks, BIAS_KEY))
+    assert set(HashRing(range(4)).shard_of(blocks).tolist()) == {0, 1, 2, 3}
