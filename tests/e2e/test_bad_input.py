@@ -92,7 +92,9 @@ def the_error_line(done: subprocess.CompletedProcess, exit_code: int, under_mpi:
     stderr = done.stderr
     assert done.returncode == exit_code, f"exit {done.returncode}, stderr:\n{stderr}"
     assert "Traceback" not in stderr, stderr
-    lines = stderr.splitlines()
+    if under_mpi:  # the launcher forwards every rank's stderr through one pipe: a log line may start mid-line
+        stderr = re.sub(r"(?<=\S)(\d\d:\d\d:\d\d \[(?:worker|server) )", r"\n\1", stderr)
+    lines = [line for line in stderr.splitlines() if line.strip() or not under_mpi]
     errors = [line for line in lines if ERROR_LINE.match(line)]
     assert len(errors) == 1, f"expected one error line, got:\n{stderr}"
     others = [line for line in lines if line != errors[0]]
