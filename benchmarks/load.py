@@ -36,7 +36,7 @@ import numpy as np
 import zmq
 
 from .common import finish, print_table
-from .raw_server import serve_raw, start
+from .raw_server import connect_raw, serve_raw, start
 
 VNODES = 256  # the config default (cluster.vnodes)
 TARGET = 0.5
@@ -95,12 +95,7 @@ class RawLeader:
         from hybrid_ps import wire
 
         self.placement = placement
-        self.sockets = []
-        for endpoint in endpoints:
-            sock = context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
-            self.sockets.append(sock)
+        self.sockets = [connect_raw(context, endpoint) for endpoint in endpoints]
         self.header = wire.encode_header(wire.Header(wire.Op.PULL, group))
 
     def round_trip(self, keys: np.ndarray, grads: np.ndarray | None = None) -> None:

@@ -13,7 +13,7 @@ import multiprocessing as mp
 import numpy as np
 import zmq
 
-__all__ = ["serve_raw", "start"]
+__all__ = ["serve_raw", "start", "connect_raw", "stop"]
 
 
 def serve_raw(max_keys: int, groups: int, keys: dict | None, conn) -> None:
@@ -41,6 +41,24 @@ def serve_raw(max_keys: int, groups: int, keys: dict | None, conn) -> None:
                 break
     sock.close()
     context.term()
+
+
+def connect_raw(context: zmq.Context, endpoint: str, keys=None) -> zmq.Socket:
+    """A DEALER to ``endpoint`` with no linger (a CURVE client with ``keys``, a ``JobKeys``)."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys is not None:
+        keys.connect_as_client(sock)
+    sock.connect(endpoint)
+    return sock
+
+
+def stop(processes: list[mp.Process]) -> None:
+    """Wait up to 10 s for each process to end, then terminate it."""
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.terminate()
 
 
 def start(target, *args) -> tuple[mp.Process, str]:

@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 
 from .common import best_time, finish, print_table
-from .raw_server import serve_raw, start
+from .raw_server import serve_raw, start, stop
 from .transport import WIDTH, RawClient
 
 SIZES = [1_000, 10_000, 100_000]
@@ -61,13 +61,7 @@ def measure(sizes: list[int]) -> list[dict]:
         raw, raw_endpoint = start(serve_raw, largest * WIDTH, 1, job_keys and job_keys.to_dict())
         processes += [shard, raw]
         clients[mode] = PSClient([endpoint], 0, 1, HashRing([0]), WIDTH, timeout=120, context=context, keys=job_keys)
-        raws[mode] = RawClient(context, [])
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if job_keys:
-            job_keys.connect_as_client(sock)
-        sock.connect(raw_endpoint)
-        raws[mode].sockets.append(sock)
+        raws[mode] = RawClient(context, [raw_endpoint], job_keys)
     rows = []
     rng = np.random.default_rng(0)
     try:
@@ -94,10 +88,7 @@ def measure(sizes: list[int]) -> list[dict]:
             clients[mode].close()
             raws[mode].close()
         context.destroy(linger=0)
-        for process in processes:
-            process.join(10)
-            if process.is_alive():
-                process.terminate()
+        stop(processes)
     return rows
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import zmq
 
 from .common import best_time, finish, print_table
-from .raw_server import serve_raw, start
+from .raw_server import connect_raw, serve_raw, start, stop
 
 SIZES = [10**3, 10**4, 10**5, 10**6]
 WIDTH = 1
@@ -92,15 +92,10 @@ def _serve_shard(shard_id: int, num_shards: int, capacity: int, null: bool, conn
 class RawClient:
     """DEALER sockets to the raw servers; a round trip sends every part at once, then takes every reply."""
 
-    def __init__(self, context: zmq.Context, endpoints: list[str]) -> None:
+    def __init__(self, context: zmq.Context, endpoints: list[str], keys=None) -> None:
         from hybrid_ps import wire
 
-        self.sockets = []
-        for endpoint in endpoints:
-            sock = context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
-            self.sockets.append(sock)
+        self.sockets = [connect_raw(context, endpoint, keys) for endpoint in endpoints]
         self.header = wire.encode_header(wire.Header(wire.Op.PULL))
 
     def round_trip(self, parts: list[list[np.ndarray]]) -> None:
@@ -203,10 +198,7 @@ def measure(num_shards: int, sizes: list[int], rng: np.random.Generator) -> list
             ps.close()
         raw.close()
         context.term()
-        for process, _ in started + null_started + raw_started:
-            process.join(10)
-            if process.is_alive():
-                process.terminate()
+        stop([process for process, _ in started + null_started + raw_started])
     return rows
 
 

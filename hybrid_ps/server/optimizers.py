@@ -8,12 +8,16 @@ pushed (already averaged) gradient. The shard scatters the rows back.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["Optimizer", "SGD", "AdaGrad", "FTRL", "make_optimizer"]
+if TYPE_CHECKING:
+    from ..config import OptimizerConfig
+
+__all__ = ["Optimizer", "SGD", "AdaGrad", "FTRL", "make_optimizer", "optimizer_from_config"]
 
 
 class Optimizer(ABC):
@@ -97,6 +101,11 @@ class FTRL(Optimizer):
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "beta": self.beta}
+
+
+def optimizer_from_config(settings: "OptimizerConfig") -> Optimizer:
+    """The optimizer a job's ``[optimizer]`` settings describe (what shards, and groups keeping rows, apply)."""
+    return make_optimizer(settings.name, settings.learning_rate, settings.l1, settings.l2, settings.ftrl_beta)
 
 
 def make_optimizer(

@@ -31,7 +31,7 @@ from ..preemption import StopRequest
 from ..replication import default_replication
 from ..security import JobKeys, check_plaintext_host
 from ..transport import resolve_bind_host
-from .optimizers import make_optimizer
+from .optimizers import optimizer_from_config
 from .service import ShardService
 from .shard import Shard
 
@@ -89,8 +89,7 @@ class ShardSpec:
 def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardService:
     """The shard's service, bound and (with ``train.resume``) restored from a checkpoint."""
     config = spec.config
-    optimizer = make_optimizer(config.optimizer.name, config.optimizer.learning_rate, config.optimizer.l1,
-                               config.optimizer.l2, config.optimizer.ftrl_beta)
+    optimizer = optimizer_from_config(config.optimizer)
     root = config.checkpoint_root
     ring = HashRing(spec.shard_ids, config.cluster.vnodes)
 

@@ -26,11 +26,11 @@ from ..metrics import MetricsWriter, RateMeter
 from ..models.base import Model, PreparedBatch
 from ..numerics import all_finite
 from ..preemption import StopRequest
+from ..server.optimizers import optimizer_from_config
 from ..tier import TierView
 from ..wire import FINAL_CLOCK
 from .client import PSClient
 from .filters import PushFilter
-from ..server.optimizers import make_optimizer
 from .group import WorkerGroup
 from .group_rows import GroupRows
 
@@ -147,9 +147,8 @@ class GroupTrainer:
                                       config.optimizer.l1 if comm.kkt else 0.0, comm.value_encoding)
         self.group_rows = None  # model.dense_in_group: the dense blocks kept on every member (group_rows.py)
         if config.model.dense_in_group and model.dense_keys().size:
-            opt = config.optimizer
-            self.group_rows = GroupRows(model.dense_keys(), model.width, make_optimizer(
-                opt.name, opt.learning_rate, opt.l1, opt.l2, opt.ftrl_beta), config.model.dense_sync_every)
+            self.group_rows = GroupRows(model.dense_keys(), model.width, optimizer_from_config(config.optimizer),
+                                        config.model.dense_sync_every)
         self._report_mark = (0, np.zeros(len(TRAFFIC_FIELDS)))  # leader: (clock, traffic) at the last progress line
 
     def run(self) -> GroupResult:
@@ -265,10 +264,9 @@ class GroupTrainer:
         if not all_finite(totals):  # the same sum on every member: they all take this branch
             self._non_finite_gradient(local_finite)
             loss_sum, rows = 0.0, 0  # the step is skipped: no push, no samples counted
-        on_ps = np.ones(keys.size, dtype=bool)
-        if rows and self.group_rows is not None:  # every member updates its copy of the group's rows
+        kept = None  # positions of the rows the group keeps itself (model.dense_in_group), not pushed every step
+        if rows and self.group_rows is not None:  # every member updates its copy of them
             kept = np.searchsorted(keys, self.group_rows.keys)
-            on_ps[kept] = False
             self.group_rows.apply(totals[:size].reshape(-1, self.model.width)[kept] / rows, self.group.is_leader)
         if self.group.is_leader:
             if totals[-1] and not self._stop_sent:
@@ -277,6 +275,10 @@ class GroupTrainer:
             self._slow_down()
             if rows:
                 gradient = (totals[:size] / rows).reshape(-1, self.model.width)  # a new array (sent zero-copy)
+                on_ps = slice(None)  # every row (views, no copies), unless the group keeps some itself
+                if kept is not None:
+                    on_ps = np.ones(keys.size, dtype=bool)
+                    on_ps[kept] = False
                 sent_keys, sent = self.push_filter.apply(keys[on_ps], gradient[on_ps], values[on_ps])
                 if sent_keys.size:
                     self._timed_on_ps(self.client.push, sent_keys, sent, self.clock)
