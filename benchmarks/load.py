@@ -49,7 +49,7 @@ def _serve_shard(shard_id: int, num_shards: int, groups: int, replication: int, 
     """A shard: ShardService (SGD, learning rate 1, ASP) on 127.0.0.1; sends its endpoint back."""
     logging.basicConfig(level=logging.WARNING)
     from hybrid_ps.partition import HashRing
-    from hybrid_ps.server.optimizers import make_optimizer
+    from hybrid_ps.tables.optimizers import make_optimizer
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard
 

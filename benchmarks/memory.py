@@ -26,7 +26,7 @@ CHILD = """
 import json, numpy as np
 from benchmarks.common import peak_rss_bytes
 from hybrid_ps.partition import mix64
-from hybrid_ps.server.optimizers import make_optimizer
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.shard import Shard
 before = peak_rss_bytes()
 held, name, width = {held}, {name!r}, {width}

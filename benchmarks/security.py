@@ -32,7 +32,7 @@ def _serve_shard(keys: dict | None, capacity: int, conn) -> None:
     logging.basicConfig(level=logging.WARNING)
     from hybrid_ps.partition import HashRing
     from hybrid_ps.security import JobKeys
-    from hybrid_ps.server.optimizers import make_optimizer
+    from hybrid_ps.tables.optimizers import make_optimizer
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard
 

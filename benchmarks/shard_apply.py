@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 from hybrid_ps.partition import mix64
-from hybrid_ps.server.optimizers import make_optimizer
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.shard import Shard
 
 from .common import best_time, finish, print_table

@@ -73,7 +73,7 @@ def _serve_shard(shard_id: int, num_shards: int, capacity: int, null: bool, conn
     """
     logging.basicConfig(level=logging.WARNING)
     from hybrid_ps.partition import HashRing
-    from hybrid_ps.server.optimizers import make_optimizer
+    from hybrid_ps.tables.optimizers import make_optimizer
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard
 
@@ -133,7 +133,7 @@ def _validation_seconds(service_like, parts, grad_parts, push: bool) -> float:
 
 def measure(num_shards: int, sizes: list[int], rng: np.random.Generator) -> list[dict]:
     from hybrid_ps.partition import HashRing
-    from hybrid_ps.server.optimizers import make_optimizer
+    from hybrid_ps.tables.optimizers import make_optimizer
     from hybrid_ps.replication import Placement
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard

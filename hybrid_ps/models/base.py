@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..data._key_sets import positions_in_sorted, unique_inverse
 from ..data.batch import Batch
 from ..partition import mix64
 
@@ -53,7 +54,7 @@ def hashed_uniform(keys: np.ndarray, columns: int, salt: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """A batch with its key set worked out once (one sort), for the exchange and the gradient.
+    """A batch with its key set worked out once (a compiled hash-unique), for the exchange and the gradient.
 
     Attributes:
         batch: the rows.
@@ -72,7 +73,7 @@ class PreparedBatch:
         """The index in ``keys`` (sorted, covering ``self.keys``) of each nonzero."""
         if keys.size == self.keys.size:  # the same set: a single-rank group, or members with equal keys
             return self.inverse
-        return np.searchsorted(keys, self.keys)[self.inverse]  # sorted queries: cache friendly
+        return positions_in_sorted(keys, self.keys)[self.inverse]
 
 
 class Model(ABC):
@@ -93,10 +94,9 @@ class Model(ABC):
 
     def prepare(self, batch: Batch) -> PreparedBatch:
         """The batch's sorted key set (features, then ``model_keys``) and each nonzero's place in it."""
-        unique, inverse = np.unique(batch.keys, return_inverse=True)
+        unique, inverse = unique_inverse(np.ascontiguousarray(batch.keys, dtype=np.uint64))
         keys = np.concatenate([unique, self.model_keys()])
-        index = np.int32 if batch.keys.size < 2**31 else np.int64  # half the memory when batches are kept
-        return PreparedBatch(batch, keys, inverse.reshape(-1).astype(index), batch.row_ids.astype(index))
+        return PreparedBatch(batch, keys, inverse, batch.row_ids.astype(inverse.dtype))  # int32: half the memory
 
     def prepared(self, batch: Batch | PreparedBatch) -> PreparedBatch:
         """``batch`` prepared (unchanged if it already is)."""

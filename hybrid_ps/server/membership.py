@@ -133,16 +133,16 @@ class TierMembership:
             return
         placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)
         mine = lambda keys: placement.is_replica(keys, self.shard_id)  # noqa: E731
-        held = len(self.shard)
-        moved = 0
+        loaded: list[np.ndarray] = []
         try:
-            for part in self._cut_reader(cut, lambda k: mine(k) & (self.shard.index.lookup(k) < 0)):
+            for part in self._cut_reader(cut, lambda k: mine(k) & ~self.shard.contains(k)):
                 self.shard.load(part.keys, part.values, part.state)
-                moved += part.keys.size
+                loaded.append(part.keys)
         except BaseException:
-            if len(self.shard) > held:  # loaded slots come after the held ones: drop them again
-                self.shard.retain(np.arange(len(self.shard)) < held)
+            if loaded:  # drop what was loaded again (those keys were not held before)
+                self.shard.retain(~np.isin(self.shard.export()[0], np.concatenate(loaded)))
             raise
+        moved = sum(part.size for part in loaded)
         keys = self.shard.export()[0]
         keep = mine(keys) if keys.size else np.zeros(0, dtype=bool)
         if not keep.all():

@@ -31,7 +31,7 @@ from ..preemption import StopRequest
 from ..replication import default_replication
 from ..security import JobKeys, check_plaintext_host
 from ..transport import resolve_bind_host
-from .optimizers import optimizer_from_config
+from ..tables.optimizers import optimizer_from_config
 from .service import ShardService
 from .shard import Shard
 

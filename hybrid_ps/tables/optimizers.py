@@ -1,8 +1,10 @@
-"""Server-side optimizers, applied vectorised to the rows a push touches.
+"""The update rules (SGD, AdaGrad, FTRL-Proximal): their settings, state arrays and compiled arithmetic.
 
-Each optimizer updates gathered rows in place: ``weights`` and every state
-array are ``[n, width]`` float32 copies of the touched slots, ``grads`` the
-pushed (already averaged) gradient. The shard scatters the rows back.
+The arithmetic itself is compiled (``_key_table.pyx``): a shard's push applies it
+row by row inside the key table (``KeyTable.push``), and ``Optimizer.apply``
+runs the same kernel over dense arrays (the rows a group keeps itself). It is
+float32 throughout, in the operation order of the numpy references in
+``tests/unit/test_key_table.py``, with which it agrees bit for bit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ConfigError
+from ._key_table import UpdateRule, apply_rows
 
 if TYPE_CHECKING:
     from ..config import OptimizerConfig
@@ -35,9 +38,19 @@ class Optimizer(ABC):
         self.l1 = l1
         self.l2 = l2
 
+    @property
     @abstractmethod
+    def rule(self) -> UpdateRule:
+        """The rule as the compiled kernels take it."""
+
     def apply(self, weights: np.ndarray, grads: np.ndarray, state: dict[str, np.ndarray]) -> None:
-        """Update ``weights`` and ``state`` rows in place from ``grads``."""
+        """Update ``weights`` and ``state`` (``[n, width]`` float32 arrays) in place from ``grads``."""
+        width = weights.shape[1]
+        rows = np.concatenate([weights, *(state[name] for name in self.state_names)], axis=1).astype(np.float32)
+        apply_rows(rows, np.ascontiguousarray(grads, dtype=np.float32).reshape(-1, width), self.rule, width)
+        weights[...] = rows[:, :width]
+        for i, name in enumerate(self.state_names):
+            state[name][...] = rows[:, width * (i + 1) : width * (i + 2)]
 
     def hyperparameters(self) -> dict[str, float]:
         """The numbers that define the rule (recorded in checkpoints and logs)."""
@@ -49,8 +62,9 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def apply(self, weights, grads, state):
-        weights -= self.learning_rate * (grads + self.l2 * weights)
+    @property
+    def rule(self) -> UpdateRule:
+        return UpdateRule("sgd", self.learning_rate, l2=self.l2)
 
 
 class AdaGrad(Optimizer):
@@ -63,11 +77,9 @@ class AdaGrad(Optimizer):
         super().__init__(learning_rate, l1, l2)
         self.eps = eps
 
-    def apply(self, weights, grads, state):
-        g = grads + self.l2 * weights
-        acc = state["accumulator"]
-        acc += g * g
-        weights -= self.learning_rate * g / np.sqrt(acc + self.eps)
+    @property
+    def rule(self) -> UpdateRule:
+        return UpdateRule("adagrad", self.learning_rate, l2=self.l2, eps=self.eps)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "eps": self.eps}
@@ -88,16 +100,9 @@ class FTRL(Optimizer):
             raise ConfigError(f"optimizer.ftrl_beta must be >= 0, got {beta}")
         self.beta = beta
 
-    def apply(self, weights, grads, state):
-        z, n = state["z"], state["n"]
-        alpha = self.learning_rate
-        n_new = n + grads * grads
-        sigma = (np.sqrt(n_new) - np.sqrt(n)) / alpha
-        z += grads - sigma * weights
-        n[...] = n_new
-        shrunk = z - np.sign(z) * self.l1
-        denominator = (self.beta + np.sqrt(n)) / alpha + self.l2
-        weights[...] = np.where(np.abs(z) <= self.l1, 0.0, -shrunk / denominator)
+    @property
+    def rule(self) -> UpdateRule:
+        return UpdateRule("ftrl", self.learning_rate, l1=self.l1, l2=self.l2, beta=self.beta)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "beta": self.beta}

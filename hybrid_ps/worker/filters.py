@@ -21,51 +21,42 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..server.key_index import KeyIndex
-from ..server.shard import grow_rows
+from ..tables import KeyTable
 from ..wire import decode_values, encode_values
 
 __all__ = ["ResidualStore", "PushFilter", "FilterStats"]
 
 
 class ResidualStore:
-    """Per key, what a leader still owes the PS: ``[width]`` float32 rows behind a vectorised key index."""
+    """Per key, what a leader still owes the PS: ``[width]`` float32 rows in a compiled key table."""
 
     def __init__(self, width: int, capacity: int = 1 << 14) -> None:
         self.width = width
-        self.index = KeyIndex(capacity)
-        self._rows = np.zeros((capacity, width), dtype=np.float32)
+        self.table = KeyTable(width, width, capacity)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.table)
 
     def take(self, keys: np.ndarray) -> np.ndarray:
         """The residual of ``keys`` (zeros where none), as a new ``[n, width]`` array."""
-        slots = self.index.lookup(keys)
-        out = np.take(self._rows, np.maximum(slots, 0), axis=0)
-        out[slots < 0] = 0.0
-        return out
+        return self.table.pull(np.ascontiguousarray(keys, dtype=np.uint64))
 
     def put(self, keys: np.ndarray, residual: np.ndarray) -> None:
         """Set the residual of ``keys`` (inserting new keys)."""
-        slots = self.index.lookup_or_insert(keys)
-        self._rows = grow_rows(self._rows, len(self.index))
-        self._rows[slots] = residual
+        self.table.assign(np.ascontiguousarray(keys, dtype=np.uint64),
+                          np.ascontiguousarray(residual, dtype=np.float32).reshape(-1, self.width))
 
     def drain(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every key with a nonzero residual (sorted) and its residual; the store is zero afterwards."""
-        count = len(self.index)
-        rows = self._rows[:count]
+        """Every key with a nonzero residual (sorted) and its residual; the store is empty afterwards."""
+        keys, rows = self.table.export()
         owed = np.flatnonzero(np.any(rows != 0, axis=1))
-        keys = self.index.keys[owed]
-        order = np.argsort(keys)
-        values = rows[owed[order]].copy()
-        rows[owed] = 0.0
-        return keys[order], values
+        order = owed[np.argsort(keys[owed])]
+        self.table.clear()
+        return keys[order], rows[order]
 
     def total(self) -> np.ndarray:
         """The sum of every residual row (``[width]``, float64): what is owed in all."""
-        return self._rows[: len(self.index)].sum(axis=0, dtype=np.float64)
+        return self.table.export()[1].sum(axis=0, dtype=np.float64)
 
 
 @dataclass

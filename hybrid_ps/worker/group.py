@@ -14,6 +14,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..backoff import Backoff
+from ..data._key_sets import unique_sorted
 from ..errors import WaitTimeoutError
 
 __all__ = ["WorkerGroup", "wait_quietly"]
@@ -84,7 +85,7 @@ class WorkerGroup:
         wait_quietly(self.comm.Igatherv(local, [received, sizes], root=0))
         if (self._counts == _STOP).all():
             return None
-        return np.unique(received)
+        return unique_sorted(received)
 
     def broadcast_pulled(self, keys: np.ndarray | None, values: np.ndarray | None, width: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Leader sends the pulled ``keys``/``values`` to every member (``None`` = stop).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..server.optimizers import Optimizer
+from ..tables.optimizers import Optimizer
 from ..wire import FINAL_CLOCK
 
 __all__ = ["GroupRows"]

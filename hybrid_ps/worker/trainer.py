@@ -26,7 +26,7 @@ from ..metrics import MetricsWriter, RateMeter
 from ..models.base import Model, PreparedBatch
 from ..numerics import all_finite
 from ..preemption import StopRequest
-from ..server.optimizers import optimizer_from_config
+from ..tables.optimizers import optimizer_from_config
 from ..tier import TierView
 from ..wire import FINAL_CLOCK
 from .client import PSClient

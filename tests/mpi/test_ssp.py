@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hybrid_ps.partition import HashRing
-from hybrid_ps.server.optimizers import make_optimizer
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard
 from hybrid_ps.wire import FINAL_CLOCK

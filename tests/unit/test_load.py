@@ -44,7 +44,7 @@ _SHARD = r"""
 import ctypes, json, logging, math, signal, sys
 import zmq
 from hybrid_ps.partition import HashRing
-from hybrid_ps.server.optimizers import make_optimizer
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard
 ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the test

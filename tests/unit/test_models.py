@@ -14,7 +14,7 @@ from hybrid_ps.models import MODELS, build_model, model_from_checkpoint
 from hybrid_ps.models.base import BIAS_KEY, Model, logistic_loss
 from hybrid_ps.models.fm import FactorizationMachine, FactorizedBatch, merged_values
 from hybrid_ps.models.logistic import LogisticRegression
-from hybrid_ps.server.optimizers import make_optimizer
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.shard import Shard
 
 KINDS = sorted(MODELS)

@@ -1,4 +1,4 @@
-"""hybrid_ps.server.optimizers: SGD, AdaGrad and FTRL-Proximal against per-key scalar textbook references."""
+"""hybrid_ps.tables.optimizers: SGD, AdaGrad and FTRL-Proximal against per-key scalar textbook references."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hybrid_ps.errors import ConfigError, HybridPSError
-from hybrid_ps.server.optimizers import FTRL, SGD, AdaGrad, Optimizer, make_optimizer
+from hybrid_ps.tables.optimizers import FTRL, SGD, AdaGrad, Optimizer, make_optimizer
 
 KEYS, WIDTH, STEPS = 40, 3, 8
 

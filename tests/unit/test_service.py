@@ -21,7 +21,7 @@ from hybrid_ps import wire
 from hybrid_ps.errors import HybridPSError, ShardUnavailableError
 from hybrid_ps.partition import HashRing
 from hybrid_ps.security import JobKeys
-from hybrid_ps.server.optimizers import make_optimizer
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard
 from hybrid_ps.worker.client import PSClient

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hybrid_ps.errors import NonFiniteError
-from hybrid_ps.server.optimizers import make_optimizer
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.shard import Shard
 
 UNIVERSE = np.unique(np.random.default_rng(0).integers(0, 2**64 - 1, 600, dtype=np.uint64, endpoint=True))
@@ -115,7 +115,7 @@ def test_push_accepts_float64_gradients():
     shard = Shard(2, make_optimizer("sgd", 0.5))
     shard.push(UNIVERSE[:2], np.array([[1.0, 2.0], [3.0, 4.0]], np.float64))
     np.testing.assert_array_equal(shard.pull(UNIVERSE[:2]), [[-0.5, -1.0], [-1.5, -2.0]])
-    assert shard.values.dtype == np.float32
+    assert shard.export()[1].dtype == np.float32
 
 
 def test_pull_returns_a_copy():
@@ -162,16 +162,15 @@ def test_growth_past_capacity_keeps_values_and_optimizer_state(name, hyper):
         shard.push(first, grads)
         reference.push(first, grads)
     before = shard.pull(first)
-    capacities = {shard.values.shape[0]}
+    capacities = {shard.table.nbytes}
     for start in range(3, UNIVERSE.size, 50):  # grow from 4 rows to > 600 in several steps
         keys = UNIVERSE[start : start + 50]
         grads = rng.normal(size=(keys.size, 2)).astype(np.float32)
         shard.push(keys, grads)
         reference.push(keys, grads)
-        capacities.add(shard.values.shape[0])
+        capacities.add(shard.table.nbytes)
         np.testing.assert_array_equal(shard.pull(first), before)  # untouched by growth
-    assert len(capacities) >= 4 and shard.values.shape[0] >= UNIVERSE.size
-    assert all(array.shape == shard.values.shape for array in shard.state.values())
+    assert len(capacities) >= 4 and len(shard) == UNIVERSE.size
     # the first keys' state survived every reallocation: further pushes continue from it
     grads = rng.normal(size=(3, 2)).astype(np.float32)
     shard.push(first, grads)
@@ -185,21 +184,24 @@ def test_growth_past_capacity_keeps_values_and_optimizer_state(name, hyper):
 def test_one_push_much_larger_than_capacity():
     shard = Shard(1, make_optimizer("sgd", 1.0), capacity=2)
     shard.push(UNIVERSE, np.arange(UNIVERSE.size, dtype=np.float32).reshape(-1, 1))
-    assert len(shard) == UNIVERSE.size and shard.values.shape[0] >= UNIVERSE.size
+    assert len(shard) == UNIVERSE.size
     np.testing.assert_array_equal(shard.pull(UNIVERSE)[:, 0], -np.arange(UNIVERSE.size))
 
 
 # -- export and load -------------------------------------------------------------------------------
 
 
-def test_export_is_in_slot_order():
+def test_export_holds_every_key_once_in_a_stable_order_that_retain_follows():
     shard = Shard(1, make_optimizer("adagrad", 0.1))
     order = np.random.default_rng(5).permutation(UNIVERSE[:20])
     shard.push(order[:10], np.ones((10, 1), np.float32))
     shard.push(order[10:], np.ones((10, 1), np.float32))
     keys, values, state = shard.export()
-    np.testing.assert_array_equal(keys, order)
+    np.testing.assert_array_equal(np.sort(keys), np.sort(order))
+    np.testing.assert_array_equal(shard.export()[0], keys)
     assert values.shape == (20, 1) and state["accumulator"].shape == (20, 1)
+    shard.retain(np.arange(20) % 2 == 0)
+    np.testing.assert_array_equal(np.sort(shard.export()[0]), np.sort(keys[::2]))
 
 
 @pytest.mark.parametrize("name, hyper", OPTIMIZERS, ids=[o[0] for o in OPTIMIZERS])
@@ -226,7 +228,7 @@ def test_an_update_that_overflows_float32_is_refused_and_changes_nothing(name):
     shard = Shard(1, make_optimizer(name, 1.0))
     keys = np.array([3, 8, 20], dtype=np.uint64)
     shard.push(keys, np.full((3, 1), 0.5, np.float32))
-    before_values, before_state = shard.pull(keys), {k: v[:3].copy() for k, v in shard.state.items()}
+    before_values, before_state = shard.pull(keys), _state_of(shard, keys)
     huge = np.array([[0.1], [3e38], [0.1]], np.float32)
     for _ in range(3):  # SGD overflows on the second, AdaGrad and FTRL on the first (g * g)
         try:
@@ -234,10 +236,16 @@ def test_an_update_that_overflows_float32_is_refused_and_changes_nothing(name):
         except NonFiniteError as e:
             assert "update of 1 of 3 keys overflows float32" in str(e)
             break
-        before_values, before_state = shard.pull(keys), {k: v[:3].copy() for k, v in shard.state.items()}
+        before_values, before_state = shard.pull(keys), _state_of(shard, keys)
     else:
         pytest.fail("no push was refused")
     assert np.array_equal(shard.pull(keys), before_values)
-    for name_, array in shard.state.items():
-        assert np.array_equal(array[:3], before_state[name_])
-    assert np.isfinite(shard.values[: len(shard)]).all()
+    for name_, array in _state_of(shard, keys).items():
+        assert np.array_equal(array, before_state[name_])
+    assert np.isfinite(shard.export()[1]).all()
+
+
+def _state_of(shard: Shard, keys: np.ndarray) -> dict[str, np.ndarray]:
+    held, _, state = shard.export()
+    at = np.argsort(held)[np.searchsorted(np.sort(held), keys)]
+    return {name: array[at] for name, array in state.items()}
