@@ -1,21 +1,27 @@
 """The compiled key table: uint64 key -> one float32 row (values, then optimizer state), by open addressing.
 
-Layout. The table is cut into 64 parts by the top bits of the key's hash, so a
-part grows on its own and the memory peak of a growth is one part, not the
-whole table. A part is one array of slots; a slot is the 8-byte key followed by
-the key's row (``columns`` float32: ``width`` values, then each state array's
-``width`` values), so one random memory access finds a key and its row. A part
-is probed linearly from ``fastrange(hash, size)``; key 0 marks an empty slot,
-and the key 0 itself lives in a side row.
+Layout. The table is cut into 16 parts by the top bits of the key's hash, so a
+part grows on its own (by 1.5x once large) and the memory peak of a growth is
+one part's new buckets, not a second table. A part is an array of buckets of 4
+slots, probed bucket by bucket from ``fastrange(hash, buckets)`` up to a load
+of 0.8: a bucket holds its 4 keys, then their 4 payloads, so a lookup reads one
+or two cache lines and compares 4 keys. Key 0 marks an empty slot (the key 0
+itself lives in a side row). Narrow rows (up to 32 bytes: width 1 and 2 with
+any optimizer) are the payload, so one random memory access finds a key and
+its row. Wider rows live in blocks of ``_BLOCK_ROWS`` rows that never move, and
+the payload is the row's index: an extra access, but the buckets stay small
+and no row is copied when the table grows. Large blocks of memory come from
+``mmap``, advised for 2 MiB pages (a random access then rarely misses the TLB).
 
-Batches. Every batch operation hashes its keys a chunk at a time, then probes
-them in order while prefetching the slot of the key ``_AHEAD`` places later, so
-the memory latencies of a chunk overlap instead of adding up.
+Batches. Every batch operation works a chunk of ``_CHUNK`` keys at a time:
+hash them all, locate them (inserting if asked) while prefetching the bucket of
+the key ``_AHEAD`` places later, so the memory latencies overlap instead of
+adding up; then apply the operation to the located rows, which are in cache.
 
 Push. ``push`` is one pass of lookup-or-insert and the optimizer over each row,
 in float32 with the exact operation order of the numpy reference in the tests.
-It first keeps a copy of every row it touches; if any updated value is not
-finite (float32 overflow), every row is put back and the push is refused whole.
+It keeps a copy of every row it touches; if any updated value is not finite
+(float32 overflow), every row is put back and the push is refused whole.
 """
 
 from libc.math cimport fabsf, isfinite, sqrtf
@@ -27,51 +33,38 @@ import numpy as np
 
 cimport numpy as cnp
 
-from hybrid_ps.tables._native cimport hps_fastrange, hps_mix64, hps_prefetch_read, hps_prefetch_write
+from hybrid_ps.tables._native cimport hps_fastrange, hps_mix64, hps_prefetch_write
 
 cnp.import_array()
 
 __all__ = ["KeyTable", "UpdateRule", "apply_rows", "EMPTY_KEY"]
 
 EMPTY_KEY = 0
-"""The key that marks an empty slot; it is stored in a side row, so every uint64 is a valid key."""
+"""The key that marks an empty slot; it is kept in a side row, so every uint64 is a valid key."""
 
-DEF _PART_BITS = 6
-DEF _PARTS = 64
-DEF _AHEAD = 16            # keys between a slot's prefetch and its probe
-DEF _CHUNK = 4096          # keys hashed per round (the hashes stay in L1/L2)
-DEF _MIN_PART_SLOTS = 8
-
-cdef extern from *:
-    """
-    #define HPS_TABLE_SALT 0xD6E8FEB86659FD93ULL  /* decorrelates from the hash ring, which hashes the same keys */
-    """
-    const uint64_t _SALT "HPS_TABLE_SALT"
-
-cdef enum Kind:
-    KIND_SGD = 1
-    KIND_ADAGRAD = 2
-    KIND_FTRL = 3
-
-_KINDS = {"sgd": KIND_SGD, "adagrad": KIND_ADAGRAD, "ftrl": KIND_FTRL}
-_STATES = {"sgd": 0, "adagrad": 1, "ftrl": 2}
-
-
-cdef struct Rule:
-    int kind
-    float lr, l1, l2, eps, beta
-
+DEF _PART_BITS = 4
+DEF _PARTS = 16
+DEF _SLOTS = 4               # slots per bucket
+DEF _AHEAD = 16              # keys between a bucket's prefetch and its probe
+DEF _CHUNK = 256             # keys located per round (their rows stay in cache for the operation)
+DEF _MIN_BUCKETS = 2
+DEF _STEADY_BUCKETS = 32768  # a part this large grows by 1.5x, a smaller one by 2x
+DEF _INLINE_ROW_BYTES = 32   # rows up to this size live inside the bucket
+DEF _BLOCK_BITS = 14         # wider rows: blocks of 2**14 rows
+DEF _BLOCK_ROWS = 16384
 
 cdef extern from *:
     """
     #include <sys/mman.h>
+    #include <stdint.h>
     #include <stdlib.h>
-    #define HPS_HUGE (2u << 20)
-    /* Zeroed memory for n bytes; big blocks come from mmap, aligned to and advised for 2 MiB pages
-       (a random access per key then rarely misses the TLB). *mapped is what hps_free needs. */
+    #define HPS_TABLE_SALT 0xD6E8FEB86659FD93ULL  /* decorrelates from the hash ring, which hashes the same keys */
+    #define HPS_HUGE ((size_t)2 << 20)
+    /* n zeroed bytes; from 256 KiB on from mmap, the start aligned to 2 MiB and advised for huge pages.
+       *mapped is what hps_free needs (0: calloc-ed). */
     static void *hps_alloc_zeroed(size_t n, size_t *mapped) {
-        if (n < HPS_HUGE / 64) { *mapped = 0; return calloc(n ? n : 1, 1); }
-        size_t keep = (n + HPS_HUGE - 1) & ~(size_t)(HPS_HUGE - 1);
+        if (n < ((size_t)256 << 10)) { *mapped = 0; return calloc(n ? n : 1, 1); }
+        size_t keep = (n + 4095) & ~(size_t)4095;
         size_t length = keep + HPS_HUGE;
         char *base = (char *)mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (base == MAP_FAILED) return NULL;
@@ -88,14 +81,28 @@ cdef extern from *:
         if (mapped) munmap(p, mapped); else free(p);
     }
     """
+    const uint64_t _SALT "HPS_TABLE_SALT"
     void *hps_alloc_zeroed(size_t n, size_t *mapped) nogil
     void hps_free(void *p, size_t mapped) nogil
 
+cdef enum Kind:
+    KIND_SGD = 1
+    KIND_ADAGRAD = 2
+    KIND_FTRL = 3
+
+_KINDS = {"sgd": KIND_SGD, "adagrad": KIND_ADAGRAD, "ftrl": KIND_FTRL}
+_STATES = {"sgd": 0, "adagrad": 1, "ftrl": 2}
+
+
+cdef struct Rule:
+    int kind
+    float lr, l1, l2, eps, beta
+
 
 cdef struct Part:
-    char *slots
-    size_t mapped   # bytes mmap-ed for slots (0: malloc-ed)
-    int64_t size    # slots
+    char *buckets
+    size_t mapped   # bytes mmap-ed for the buckets (0: calloc-ed)
+    int64_t size    # buckets
     int64_t count   # keys held
     int64_t limit   # keys held before the part grows
 
@@ -194,12 +201,20 @@ cdef class KeyTable:
     cdef readonly int width
     cdef readonly int columns
     cdef readonly double max_load
-    cdef int64_t slot_bytes
-    cdef float *zero_row      # the row of key 0 (the key that marks empty slots)
+    cdef int64_t row_bytes
+    cdef int64_t payload_bytes  # per slot: the row itself (inline) or its index
+    cdef int64_t bucket_bytes
+    cdef bint inline_rows
+    cdef char **blocks          # wide rows: blocks of _BLOCK_ROWS rows
+    cdef size_t *block_mapped
+    cdef int64_t num_blocks
+    cdef int64_t next_row       # wide rows: rows handed out
+    cdef float *zero_row        # the row of key 0 (the key that marks empty slots)
     cdef bint has_zero
     cdef uint64_t hashes[_CHUNK]
-    cdef char **touched       # push: the slot of every key, to undo a refused push
-    cdef float *saved         # push: every touched row before the update
+    cdef float *located[_CHUNK]
+    cdef char **touched         # push: the row of every key, to undo a refused push
+    cdef float *saved           # push: every touched row before the update
     cdef int64_t undo_capacity
 
     def __cinit__(self, int width, int columns, int64_t capacity=1024, double max_load=0.8):
@@ -208,25 +223,38 @@ cdef class KeyTable:
         if not 0.1 <= max_load <= 0.95:
             raise ValueError(f"max_load must be in [0.1, 0.95], got {max_load}")
         self.width, self.columns, self.max_load = width, columns, max_load
-        self.slot_bytes = 8 + 4 * columns
+        self.row_bytes = 4 * columns
+        self.inline_rows = self.row_bytes <= _INLINE_ROW_BYTES
+        self.payload_bytes = self.row_bytes if self.inline_rows else 8
+        self.bucket_bytes = _SLOTS * (8 + self.payload_bytes)
         self.zero_row = <float *> calloc(columns, 4)
         if self.zero_row == NULL:
             raise MemoryError()
         cdef int p
         for p in range(_PARTS):
-            self.parts[p].slots = NULL
+            self.parts[p].buckets = NULL
             self.parts[p].mapped = 0
             self.parts[p].size = self.parts[p].count = self.parts[p].limit = 0
         for p in range(_PARTS):
-            self._resize(p, self._slots_for(capacity // _PARTS + 1))
+            self._resize(p, self._buckets_for(capacity // _PARTS + 1))
 
     def __dealloc__(self):
         cdef int p
         for p in range(_PARTS):
-            hps_free(self.parts[p].slots, self.parts[p].mapped)
+            hps_free(self.parts[p].buckets, self.parts[p].mapped)
+        self._free_blocks()
         free(self.zero_row)
         free(self.touched)
         free(self.saved)
+
+    cdef void _free_blocks(self) noexcept nogil:
+        cdef int64_t b
+        for b in range(self.num_blocks):
+            hps_free(self.blocks[b], self.block_mapped[b])
+        free(self.blocks)
+        free(self.block_mapped)
+        self.blocks, self.block_mapped = NULL, NULL
+        self.num_blocks = self.next_row = 0
 
     def __len__(self):
         return self._count()
@@ -240,137 +268,207 @@ cdef class KeyTable:
 
     @property
     def nbytes(self):
-        """Bytes the table's slots take (the memory it holds, less a few KiB)."""
-        cdef int64_t total = self.columns * 4
+        """Bytes the table holds for its buckets and rows."""
+        cdef int64_t total = self.row_bytes + self.num_blocks * _BLOCK_ROWS * self.row_bytes
         cdef int p
         for p in range(_PARTS):
-            total += self.parts[p].size * self.slot_bytes
+            total += self.parts[p].size * self.bucket_bytes
         return total
 
-    # -- slots -------------------------------------------------------------------------------------
+    # -- memory ------------------------------------------------------------------------------------
 
-    cdef int64_t _slots_for(self, int64_t keys) noexcept nogil:
-        cdef int64_t size = <int64_t> (keys / self.max_load) + 1
-        return size if size > _MIN_PART_SLOTS else _MIN_PART_SLOTS
+    cdef int64_t _buckets_for(self, int64_t keys) noexcept nogil:
+        cdef int64_t size = <int64_t> (keys / (self.max_load * _SLOTS)) + 1
+        return size if size > _MIN_BUCKETS else _MIN_BUCKETS
+
+    cdef inline char *_payload(self, char *bucket, int slot) noexcept nogil:
+        return bucket + _SLOTS * 8 + slot * self.payload_bytes
+
+    cdef inline float *_row(self, char *bucket, int slot) noexcept nogil:
+        """The row of the key in ``slot`` of ``bucket``."""
+        cdef char *payload = self._payload(bucket, slot)
+        if self.inline_rows:
+            return <float *> payload
+        cdef int64_t index
+        memcpy(&index, payload, 8)
+        return <float *> (self.blocks[index >> _BLOCK_BITS] + (index & (_BLOCK_ROWS - 1)) * self.row_bytes)
 
     cdef int _resize(self, int p, int64_t size) except -1 nogil:
-        """Give part ``p`` ``size`` slots, moving its keys into them (the old slots are freed first thing after)."""
+        """Give part ``p`` ``size`` buckets and move its keys into them (the old ones are freed right after).
+
+        The keys move a chunk at a time: every target bucket is prefetched before any is written.
+        """
         cdef Part *part = &self.parts[p]
         cdef size_t mapped
-        cdef char *fresh = <char *> hps_alloc_zeroed(size * self.slot_bytes, &mapped)
+        cdef char *fresh = <char *> hps_alloc_zeroed(size * self.bucket_bytes, &mapped)
         if fresh == NULL:
             with gil:
-                raise MemoryError(f"key table: cannot allocate {size * self.slot_bytes} bytes")
-        cdef char *old = part.slots
-        cdef size_t old_mapped = part.mapped
-        cdef int64_t old_size = part.size, i, position
+                raise MemoryError(f"key table: cannot allocate {size * self.bucket_bytes} bytes")
+        cdef int64_t bucket = 0, count, k
+        cdef int slot
         cdef uint64_t key
         cdef char *source
-        cdef char *target
-        for i in range(old_size):
-            source = old + i * self.slot_bytes
-            memcpy(&key, source, 8)
-            if key == 0:
-                continue
-            position = hps_fastrange(hps_mix64(key ^ _SALT) << _PART_BITS, size)
-            target = fresh + position * self.slot_bytes
-            while (<uint64_t *> target)[0] != 0:
-                position += 1
-                target += self.slot_bytes
-                if position == size:
-                    position = 0
-                    target = fresh
-            memcpy(target, source, self.slot_bytes)
-        hps_free(old, old_mapped)
-        part.slots = fresh
-        part.mapped = mapped
-        part.size = size
-        part.limit = <int64_t> (size * self.max_load)
-        if part.limit >= size:
-            part.limit = size - 1
+        cdef char *sources[_CHUNK]
+        cdef int source_slots[_CHUNK]
+        while bucket < part.size:
+            count = 0
+            while bucket < part.size and count <= _CHUNK - _SLOTS:
+                source = part.buckets + bucket * self.bucket_bytes
+                for slot in range(_SLOTS):
+                    key = (<uint64_t *> source)[slot]
+                    if key != 0:
+                        sources[count], source_slots[count] = source, slot
+                        self.hashes[count] = hps_mix64(key ^ _SALT)
+                        hps_prefetch_write(fresh + <int64_t> hps_fastrange(self.hashes[count] << _PART_BITS, size)
+                                           * self.bucket_bytes)
+                        count += 1
+                bucket += 1
+            for k in range(count):
+                self._place(fresh, size, self.hashes[k], sources[k], source_slots[k])
+        hps_free(part.buckets, part.mapped)
+        part.buckets, part.mapped, part.size = fresh, mapped, size
+        part.limit = <int64_t> (size * _SLOTS * self.max_load)
+        if part.limit >= size * _SLOTS:
+            part.limit = size * _SLOTS - 1
         return 0
 
+    cdef inline void _place(self, char *buckets, int64_t size, uint64_t h, char *source,
+                            int source_slot) noexcept nogil:
+        """Copy key and payload of ``source_slot`` of bucket ``source`` into the first empty slot of
+        ``buckets`` (``size`` buckets, one empty slot at least), probing from hash ``h``'s home bucket."""
+        cdef int64_t position = hps_fastrange(h << _PART_BITS, size)
+        cdef char *bucket = buckets + position * self.bucket_bytes
+        cdef int slot
+        while True:
+            for slot in range(_SLOTS):
+                if (<uint64_t *> bucket)[slot] == 0:
+                    (<uint64_t *> bucket)[slot] = (<uint64_t *> source)[source_slot]
+                    memcpy(self._payload(bucket, slot), self._payload(source, source_slot), self.payload_bytes)
+                    return
+            position += 1
+            bucket += self.bucket_bytes
+            if position == size:
+                position = 0
+                bucket = buckets
+
     cdef int _reserve(self, const uint64_t *keys, int64_t n) except -1 nogil:
-        """Grow every part that could not take its share of ``keys`` if all were new (at least 1.5x)."""
+        """Make room for ``keys`` as if every one were new: grow parts, add row blocks.
+
+        A part grows to what it needs, and at least 2x while small, 1.5x from ``_STEADY_BUCKETS`` on
+        (the fill factor then stays within 0.53 - 0.8).
+        """
         cdef int64_t incoming[_PARTS]
-        cdef int64_t i, needed, grown
+        cdef int64_t i, grown
         cdef int p
         memset(incoming, 0, sizeof(incoming))
         for i in range(n):
             incoming[hps_mix64(keys[i] ^ _SALT) >> (64 - _PART_BITS)] += 1
         for p in range(_PARTS):
-            needed = self.parts[p].count + incoming[p]
-            if needed > self.parts[p].limit:
-                grown = self._slots_for(needed)
-                if grown < self.parts[p].size + self.parts[p].size // 2:
+            if self.parts[p].count + incoming[p] > self.parts[p].limit:
+                grown = self.parts[p].size * 2
+                if self.parts[p].size >= _STEADY_BUCKETS:
                     grown = self.parts[p].size + self.parts[p].size // 2
+                if grown < self._buckets_for(self.parts[p].count + incoming[p]):
+                    grown = self._buckets_for(self.parts[p].count + incoming[p])
                 self._resize(p, grown)
+        if not self.inline_rows:
+            self._add_blocks(self.next_row + n)
         return 0
 
-    cdef inline char *_home(self, uint64_t h) noexcept nogil:
-        cdef Part *part = &self.parts[h >> (64 - _PART_BITS)]
-        return part.slots + <int64_t> hps_fastrange(h << _PART_BITS, part.size) * self.slot_bytes
+    cdef int _add_blocks(self, int64_t rows) except -1 nogil:
+        """Wide rows: have blocks for at least ``rows`` rows."""
+        cdef int64_t wanted = (rows + _BLOCK_ROWS - 1) >> _BLOCK_BITS
+        if wanted <= self.num_blocks:
+            return 0
+        cdef char **blocks = <char **> realloc(self.blocks, wanted * sizeof(char *))
+        if blocks == NULL:
+            with gil:
+                raise MemoryError()
+        self.blocks = blocks
+        cdef size_t *mapped = <size_t *> realloc(self.block_mapped, wanted * sizeof(size_t))
+        if mapped == NULL:
+            with gil:
+                raise MemoryError()
+        self.block_mapped = mapped
+        while self.num_blocks < wanted:
+            self.blocks[self.num_blocks] = <char *> hps_alloc_zeroed(_BLOCK_ROWS * self.row_bytes,
+                                                                      &self.block_mapped[self.num_blocks])
+            if self.blocks[self.num_blocks] == NULL:
+                with gil:
+                    raise MemoryError(f"key table: cannot allocate {_BLOCK_ROWS * self.row_bytes} bytes")
+            self.num_blocks += 1
+        return 0
+
+    # -- lookups -----------------------------------------------------------------------------------
 
     cdef inline void _prefetch(self, uint64_t h) noexcept nogil:
-        cdef char *slot = self._home(h)
-        hps_prefetch_write(slot)
-        hps_prefetch_write(slot + self.slot_bytes - 1)
-
-    cdef inline float *_find(self, uint64_t key, uint64_t h) noexcept nogil:
-        """The row of ``key``, or NULL."""
-        if key == 0:
-            return self.zero_row if self.has_zero else NULL
         cdef Part *part = &self.parts[h >> (64 - _PART_BITS)]
-        cdef int64_t position = hps_fastrange(h << _PART_BITS, part.size)
-        cdef char *slot = part.slots + position * self.slot_bytes
-        cdef uint64_t held
-        while True:
-            memcpy(&held, slot, 8)
-            if held == key:
-                return <float *> (slot + 8)
-            if held == 0:
-                return NULL
-            position += 1
-            slot += self.slot_bytes
-            if position == part.size:
-                position = 0
-                slot = part.slots
+        cdef char *bucket = part.buckets + <int64_t> hps_fastrange(h << _PART_BITS, part.size) * self.bucket_bytes
+        hps_prefetch_write(bucket)
+        if self.bucket_bytes > 64:
+            hps_prefetch_write(bucket + self.bucket_bytes - 1)
 
-    cdef inline float *_find_or_insert(self, uint64_t key, uint64_t h) noexcept nogil:
-        """The row of ``key``, inserted as zeros if absent (the part must have room: ``_reserve``)."""
+    cdef inline float *_find(self, uint64_t key, uint64_t h, bint insert) noexcept nogil:
+        """The row of ``key``; if absent NULL, or with ``insert`` a new zero row (``_reserve`` made room).
+
+        Slots fill in probe order and are never emptied, so the first empty slot ends the search.
+        """
+        cdef Part *part
+        cdef int64_t position, index
+        cdef char *bucket
+        cdef uint64_t *keys
+        cdef int slot
+        cdef float *row
         if key == 0:
-            if not self.has_zero:
+            if insert and not self.has_zero:
                 self.has_zero = True
-                memset(self.zero_row, 0, self.columns * 4)
-            return self.zero_row
-        cdef Part *part = &self.parts[h >> (64 - _PART_BITS)]
-        cdef int64_t position = hps_fastrange(h << _PART_BITS, part.size)
-        cdef char *slot = part.slots + position * self.slot_bytes
-        cdef uint64_t held
+                memset(self.zero_row, 0, self.row_bytes)
+            return self.zero_row if self.has_zero else NULL
+        part = &self.parts[h >> (64 - _PART_BITS)]
+        position = hps_fastrange(h << _PART_BITS, part.size)
+        bucket = part.buckets + position * self.bucket_bytes
         while True:
-            memcpy(&held, slot, 8)
-            if held == key:
-                return <float *> (slot + 8)
-            if held == 0:
-                memcpy(slot, &key, 8)
-                memset(slot + 8, 0, self.columns * 4)
-                part.count += 1
-                return <float *> (slot + 8)
+            keys = <uint64_t *> bucket
+            for slot in range(_SLOTS):
+                if keys[slot] == key:
+                    return self._row(bucket, slot)
+                if keys[slot] == 0:
+                    if not insert:
+                        return NULL
+                    keys[slot] = key
+                    part.count += 1
+                    if not self.inline_rows:
+                        index = self.next_row
+                        self.next_row += 1
+                        memcpy(self._payload(bucket, slot), &index, 8)
+                    row = self._row(bucket, slot)
+                    memset(row, 0, self.row_bytes)
+                    return row
             position += 1
-            slot += self.slot_bytes
+            bucket += self.bucket_bytes
             if position == part.size:
                 position = 0
-                slot = part.slots
+                bucket = part.buckets
 
-    cdef inline int64_t _hash_chunk(self, const uint64_t *keys, int64_t start, int64_t n) noexcept nogil:
-        """Hash ``keys[start:start + _CHUNK]`` (clipped to ``n``) into ``self.hashes`` and prefetch the slots
-        of the first ``_AHEAD``; returns the chunk's end."""
+    cdef int64_t _locate(self, const uint64_t *keys, int64_t start, int64_t n, bint insert) noexcept nogil:
+        """Find the rows of ``keys[start:start + _CHUNK]`` (clipped to ``n``) into ``self.located``.
+
+        Hashes the chunk first, then probes in order, prefetching ``_AHEAD`` keys ahead (and, for wide
+        rows, each row as its bucket is read). Returns the chunk's end.
+        """
         cdef int64_t stop = start + _CHUNK if start + _CHUNK < n else n
-        cdef int64_t i
-        for i in range(start, stop):
-            self.hashes[i - start] = hps_mix64(keys[i] ^ _SALT)
-        for i in range(min(_AHEAD, stop - start)):
+        cdef int64_t count = stop - start, i
+        for i in range(count):
+            self.hashes[i] = hps_mix64(keys[start + i] ^ _SALT)
+        for i in range(_AHEAD if _AHEAD < count else count):
             self._prefetch(self.hashes[i])
+        for i in range(count):
+            if i + _AHEAD < count:
+                self._prefetch(self.hashes[i + _AHEAD])
+            self.located[i] = self._find(keys[start + i], self.hashes[i], insert)
+            if not self.inline_rows and self.located[i] != NULL:
+                hps_prefetch_write(self.located[i])
+                hps_prefetch_write(<char *> self.located[i] + self.row_bytes - 1)
         return stop
 
     # -- batch operations --------------------------------------------------------------------------
@@ -381,64 +479,51 @@ cdef class KeyTable:
             columns = self.width
         if columns > self.columns:
             raise ValueError(f"columns {columns} > the table's {self.columns}")
-        cdef int64_t n = keys.shape[0]
+        cdef int64_t n = keys.shape[0], start = 0, stop, i
         out = np.empty((n, columns), dtype=np.float32)
+        if n == 0:
+            return out
         cdef float[:, ::1] target = out
-        if n:
-            with nogil:
-                self._pull(&keys[0], n, &target[0, 0], columns)
+        with nogil:
+            while start < n:
+                stop = self._locate(&keys[0], start, n, False)
+                for i in range(start, stop):
+                    if self.located[i - start] != NULL:
+                        memcpy(&target[i, 0], self.located[i - start], columns * 4)
+                    else:
+                        memset(&target[i, 0], 0, columns * 4)
+                start = stop
         return out
-
-    cdef void _pull(self, const uint64_t *keys, int64_t n, float *out, int columns) noexcept nogil:
-        cdef int64_t start = 0, stop, i, k
-        cdef float *row
-        while start < n:
-            stop = self._hash_chunk(keys, start, n)
-            for i in range(start, stop):
-                k = i - start + _AHEAD
-                if k < stop - start:
-                    self._prefetch(self.hashes[k])
-                row = self._find(keys[i], self.hashes[i - start])
-                if row != NULL:
-                    memcpy(out + i * columns, row, columns * 4)
-                else:
-                    memset(out + i * columns, 0, columns * 4)
-            start = stop
 
     def contains(self, const uint64_t[::1] keys):
         """Whether each key is held (a new bool array)."""
-        cdef int64_t n = keys.shape[0], start = 0, stop, i, k
+        cdef int64_t n = keys.shape[0], start = 0, stop, i
         out = np.empty(n, dtype=np.bool_)
+        if n == 0:
+            return out
         cdef unsigned char[::1] found = out.view(np.uint8)
         with nogil:
             while start < n:
-                stop = self._hash_chunk(&keys[0], start, n)
+                stop = self._locate(&keys[0], start, n, False)
                 for i in range(start, stop):
-                    k = i - start + _AHEAD
-                    if k < stop - start:
-                        self._prefetch(self.hashes[k])
-                    found[i] = self._find(keys[i], self.hashes[i - start]) != NULL
+                    found[i] = self.located[i - start] != NULL
                 start = stop
         return out
 
     def assign(self, const uint64_t[::1] keys, const float[:, ::1] rows):
         """Set the whole row of each key (inserting absent keys); later duplicates win."""
-        cdef int64_t n = keys.shape[0], start = 0, stop, i, k
+        cdef int64_t n = keys.shape[0], start = 0, stop, i
         if rows.shape[0] != n or (n and rows.shape[1] != self.columns):
             raise ValueError(f"assign: {n} keys but rows of shape {rows.shape[0]}x{rows.shape[1]}, "
                              f"the table has {self.columns} columns")
         if n == 0:
             return
         with nogil:
+            self._reserve(&keys[0], n)
             while start < n:
-                stop = start + _CHUNK if start + _CHUNK < n else n
-                self._reserve(&keys[start], stop - start)
-                self._hash_chunk(&keys[0], start, n)
+                stop = self._locate(&keys[0], start, n, True)
                 for i in range(start, stop):
-                    k = i - start + _AHEAD
-                    if k < stop - start:
-                        self._prefetch(self.hashes[k])
-                    memcpy(self._find_or_insert(keys[i], self.hashes[i - start]), &rows[i, 0], self.columns * 4)
+                    memcpy(self.located[i - start], &rows[i, 0], self.row_bytes)
                 start = stop
 
     def push(self, const uint64_t[::1] keys, const float[:, ::1] grads, UpdateRule rule):
@@ -470,7 +555,7 @@ cdef class KeyTable:
         if touched == NULL:
             raise MemoryError()
         self.touched = touched
-        cdef float *saved = <float *> realloc(self.saved, n * self.columns * 4)
+        cdef float *saved = <float *> realloc(self.saved, n * self.row_bytes)
         if saved == NULL:
             raise MemoryError()
         self.saved = saved
@@ -478,24 +563,20 @@ cdef class KeyTable:
         return 0
 
     cdef int64_t _push(self, const uint64_t *keys, const float *grads, int64_t n, Rule rule) except -1 nogil:
-        self._reserve(keys, n)  # every part has room for the whole batch: no slot moves below
-        cdef int64_t start = 0, stop, i, k, bad = 0
-        cdef int64_t row_bytes = self.columns * 4
+        self._reserve(keys, n)  # room for the whole batch first: no bucket or row moves below
+        cdef int64_t start = 0, stop, i, bad = 0
         cdef float *row
         while start < n:
-            stop = self._hash_chunk(keys, start, n)
+            stop = self._locate(keys, start, n, True)
             for i in range(start, stop):
-                k = i - start + _AHEAD
-                if k < stop - start:
-                    self._prefetch(self.hashes[k])
-                row = self._find_or_insert(keys[i], self.hashes[i - start])
+                row = self.located[i - start]
                 self.touched[i] = <char *> row
-                memcpy(self.saved + i * self.columns, row, row_bytes)
+                memcpy(self.saved + i * self.columns, row, self.row_bytes)
                 bad += not _update(rule, row, grads + i * self.width, self.width)
             start = stop
         if bad:
             for i in range(n - 1, -1, -1):  # backwards: a repeated key ends as it began
-                memcpy(self.touched[i], self.saved + i * self.columns, row_bytes)
+                memcpy(self.touched[i], self.saved + i * self.columns, self.row_bytes)
         return bad
 
     # -- the whole table ---------------------------------------------------------------------------
@@ -508,88 +589,82 @@ cdef class KeyTable:
         cdef int64_t n = self._count()
         keys_out = np.empty(n, dtype=np.uint64)
         rows_out = np.empty((n, self.columns), dtype=np.float32)
+        if n == 0:
+            return keys_out, rows_out
         cdef uint64_t[::1] keys = keys_out
         cdef float[:, ::1] rows = rows_out
-        cdef int64_t at = 0, i
-        cdef int p
-        cdef char *slot
-        cdef uint64_t key
+        cdef int64_t at = 0, b
+        cdef int p, slot
+        cdef char *bucket
         with nogil:
             if self.has_zero:
                 keys[0] = 0
-                memcpy(&rows[0, 0], self.zero_row, self.columns * 4)
+                memcpy(&rows[0, 0], self.zero_row, self.row_bytes)
                 at = 1
             for p in range(_PARTS):
-                slot = self.parts[p].slots
-                for i in range(self.parts[p].size):
-                    memcpy(&key, slot, 8)
-                    if key != 0:
-                        keys[at] = key
-                        memcpy(&rows[at, 0], slot + 8, self.columns * 4)
-                        at += 1
-                    slot += self.slot_bytes
+                for b in range(self.parts[p].size):
+                    bucket = self.parts[p].buckets + b * self.bucket_bytes
+                    for slot in range(_SLOTS):
+                        if (<uint64_t *> bucket)[slot] != 0:
+                            keys[at] = (<uint64_t *> bucket)[slot]
+                            memcpy(&rows[at, 0], self._row(bucket, slot), self.row_bytes)
+                            at += 1
         return keys_out, rows_out
 
     def retain(self, keep_mask):
-        """Keep only the keys where ``keep`` (a mask over ``export``'s order) is true; rebuilt part by part."""
+        """Keep only the keys where ``keep_mask`` (over ``export``'s order) is true."""
         cdef int64_t n = self._count()
         cdef const unsigned char[::1] keep = np.ascontiguousarray(keep_mask, dtype=np.bool_).view(np.uint8)
         if keep.shape[0] != n:
             raise ValueError(f"retain: a mask of {keep.shape[0]} for {n} keys")
-        cdef int64_t at = 0, i, kept, position
-        cdef int p
-        cdef char *slot
+        if not self.inline_rows:  # rows of dropped keys would stay in their blocks: rebuild from the kept ones
+            keys, rows = self.export()
+            kept = np.ascontiguousarray(keep_mask, dtype=np.bool_)
+            self.clear()
+            self.assign(np.ascontiguousarray(keys[kept]), np.ascontiguousarray(rows[kept]))
+            return
+        cdef int64_t at = 0, i, b, kept_count, size
+        cdef int p, slot
+        cdef char *bucket
         cdef char *fresh
-        cdef char *target
-        cdef uint64_t key
-        cdef int64_t size
         cdef size_t mapped
         with nogil:
             if self.has_zero:
                 self.has_zero = keep[0]
                 at = 1
-            for p in range(_PARTS):
-                kept = 0
+            for p in range(_PARTS):  # part by part: the memory peak is one part
+                kept_count = 0
                 for i in range(self.parts[p].count):
-                    kept += keep[at + i]
-                if kept == self.parts[p].count:
-                    at += kept
+                    kept_count += keep[at + i]
+                if kept_count == self.parts[p].count:
+                    at += kept_count
                     continue
-                size = self._slots_for(kept)
-                fresh = <char *> hps_alloc_zeroed(size * self.slot_bytes, &mapped)
+                size = self._buckets_for(kept_count)
+                fresh = <char *> hps_alloc_zeroed(size * self.bucket_bytes, &mapped)
                 if fresh == NULL:
                     with gil:
                         raise MemoryError()
-                slot = self.parts[p].slots
-                for i in range(self.parts[p].size):
-                    memcpy(&key, slot, 8)
-                    if key != 0:
-                        if keep[at]:
-                            position = hps_fastrange(hps_mix64(key ^ _SALT) << _PART_BITS, size)
-                            target = fresh + position * self.slot_bytes
-                            while (<uint64_t *> target)[0] != 0:
-                                position += 1
-                                target += self.slot_bytes
-                                if position == size:
-                                    position = 0
-                                    target = fresh
-                            memcpy(target, slot, self.slot_bytes)
-                        at += 1
-                    slot += self.slot_bytes
-                hps_free(self.parts[p].slots, self.parts[p].mapped)
-                self.parts[p].slots = fresh
-                self.parts[p].mapped = mapped
-                self.parts[p].size = size
-                self.parts[p].count = kept
-                self.parts[p].limit = min(<int64_t> (size * self.max_load), size - 1)
+                for b in range(self.parts[p].size):
+                    bucket = self.parts[p].buckets + b * self.bucket_bytes
+                    for slot in range(_SLOTS):
+                        if (<uint64_t *> bucket)[slot] != 0:
+                            if keep[at]:
+                                self._place(fresh, size, hps_mix64((<uint64_t *> bucket)[slot] ^ _SALT), bucket,
+                                            slot)
+                            at += 1
+                hps_free(self.parts[p].buckets, self.parts[p].mapped)
+                self.parts[p].buckets, self.parts[p].mapped, self.parts[p].size = fresh, mapped, size
+                self.parts[p].count = kept_count
+                self.parts[p].limit = min(<int64_t> (size * _SLOTS * self.max_load), size * _SLOTS - 1)
 
     def clear(self):
         """Drop every key (and give back the memory)."""
         cdef int p
         self.has_zero = False
+        self._free_blocks()
         for p in range(_PARTS):
-            hps_free(self.parts[p].slots, self.parts[p].mapped)
-            self.parts[p].slots = NULL
+            hps_free(self.parts[p].buckets, self.parts[p].mapped)
+            self.parts[p].buckets = NULL
             self.parts[p].mapped = 0
             self.parts[p].size = self.parts[p].count = 0
-            self._resize(p, _MIN_PART_SLOTS)
+            self._resize(p, _MIN_BUCKETS)
