@@ -48,7 +48,8 @@ Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
 CHECKPOINT carries the cut's clock (the directory name). Once the coordinating
 shard (the lowest live one) has a stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
 that clock: each group stops there and checkpoints. Likewise ``FLAG_RESHARD``
-carries the clock at which every group checkpoints and sends RESHARD. A pull whose
+carries the clock at which every group checkpoints and sends RESHARD. A PUSH with
+``FLAG_CLOCK`` is also the group's CLOCK of ``clock + 1`` (answered like one). A pull whose
 ``clock`` is ``FINAL_CLOCK`` is answered once every group has sent FINISH.
 """
 
@@ -77,6 +78,7 @@ __all__ = [
     "FLAG_KEYS_BY_REF",
     "FLAG_COMPRESSED_KEYS",
     "FLAG_COMPRESSED_VALUES",
+    "FLAG_CLOCK",
     "Op",
     "Header",
     "encode_header",
@@ -105,6 +107,9 @@ FLAG_COMPRESSED_KEYS = 16
 """Header flag of PULL and PUSH: the keys frame is ``codec.pack_keys`` output (zstd)."""
 FLAG_COMPRESSED_VALUES = 32
 """Header flag of PUSH: the values frame is ``codec.pack_values`` output (zstd)."""
+FLAG_CLOCK = 64
+"""Header flag of PUSH: once it is applied, the group finished ``clock + 1`` steps (a CLOCK in the same message,
+which saves a message and its reply every step); the ACK answers it as a CLOCK's would."""
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 

@@ -242,11 +242,15 @@ class ShardService(TierMembership):
         if op is wire.Op.PUSH:
             keys = self._checked_keys(identity, body[1], header, primary=False)
             grads = wire.values_from_frame(body[2], header)
+            clock = header.clock + 1 if header.flags & wire.FLAG_CLOCK else None
+            if clock is not None:
+                _check_clock(clock)  # before the push: a refused message changes nothing
             self.shard.push(keys, grads)
             self.stats.keys_pushed += keys.size
+            if clock is not None:
+                self.clock.advance(header.group, clock)
         elif op is wire.Op.CLOCK:
-            if not 0 <= header.clock <= _MAX_CLOCK:
-                raise WireError(f"clock {header.clock} out of range (0 .. {_MAX_CLOCK})")
+            _check_clock(header.clock)
             self.clock.advance(header.group, header.clock)
         elif op is wire.Op.FINISH:
             self.clock.finish(header.group)
@@ -270,7 +274,7 @@ class ShardService(TierMembership):
             self._maybe_checkpoint()
             return
         self._reply(identity, header, wire.Op.ACK)
-        if op in (wire.Op.CLOCK, wire.Op.FINISH, wire.Op.BYE):
+        if op in (wire.Op.CLOCK, wire.Op.FINISH, wire.Op.BYE) or _is_clock(header):
             self._release_deferred()
             self._maybe_checkpoint()
             self._maybe_reshard()
@@ -428,9 +432,9 @@ class ShardService(TierMembership):
         self._send(identity, [wire.encode_header(header), values, self.clock.effective()])
 
     def _reply(self, identity: bytes, request: wire.Header, op: wire.Op) -> None:
-        if request.op is wire.Op.CLOCK and self.stop_at is not None:
+        if _is_clock(request) and self.stop_at is not None:
             header = wire.Header(op, request.group, request.request_id, self.stop_at, flags=wire.FLAG_STOP)
-        elif request.op is wire.Op.CLOCK and self.reshard_at is not None:
+        elif _is_clock(request) and self.reshard_at is not None:
             header = wire.Header(op, request.group, request.request_id, self.reshard_at, flags=wire.FLAG_RESHARD)
         else:
             header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())
@@ -453,3 +457,13 @@ class ShardService(TierMembership):
             send_frames(self.socket, [identity, *frames])
         except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY): nobody to answer
             log.warning("shard %d could not reply to a departed client: %s", self.shard_id, e)
+
+
+def _is_clock(request: wire.Header) -> bool:
+    """Whether ``request`` tells this group's clock: a CLOCK, or a PUSH with ``FLAG_CLOCK``."""
+    return request.op is wire.Op.CLOCK or (request.op is wire.Op.PUSH and bool(request.flags & wire.FLAG_CLOCK))
+
+
+def _check_clock(clock: int) -> None:
+    if not 0 <= clock <= _MAX_CLOCK:
+        raise WireError(f"clock {clock} out of range (0 .. {_MAX_CLOCK})")

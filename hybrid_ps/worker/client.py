@@ -179,10 +179,12 @@ class PSClient:
                 positions = among if positions is None else among[positions]
             ticket.placement[request_id] = part.size if positions is None else positions
 
-    def push(self, keys: np.ndarray, grads: np.ndarray, clock: int) -> Ticket:
+    def push(self, keys: np.ndarray, grads: np.ndarray, clock: int, tell_clock: bool = False) -> Ticket:
         """Send ``grads`` (``[len(keys), width]``; float32, or an encoding from ``wire.encode_values``)
         for sorted unique ``keys``.
 
+        With ``tell_clock`` it is also ``clock(clock + 1)``: the last message to each shard that gets a
+        part carries ``FLAG_CLOCK``, the other shards get a CLOCK, all on the returned ticket.
         Returns at once; the acknowledgements are collected by later waits.
         Blocks only if ``max_pushes_in_flight`` pushes are still unacknowledged.
         The arrays may be sent zero-copy: do not modify them after the call.
@@ -191,13 +193,22 @@ class PSClient:
             grads = np.asarray(grads, dtype=np.float32)
         grads = np.ascontiguousarray(grads).reshape(keys.size, self.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
+        messages = []
         for shard, shard_positions in self._split(keys, self.placement.push_parts):
             for positions in self.framing.split_push(shard, clock, keys, shard_positions):
                 if positions is None:
-                    self._send(shard, ticket, wire.Op.PUSH, clock, [np.ascontiguousarray(keys), grads], keys.size)
+                    messages.append((shard, [np.ascontiguousarray(keys), grads], keys.size))
                 else:
-                    part = [np.take(keys, positions), np.take(grads, positions, axis=0)]
-                    self._send(shard, ticket, wire.Op.PUSH, clock, part, positions.size)
+                    messages.append((shard, [np.take(keys, positions), np.take(grads, positions, axis=0)],
+                                     positions.size))
+        last_to = {shard: i for i, (shard, _, _) in enumerate(messages)} if tell_clock else {}
+        for i, (shard, arrays, count) in enumerate(messages):
+            flags = wire.FLAG_CLOCK if last_to.get(shard) == i else 0
+            self._send(shard, ticket, wire.Op.PUSH, clock, arrays, count, extra_flags=flags)
+        if tell_clock:
+            for shard in self.placement.live_shards:
+                if shard not in last_to:
+                    self._send(shard, ticket, wire.Op.CLOCK, clock + 1, [], 0)
         self._pushes_in_flight.append(ticket)
         self._limit_pushes_in_flight()
         return ticket
@@ -366,7 +377,7 @@ class PSClient:
             # pushes: the other replicas have them; clocks, finish, bye, pings: nothing to do
 
     def _send(self, shard: int, ticket: Ticket, op: wire.Op, clock: int, arrays: list, num_keys: int,
-              by_reference: bool = True) -> int:
+              by_reference: bool = True, extra_flags: int = 0) -> int:
         request_id = self._next_id
         self._next_id += 1
         dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
@@ -374,8 +385,8 @@ class PSClient:
         if op in (wire.Op.PULL, wire.Op.PUSH):
             flags, frames = self.framing.frames(shard, op, clock, arrays, by_reference)
             if flags & wire.FLAG_KEYS_BY_REF:  # what to send if the shard has forgotten the list
-                self._by_reference[request_id] = (op, clock, arrays, num_keys)
-        header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags)
+                self._by_reference[request_id] = (op, clock, arrays, num_keys, extra_flags)
+        header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags | extra_flags)
         send_frames(self._sockets[shard], [wire.encode_header(header), *frames])
         self.traffic.count_request(frames)
         ticket.pending.add(request_id)
@@ -392,8 +403,8 @@ class PSClient:
         if request is None or ticket is None:
             return False
         ticket.pending.discard(request_id)
-        op, clock, arrays, num_keys = request
-        again = self._send(shard, ticket, op, clock, arrays, num_keys, by_reference=False)
+        op, clock, arrays, num_keys, extra_flags = request
+        again = self._send(shard, ticket, op, clock, arrays, num_keys, by_reference=False, extra_flags=extra_flags)
         if op is wire.Op.PULL:
             ticket.placement[again] = ticket.placement.pop(request_id)
         log.debug("group %d: shard %d had forgotten a key list; sent the keys again", self.group, shard)

@@ -268,6 +268,7 @@ class GroupTrainer:
         if rows and self.group_rows is not None:  # every member updates its copy of them
             kept = np.searchsorted(keys, self.group_rows.keys)
             self.group_rows.apply(totals[:size].reshape(-1, self.model.width)[kept] / rows, self.group.is_leader)
+        pushes: list[tuple[np.ndarray, np.ndarray]] = []  # the leader's pushes of this step
         if self.group.is_leader:
             if totals[-1] and not self._stop_sent:
                 self.client.request_stop()
@@ -281,19 +282,28 @@ class GroupTrainer:
                     on_ps[kept] = False
                 sent_keys, sent = self.push_filter.apply(keys[on_ps], gradient[on_ps], values[on_ps])
                 if sent_keys.size:
-                    self._timed_on_ps(self.client.push, sent_keys, sent, self.clock)
+                    pushes.append((sent_keys, sent))
             if self.group_rows is not None and self.group_rows.due(self.clock):
-                self._timed_on_ps(self.client.push, *self.group_rows.drain(), self.clock)
+                pushes.append(self.group_rows.drain())
+            self._clock_tickets.append(self._push_and_clock(pushes))
         self.clock += 1
         self.meter.add(rows, loss_sum)
         result.steps, result.samples = self.clock, result.samples + rows
         result.train_loss_sum += loss_sum
         if self.group.is_leader:
-            self._clock_tickets.append(self.client.clock(self.clock))
             every = self.config.train.checkpoint_every
             if every and self.clock % every == 0:
                 self._checkpoint(self.clock, result)
         self._maybe_report()
+
+    def _push_and_clock(self, pushes: list[tuple[np.ndarray, np.ndarray]]):
+        """Leader: send this step's pushes, the last one also telling the shards the group finished the step
+        (``clock(c + 1)`` rides on the push: one message and one reply fewer a step); the ticket to wait on."""
+        if not pushes:
+            return self.client.clock(self.clock + 1)
+        for keys, values in pushes[:-1]:
+            self._timed_on_ps(self.client.push, keys, values, self.clock)
+        return self._timed_on_ps(self.client.push, *pushes[-1], self.clock, True)
 
     def _non_finite_gradient(self, local_finite: bool) -> None:
         """The group's gradient has a NaN or Inf: name the ranks, then stop or skip (``train.on_nonfinite``).
