@@ -239,6 +239,44 @@ def test_clock_ack_carries_the_request_id_and_the_slowest_clock(make_cluster):
     assert cluster.services[0].clock.clocks.tolist() == [0, 4]
 
 
+def test_a_push_with_the_clock_flag_advances_the_clock_after_applying_it(make_cluster):
+    cluster = make_cluster(shards=1, groups=2, staleness=math.inf)
+    sock = cluster.dealer(0)
+    keys = _random_keys(10, seed=21)
+    header = wire.Header(wire.Op.PUSH, 1, 77, 4, keys.size, 1, flags=wire.FLAG_CLOCK)
+    reply = wire.decode_header(_request(sock, [wire.encode_header(header), keys, np.ones((10, 1), np.float32)]))
+    assert (reply.op, reply.request_id) == (wire.Op.ACK, 77)
+    assert cluster.services[0].clock.clocks.tolist() == [0, 5]  # the push's clock + 1
+    np.testing.assert_allclose(cluster.services[0].shard.pull(keys), -np.ones((10, 1)))
+
+
+def test_a_refused_push_with_the_clock_flag_leaves_the_clock_as_it_was(make_cluster):
+    cluster = make_cluster(shards=1, groups=1, staleness=math.inf)
+    sock = cluster.dealer(0)
+    keys = _random_keys(3, seed=22)
+    header = wire.Header(wire.Op.PUSH, 0, 78, 2, keys.size, 1, flags=wire.FLAG_CLOCK)
+    bad = np.array([[1.0], [np.nan], [1.0]], np.float32)
+    reply = wire.decode_header(_request(sock, [wire.encode_header(header), keys, bad]))
+    assert reply.op is wire.Op.ERROR
+    assert cluster.services[0].clock.clocks.tolist() == [0]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_push_telling_the_clock_reaches_every_shard_and_releases_held_pulls(make_cluster, shards):
+    cluster = make_cluster(shards=shards, groups=2, staleness=0)
+    fast, slow = cluster.client(0), cluster.client(1)
+    keys = _random_keys(40, seed=23)
+    fast.wait(fast.clock(1))
+    ticket = fast.pull(keys, 1)  # needs the slow group at clock 1
+    assert not _answered_within(fast, ticket, NOT_ANSWERED)
+    few = keys[:1]  # a push touching one shard: the other learns the clock from a CLOCK on the same ticket
+    grads = np.full((1, 1), 0.5, np.float32)
+    slow.wait(slow.push(few, grads, 0, tell_clock=True))
+    values = fast.wait(ticket)
+    assert [s.clock.clocks.tolist() for s in cluster.services] == [[1, 1]] * shards
+    np.testing.assert_allclose(values[0], -0.5, rtol=1e-6)  # applied before the clock released the pull
+
+
 # -- bounded staleness -----------------------------------------------------------------------------
 
 
