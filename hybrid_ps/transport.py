@@ -6,6 +6,7 @@ import logging
 import socket as _socket
 from typing import Sequence
 
+import numpy as np
 import zmq
 
 from .errors import ConfigError
@@ -98,9 +99,17 @@ def connect_dealer(context: zmq.Context, endpoint: str, keys: JobKeys | None = N
     return sock
 
 
+COPY_BELOW = 1 << 16
+"""Frames smaller than this are copied into the message: cheaper than zero-copy's bookkeeping (a free
+callback through pyzmq's garbage-collector thread) for the small frames of every training step."""
+
+
 def send_frames(sock: zmq.Socket, frames: Sequence[object]) -> None:
-    """Send a multipart message; numpy arrays go out without a copy."""
-    sock.send_multipart(frames, copy=False)
+    """Send a multipart message: small frames copied, large ones (numpy arrays, buffers) without a copy."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        size = frame.nbytes if isinstance(frame, (np.ndarray, memoryview)) else len(frame)  # type: ignore[arg-type]
+        sock.send(frame, zmq.SNDMORE if i < last else 0, copy=size < COPY_BELOW)
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[memoryview]:
