@@ -15,6 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import ConfigError
+from .placement._ring_kernels import group_by_owner, points_of
 
 __all__ = ["mix64", "HashRing"]
 
@@ -22,9 +23,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
-_BUCKET_BITS = 16  # the owner table covers the ring in 2**16 equal arcs (512 KiB as int64, 64 KiB as int8)
-_CHUNK = 1 << 15  # keys hashed per step: the scratch arrays stay in cache and are allocated once per call
-_SPLIT_BY_MASKS = 8  # up to this many shards, split makes one pass per shard instead of sorting
+_BUCKET_BITS = 16  # the point table covers the ring in 2**16 equal arcs (256 KiB as int32)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -70,9 +69,8 @@ class HashRing:
         self._owners = owners[order].astype(np.int64)
         self._slots = np.searchsorted(self.shard_ids, self._owners)  # each point's owner as an index of shard_ids
         self._ids_are_slots = bool(np.array_equal(self.shard_ids, np.arange(ids.size)))
-        self._bucket_slots = self._bucket_table(self._slots)
-        self._small_bucket_slots = self._bucket_slots.astype(np.int8) if ids.size < 128 else self._bucket_slots
         self._bucket_points = self._bucket_table(np.arange(self._points.size)).astype(np.int32)
+        self._point_owner = self._slots.astype(np.int32).reshape(-1, 1)  # for group_by_owner
 
     def _bucket_table(self, per_point: np.ndarray) -> np.ndarray:
         """``per_point`` of each of 2**_BUCKET_BITS equal arcs of the ring, -1 where it differs inside the arc.
@@ -99,13 +97,15 @@ class HashRing:
         """How many virtual nodes the ring has (shards x vnodes)."""
         return int(self._points.size)
 
-    def _slot_of(self, keys: np.ndarray, small: bool = False) -> np.ndarray:
-        """The owner of every key as an index into ``shard_ids`` (same shape; int64, or int8 if ``small``)."""
-        return self._lookup(keys, self._small_bucket_slots if small else self._bucket_slots, self._slots)
+    def _slot_of(self, keys: np.ndarray) -> np.ndarray:
+        """The owner of every key as an index into ``shard_ids`` (same shape, int64)."""
+        return self._slots[self.point_of(keys)]
 
     def point_of(self, keys: np.ndarray) -> np.ndarray:
-        """The ring point (virtual node index, int32) each key belongs to (same shape)."""
-        return self._lookup(keys, self._bucket_points, None)
+        """The ring point (virtual node index, int32) each key belongs to (same shape; compiled)."""
+        keys = np.asarray(keys)
+        flat = np.ascontiguousarray(keys.reshape(-1), dtype=np.uint64)
+        return points_of(flat, self._bucket_points, self._points).reshape(keys.shape)
 
     def preference_slots(self, replication: int) -> np.ndarray:
         """Each point's preference list: ``[num_points, R]`` indices into ``shard_ids``, primary first.
@@ -129,31 +129,6 @@ class HashRing:
             filled[open_rows[new]] += 1
         return table
 
-    def _lookup(self, keys: np.ndarray, table: np.ndarray, per_point: np.ndarray | None) -> np.ndarray:
-        """``per_point`` (``None``: the point index itself) of every key's ring point, via the bucket ``table``.
-
-        Hashes in chunks into two small reused buffers: no hash-sized temporaries,
-        whose fresh pages cost more than the arithmetic.
-        """
-        keys = np.asarray(keys)
-        flat = np.ascontiguousarray(keys.reshape(-1), dtype=np.uint64)
-        slots = np.empty(flat.size, dtype=table.dtype)
-        hashed = np.empty(min(flat.size, _CHUNK), dtype=np.uint64)
-        scratch = np.empty_like(hashed)
-        shift = np.uint64(64 - _BUCKET_BITS)
-        for start in range(0, flat.size, _CHUNK):
-            stop = min(start + _CHUNK, flat.size)
-            h = hashed[: stop - start]
-            _mix64_into(flat[start:stop], h, scratch[: stop - start])
-            np.right_shift(h, shift, out=h)
-            np.take(table, h.view(np.int64), out=slots[start:stop], mode="clip")  # indices < table.size
-        shared = np.flatnonzero(slots < 0)
-        if shared.size:
-            index = np.searchsorted(self._points, mix64(flat[shared]), side="left")
-            index[index == self._points.size] = 0
-            slots[shared] = index if per_point is None else per_point[index]
-        return slots.reshape(keys.shape)
-
     def shard_of(self, keys: np.ndarray) -> np.ndarray:
         """The owning shard id of every key (int64 array, same shape)."""
         keys = np.asarray(keys)
@@ -163,30 +138,18 @@ class HashRing:
         return slots if self._ids_are_slots else self.shard_ids[slots]
 
     def split(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Group keys by shard, preserving their order inside each shard.
+        """Group keys by shard, preserving their order inside each shard (one compiled counting sort).
 
         Returns:
             ``(order, bounds)``: ``keys[order[bounds[i]:bounds[i+1]]]`` are the
             keys of ``shard_ids[i]``.
         """
-        if self.shard_ids.size <= _SPLIT_BY_MASKS:
-            parts = self.positions_by_shard(keys)
-            order = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            counts = np.array([part.size for part in parts])
-        else:  # a stable sort of small integers is a radix sort in numpy
-            slot = self._slot_of(keys, small=True).reshape(-1)
-            order = np.argsort(slot.astype(np.int16 if self.shard_ids.size < 1 << 15 else np.int64), kind="stable")
-            counts = np.bincount(slot.astype(np.intp), minlength=self.num_shards)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        return order, bounds
+        if self.shard_ids.size == 1:
+            count = np.asarray(keys).size
+            return np.arange(count), np.array([0, count])
+        return group_by_owner(self.point_of(np.asarray(keys).reshape(-1)), self._point_owner, self.num_shards)
 
     def positions_by_shard(self, keys: np.ndarray) -> list[np.ndarray]:
         """For each of ``shard_ids`` in turn, the positions of its keys in (flattened) ``keys``, ascending."""
-        count = np.asarray(keys).size
-        if self.shard_ids.size == 1:
-            return [np.arange(count)]
-        slot = self._slot_of(keys, small=True).reshape(-1)
-        if self.shard_ids.size <= _SPLIT_BY_MASKS:  # a pass per shard beats a stable sort of the slots
-            return [np.flatnonzero(slot == index) for index in range(self.shard_ids.size)]
         order, bounds = self.split(keys)
         return [order[bounds[i] : bounds[i + 1]] for i in range(self.shard_ids.size)]

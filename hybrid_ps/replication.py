@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import RangeLostError
 from .partition import HashRing
+from .placement._ring_kernels import first_outside, group_by_owner
 
 __all__ = ["Placement", "default_replication"]
 
@@ -49,8 +50,10 @@ class Placement:
         primary = self._preference[np.arange(self._preference.shape[0]), first_alive]
         self._primary_slot = np.where(alive.any(axis=1), primary, -1)  # per point; -1 = every replica dead
         self._live_slots = np.flatnonzero(live_slots)
-        # per live shard: which points it replicates (pushes) / serves as acting primary (pulls)
-        self._replicates = {int(slot): (self._preference == slot).any(axis=1) for slot in self._live_slots}
+        # per point: the slot a pull goes to, the slots a push goes to (-1: none), for group_by_owner
+        self._pull_owners = self._primary_slot.astype(np.int32).reshape(-1, 1)
+        self._push_owners = np.where(alive, self._preference, -1).astype(np.int32)
+        self._allowed: dict[tuple[int, bool], np.ndarray] = {}  # (shard, primary) -> uint8 per point
 
     @property
     def live_shards(self) -> list[int]:
@@ -95,11 +98,10 @@ class Placement:
         Raises:
             RangeLostError: some key has no live replica.
         """
-        slots = self._primary_slot[self.ring.point_of(keys)]
-        if slots.size and slots.min() < 0:
+        points = self.ring.point_of(keys)
+        if self.dead and points.size and self._primary_slot[points].min() < 0:
             self.check_complete()
-        return [(int(self.ring.shard_ids[slot]), positions)
-                for slot in self._live_slots if (positions := np.flatnonzero(slots == slot)).size]
+        return self._parts(points, self._pull_owners)
 
     def push_parts(self, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """``(shard, positions)`` of ``keys`` for every live replica: each key goes to all of its live replicas.
@@ -110,8 +112,12 @@ class Placement:
         points = self.ring.point_of(keys)
         if self.dead and points.size and self._primary_slot[points].min() < 0:
             self.check_complete()
-        return [(int(self.ring.shard_ids[slot]), positions)
-                for slot in self._live_slots if (positions := np.flatnonzero(self._replicates[int(slot)][points])).size]
+        return self._parts(points, self._push_owners)
+
+    def _parts(self, points: np.ndarray, owners: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        positions, bounds = group_by_owner(points.reshape(-1), owners, self.ring.num_shards)
+        return [(int(self.ring.shard_ids[slot]), positions[bounds[slot] : bounds[slot + 1]])
+                for slot in self._live_slots if bounds[slot + 1] > bounds[slot]]
 
     def first_stray(self, keys: np.ndarray, shard: int, primary: bool) -> tuple[int, str] | None:
         """The first of ``keys`` that ``shard`` must not serve, and why; ``None`` if it may serve them all.
@@ -123,18 +129,24 @@ class Placement:
         """
         if self.ring.num_shards == 1 and not self.dead and shard == int(self.ring.shard_ids[0]):
             return None  # the only shard holds everything: no hashing
-        slot = int(np.searchsorted(self.ring.shard_ids, shard))
-        points = self.ring.point_of(keys)
-        if primary:
-            wrong = np.flatnonzero(self._primary_slot[points] != slot)
-        else:
-            wrong = np.flatnonzero(~self._holds(points, shard))
-        if not wrong.size:
+        points = self.ring.point_of(keys).reshape(-1)
+        first = first_outside(points, self._allowed_points(shard, primary))
+        if first < 0:
             return None
-        key = int(np.asarray(keys).reshape(-1)[wrong[0]])
-        owners = self.ring.shard_ids[self._preference[points[wrong[0]]]].tolist()
+        key = int(np.asarray(keys).reshape(-1)[first])
+        owners = self.ring.shard_ids[self._preference[points[first]]].tolist()
         role = "its acting primary" if primary else "one of its replicas"
         return key, f"key {key} belongs to shard(s) {owners} (dead: {sorted(self.dead)}); shard {shard} is not {role}"
+
+    def _allowed_points(self, shard: int, primary: bool) -> np.ndarray:
+        """Per ring point, whether ``shard`` serves it (as acting primary, or as any replica): uint8."""
+        allowed = self._allowed.get((shard, primary))
+        if allowed is None:
+            every = np.arange(self.ring.num_points)
+            slot = int(np.searchsorted(self.ring.shard_ids, shard))
+            serves = (self._primary_slot == slot) if primary else self._holds(every, shard)
+            allowed = self._allowed[(shard, primary)] = np.ascontiguousarray(serves, dtype=np.uint8)
+        return allowed
 
     def check_complete(self) -> None:
         """Raise if some key range has no live replica.
