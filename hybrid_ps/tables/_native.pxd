@@ -16,10 +16,12 @@ cdef extern from *:
     static inline uint64_t hps_fastrange(uint64_t h, uint64_t n) {
         return (uint64_t)(((unsigned __int128)h * n) >> 64);
     }
+    #define hps_ctz(x) __builtin_ctz(x)
     #define hps_prefetch_write(p) __builtin_prefetch((const void *)(p), 1, 3)
     #define hps_prefetch_read(p) __builtin_prefetch((const void *)(p), 0, 3)
     """
     uint64_t hps_mix64(uint64_t z) nogil
     uint64_t hps_fastrange(uint64_t h, uint64_t n) nogil
+    int hps_ctz(unsigned int x) nogil
     void hps_prefetch_write(const void *p) nogil
     void hps_prefetch_read(const void *p) nogil
