@@ -92,6 +92,8 @@ class WorkerGroup:
 
         Members wait without spinning while the leader is still pulling.
         """
+        if self.size == 1:  # a group of one: nothing to send
+            return None if keys is None else (keys, values)
         size = np.array([_STOP if keys is None else keys.size], dtype=np.int64)
         wait_quietly(self.comm.Ibcast(size, root=0), self.leader_timeout,
                      f"the leader's pulled values (group rank {self.rank}; the leader waits on the PS or died)")
@@ -110,6 +112,8 @@ class WorkerGroup:
 
     def broadcast_int(self, number: int) -> int:
         """The leader's ``number`` on every member (members wait without spinning)."""
+        if self.size == 1:
+            return number
         value = np.array([number], dtype=np.int64)
         wait_quietly(self.comm.Ibcast(value, root=0), self.leader_timeout,
                      f"a broadcast from the leader (group rank {self.rank}; the leader waits on the PS or died)")
@@ -121,5 +125,6 @@ class WorkerGroup:
 
     def allreduce_sum(self, buffer: np.ndarray) -> np.ndarray:
         """Sum ``buffer`` over the group in place (one buffer-based Allreduce)."""
-        self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        if self.size > 1:
+            self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
         return buffer
