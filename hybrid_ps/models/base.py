@@ -1,4 +1,4 @@
-"""What a model is to the runtime: one keyed table on the PS, and a forward/backward pass in numpy.
+"""What a model is to the runtime: one keyed table on the PS, and a forward/backward pass over a batch.
 
 Every model keeps its parameters in one PS table of ``width`` float32 values per
 key: a feature's weight and embedding side by side, the bias under ``BIAS_KEY``,
@@ -24,7 +24,7 @@ import numpy as np
 
 from ..data._key_sets import positions_in_sorted, unique_inverse
 from ..data.batch import Batch
-from ..partition import mix64
+from . import _kernels
 
 __all__ = ["BIAS_KEY", "Model", "PreparedBatch", "sigmoid", "logistic_loss", "hashed_uniform"]
 
@@ -47,9 +47,10 @@ def logistic_loss(margin: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
 
 def hashed_uniform(keys: np.ndarray, columns: int, salt: int) -> np.ndarray:
     """``[len(keys), columns]`` float64 uniform in [-1, 1), a fixed function of (key, column, salt)."""
-    per_key = mix64(keys.astype(np.uint64) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))  # distinct keys stay distinct
-    bits = mix64(per_key[:, None] + np.arange(columns, dtype=np.uint64)[None, :])
-    return (bits >> np.uint64(11)).astype(np.float64) * (2.0 / 2**53) - 1.0
+    out = np.empty((keys.size, columns), dtype=np.float64)
+    _kernels.fill_hashed_uniform(np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1), salt & 0xFFFFFFFFFFFFFFFF,
+                                 1.0, out)
+    return out
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ import numpy as np
 
 from ..data.batch import Batch
 from ..errors import ConfigError
-from .base import BIAS_KEY, Model, PreparedBatch, hashed_uniform, logistic_loss
+from . import _kernels
+from .base import BIAS_KEY, Model, PreparedBatch
+from .kernel_inputs import bias_index, csr_arrays, float_rows
 
 __all__ = ["FactorizationMachine", "FactorizedBatch", "merged_values"]
 
@@ -42,19 +44,13 @@ class FactorizedBatch(PreparedBatch):
 
 def merged_values(prepared: PreparedBatch) -> np.ndarray | None:
     """Per nonzero, the sum of the values its key has in its row; ``None`` if no key repeats in a row."""
-    if prepared.inverse.size < 2:
-        return None
-    pair = prepared.row_ids.astype(np.int64) * np.int64(prepared.keys.size) + prepared.inverse
-    unique, group = np.unique(pair, return_inverse=True)
-    if unique.size == pair.size:
-        return None
-    group = group.reshape(-1)
-    values = prepared.batch.values.astype(np.float64)
-    return np.bincount(group, weights=values, minlength=unique.size)[group]
+    rows = prepared.batch
+    return _kernels.merged_values(np.ascontiguousarray(rows.indptr, dtype=np.int64), prepared.inverse,
+                                  np.ascontiguousarray(rows.values, dtype=np.float32), prepared.keys.size)
 
 
 class FactorizationMachine(Model):
-    """Second-order factorization machine over sparse rows, vectorised over a CSR batch.
+    """Second-order factorization machine over sparse rows, one compiled pass per row (float64 arithmetic).
 
     Args:
         embedding_dim: ``k``, the size of a feature's embedding (the PS row is ``1 + k`` wide).
@@ -89,70 +85,33 @@ class FactorizationMachine(Model):
         """Column 0 zero, columns ``1..k`` ``init_scale * hashed_uniform`` (zero for the bias row); ``None`` if 0."""
         if self.init_scale == 0.0:
             return None
-        keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
-        start = np.zeros((keys.size, self.width), dtype=np.float64)
-        start[:, 1:] = hashed_uniform(keys, self.embedding_dim, _EMBEDDING_SALT)
-        start[:, 1:] *= self.init_scale
+        keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1)
+        start = np.empty((keys.size, self.width), dtype=np.float64)
+        start[:, 0] = 0.0
+        _kernels.fill_hashed_uniform(keys, _EMBEDDING_SALT, self.init_scale, start[:, 1:])
         start[keys == BIAS_KEY] = 0.0
         return start
-
-    def _forward(self, prepared: PreparedBatch, keys: np.ndarray,
-                 params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Margins ``[rows]``, each nonzero's position in ``keys``, ``v_i X_i`` ``[nnz, k]``, ``S`` ``[rows, k]``.
-
-        ``X_i`` is the nonzero's merged value (its own value unless its key repeats in the row).
-        """
-        rows = prepared.batch
-        k = self.embedding_dim
-        position = prepared.positions_in(keys)
-        x = rows.values.astype(np.float64)
-        gathered = params[position]  # [nnz, 1 + k]
-        # Per nonzero: [w_i x_n, v_i1 x_n .. v_ik x_n, sum_f v_if^2 x_n X_i], then one segmented sum per row.
-        terms = np.empty((x.size, k + 2), dtype=np.float64)
-        np.multiply(gathered, x[:, None], out=terms[:, : k + 1])
-        vx = terms[:, 1 : k + 1]
-        merged = _merged(prepared)
-        if merged is None:  # X_i = x_n
-            np.einsum("nf,nf->n", vx, vx, out=terms[:, k + 1])
-        else:  # summed over a key's nonzeros in a row: v^2 X^2
-            np.einsum("nf,nf->n", vx, gathered[:, 1:], out=terms[:, k + 1])
-            terms[:, k + 1] *= merged
-        per_row = np.zeros((rows.num_rows, k + 2), dtype=np.float64)
-        starts = rows.indptr[:-1] - rows.indptr[0]
-        nonempty = np.flatnonzero(rows.indptr[1:] > rows.indptr[:-1])
-        if nonempty.size:  # rows are contiguous: a segment runs from one non-empty row's start to the next
-            per_row[nonempty] = np.add.reduceat(terms, starts[nonempty], axis=0)
-        sums = per_row[:, 1 : k + 1]
-        margin = per_row[:, 0] + 0.5 * (np.einsum("rf,rf->r", sums, sums) - per_row[:, k + 1])
-        if keys.size and keys[-1] == BIAS_KEY:
-            margin += params[-1, 0]
-        self_term = vx if merged is None else gathered[:, 1:] * merged[:, None]
-        return margin, position, self_term, sums
 
     def margins(self, batch: Batch | PreparedBatch, keys: np.ndarray, stored: np.ndarray) -> np.ndarray:
         """Per-row margins of ``batch`` given the PS rows ``stored`` for ``keys`` (float64 ``[rows]``)."""
         prepared = self.prepared(batch)
-        return self._forward(prepared, keys, self.parameters(keys, stored))[0]
+        csr = csr_arrays(prepared, keys)
+        margin = np.empty(prepared.batch.num_rows)
+        _kernels.fm_margins(csr.indptr, csr.positions, csr.values, float_rows(stored, (keys.size, self.width)),
+                            initial=self.initial_values(keys), merged=_merged(prepared),
+                            bias_index=bias_index(keys), margins_out=margin)
+        return margin
 
     def loss_and_gradient(self, batch: Batch | PreparedBatch, keys: np.ndarray,
                           stored: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         prepared = self.prepared(batch)
-        rows = prepared.batch
-        params = self.parameters(keys, stored)
-        margin, position, self_term, sums = self._forward(prepared, keys, params)
-        loss, residual, probability = logistic_loss(margin, rows.labels)
-        # Per nonzero n of key i: d margin / d w_i += x_n; d margin / d v_if += x_n (S_f - v_if X_i).
-        scale = residual[prepared.row_ids] * rows.values.astype(np.float64)  # r * x_i, [nnz]
-        per_nonzero = np.empty((scale.size, self.width), dtype=np.float64)
-        per_nonzero[:, 0] = scale
-        np.subtract(sums[prepared.row_ids], self_term, out=per_nonzero[:, 1:])
-        per_nonzero[:, 1:] *= scale[:, None]
-        # Scatter-add all columns at once: flat index position * width + column.
-        flat = (position.astype(np.int64)[:, None] * self.width + np.arange(self.width, dtype=np.int64)).reshape(-1)
-        grad = np.bincount(flat, weights=per_nonzero.reshape(-1), minlength=keys.size * self.width)
-        grad = grad.astype(np.float64, copy=False).reshape(keys.size, self.width)
-        if keys.size and keys[-1] == BIAS_KEY:
-            grad[-1, 0] += residual.sum()
+        csr = csr_arrays(prepared, keys)
+        grad = np.zeros((keys.size, self.width))
+        probability = np.empty(prepared.batch.num_rows)
+        loss = _kernels.fm_loss_and_gradient(
+            csr.indptr, csr.positions, csr.values, csr.labels, float_rows(stored, (keys.size, self.width)),
+            initial=self.initial_values(keys), merged=_merged(prepared), bias_index=bias_index(keys),
+            grad_out=grad, probabilities_out=probability)
         return loss, grad, probability
 
     def attrs(self) -> dict[str, Any]:

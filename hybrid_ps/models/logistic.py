@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.batch import Batch
-from .base import BIAS_KEY, Model, PreparedBatch, logistic_loss, sigmoid
+from ._kernels import logistic_loss_and_gradient, logistic_margins
+from .base import BIAS_KEY, Model, PreparedBatch, sigmoid
+from .kernel_inputs import bias_index, csr_arrays, float_rows
 
 __all__ = ["BIAS_KEY", "LogisticRegression", "PreparedBatch", "sigmoid"]
 
 
 class LogisticRegression(Model):
-    """``p(y=1|x) = sigmoid(bias + sum_j w[key_j] * x_j)``, vectorised over a CSR batch (width 1)."""
+    """``p(y=1|x) = sigmoid(bias + sum_j w[key_j] * x_j)``, one compiled pass per row (width 1, float64 sums)."""
 
     kind = "logistic_regression"
     width = 1
@@ -25,22 +27,19 @@ class LogisticRegression(Model):
             weights: ``[len(keys), 1]`` or ``[len(keys)]`` weights for ``keys``.
         """
         prepared = self.prepared(batch)
-        rows = prepared.batch
-        w = weights.reshape(-1)
-        position = prepared.positions_in(keys)
-        margin = np.bincount(
-            prepared.row_ids, weights=w[position] * rows.values, minlength=rows.num_rows
-        ).astype(np.float64, copy=False)  # bincount of no weights returns int64
-        margin += w[-1] if keys[-1] == BIAS_KEY else 0.0
-        return margin, position
+        csr = csr_arrays(prepared, keys)
+        margin = np.empty(prepared.batch.num_rows)
+        logistic_margins(csr.indptr, csr.positions, csr.values, float_rows(weights, (keys.size,)),
+                         bias_index=bias_index(keys), margins_out=margin)
+        return margin, csr.positions
 
     def loss_and_gradient(self, batch: Batch | PreparedBatch, keys: np.ndarray,
                           stored: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         prepared = self.prepared(batch)
-        rows = prepared.batch
-        margin, position = self.margins(prepared, keys, stored)
-        loss, residual, probability = logistic_loss(margin, rows.labels)
-        grad = np.bincount(position, weights=residual[prepared.row_ids] * rows.values, minlength=keys.size)
-        grad = grad.astype(np.float64, copy=False)
-        grad[-1] += residual.sum()
+        csr = csr_arrays(prepared, keys)
+        grad = np.zeros(keys.size)
+        probability = np.empty(prepared.batch.num_rows)
+        loss = logistic_loss_and_gradient(csr.indptr, csr.positions, csr.values, csr.labels,
+                                          float_rows(stored, (keys.size,)), bias_index=bias_index(keys),
+                                          grad_out=grad, probabilities_out=probability)
         return loss, grad.reshape(-1, 1), probability

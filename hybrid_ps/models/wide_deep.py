@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..data.batch import Batch
+from . import _kernels
 from .base import BIAS_KEY, Model, PreparedBatch, hashed_uniform, logistic_loss
+from .kernel_inputs import csr_arrays, float_rows
 
 __all__ = ["WideDeep", "parse_hidden"]
 
@@ -71,8 +73,10 @@ class WideDeep(Model):
                    float(attrs.get("init_scale", 0.01)))
 
     def initial_values(self, keys: np.ndarray) -> np.ndarray:
-        start = np.zeros((keys.size, self.width))
-        start[:, 1:] = self.init_scale * hashed_uniform(keys, self.embedding_dim, _EMBEDDING_SALT)
+        start = np.empty((keys.size, self.width))
+        start[:, 0] = 0.0
+        _kernels.fill_hashed_uniform(np.ascontiguousarray(keys, dtype=np.uint64), _EMBEDDING_SALT, self.init_scale,
+                                     start[:, 1:])
         dense = (keys >= self._dense_keys[0]) & (keys != BIAS_KEY)
         start[dense] = self._dense_start[(keys[dense] - self._dense_keys[0]).astype(np.int64)]
         start[keys == BIAS_KEY] = 0.0
@@ -81,25 +85,24 @@ class WideDeep(Model):
     def loss_and_gradient(self, batch: Batch | PreparedBatch, keys: np.ndarray,
                           stored: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         prepared = self.prepared(batch)
-        rows, k = prepared.batch, self.embedding_dim
-        params = self.parameters(keys, stored)
-        position = prepared.positions_in(keys)
-        row_ids, x = prepared.row_ids, rows.values.astype(np.float64)
-        n_rows = rows.num_rows
+        n_rows, k = prepared.batch.num_rows, self.embedding_dim
+        csr = csr_arrays(prepared, keys)
+        table, start = float_rows(stored, (keys.size, self.width)), self.initial_values(keys)
         dense_at = np.searchsorted(keys, self._dense_keys)
-        weights = self._unflatten(params[dense_at].reshape(-1)[: self.num_dense])
+        dense = table[dense_at].astype(np.float64) + start[dense_at]
+        weights = self._unflatten(dense.reshape(-1)[: self.num_dense])
         bias_at = keys.size - 1
 
-        wide = np.bincount(row_ids, weights=params[position, 0] * x, minlength=n_rows) + params[bias_at, 0]
-        pooled = self._scatter_rows(row_ids, params[position, 1:] * x[:, None], n_rows, k)
+        wide, pooled = np.empty(n_rows), np.empty((n_rows, k))  # the compiled FM pass without its pairwise term
+        _kernels.pool_rows(csr.indptr, csr.positions, csr.values, table, initial=start, bias_index=bias_at,
+                           linear_out=wide, pooled_out=pooled)
         activations, deep = self._forward(pooled, weights)
-        loss, residual, probability = logistic_loss(wide + deep, rows.labels)
+        loss, residual, probability = logistic_loss(wide + deep, csr.labels)
 
         grad = np.zeros((keys.size, self.width))
-        grad[:, 0] = np.bincount(position, weights=residual[row_ids] * x, minlength=keys.size)
-        grad[bias_at, 0] += residual.sum()
         dense_grads, d_pooled = self._backward(activations, weights, residual)
-        grad[:, 1:] += self._scatter_rows(position, d_pooled[row_ids] * x[:, None], keys.size, k)
+        _kernels.scatter_rows(csr.indptr, csr.positions, csr.values, residual, np.ascontiguousarray(d_pooled),
+                              bias_index=bias_at, grad_out=grad)
         flat = np.zeros(self._dense_keys.size * self.width)
         flat[: self.num_dense] = np.concatenate([g.reshape(-1) for pair in dense_grads for g in pair])
         grad[dense_at] += flat.reshape(-1, self.width)
@@ -150,9 +153,3 @@ class WideDeep(Model):
             flat[at : at + count] = noise[at : at + count] * math.sqrt(6.0 / (fan_in + fan_out))
             at += count + fan_out
         return flat.reshape(-1, self.width)
-
-    @staticmethod
-    def _scatter_rows(index: np.ndarray, values: np.ndarray, count: int, columns: int) -> np.ndarray:
-        """``out[index[j]] += values[j]`` for ``[m, columns]`` values: one bincount over ``index * columns + c``."""
-        flat_index = (index.astype(np.int64)[:, None] * columns + np.arange(columns)).reshape(-1)
-        return np.bincount(flat_index, weights=values.reshape(-1), minlength=count * columns).reshape(count, columns)
