@@ -8,9 +8,9 @@ then pulled once. Reported: (peak RSS - RSS before the shard existed) per key,
 against the bytes of values + optimizer state (4 B x width per array), and
 against those plus the 8 B key. Width 1 (logistic regression) cannot reach 2x
 of values + state: its uint64 key alone is as big as an AdaGrad value and
-accumulator. The rest is the key index (an int32 open-addressing table at load
-<= 0.5) and growth (arrays double; a growing array and its copy coexist for a
-moment, which is what sets the peak).
+accumulator. The rest is the table's empty slots (buckets fill to 0.8, and a
+part grows 1.5x, so 0.53 - 0.8 full) and growth (one part of 16 and its new
+buckets coexist for a moment, which is what sets the peak).
 """
 
 from __future__ import annotations
