@@ -79,22 +79,28 @@ def rebatch(pieces: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
     """Re-cut a stream of row pieces (chunks, blocks) into batches of ``batch_size`` rows.
 
     Every batch has exactly ``batch_size`` rows except the last, which holds
-    what is left; empty pieces are skipped.
+    what is left; empty pieces are skipped. A batch inside one piece is a view
+    of it; only a batch that spans pieces is copied, and only its own rows.
     """
-    pending: list[Batch] = []
+    pending: list[Batch] = []  # the start of the next batch, from earlier pieces
     held = 0
     for piece in pieces:
-        if piece.num_rows == 0:
+        rows = piece.num_rows
+        if rows == 0:
             continue
-        pending.append(piece)
-        held += piece.num_rows
-        if held < batch_size:
-            continue
-        joined = Batch.concat(pending) if len(pending) > 1 else pending[0]
-        cut = held - held % batch_size
-        for start in range(0, cut, batch_size):
-            yield joined.rows(start, start + batch_size)
-        pending = [joined.rows(cut, held)] if cut < held else []
-        held -= cut
+        start = 0
+        if held:
+            start = min(batch_size - held, rows)
+            pending.append(piece.rows(0, start))
+            held += start
+            if held < batch_size:
+                continue
+            yield Batch.concat(pending)
+            pending, held = [], 0
+        whole = start + (rows - start) // batch_size * batch_size
+        for first in range(start, whole, batch_size):
+            yield piece.rows(first, first + batch_size)
+        if whole < rows:
+            pending, held = [piece.rows(whole, rows)], rows - whole
     if held:
         yield Batch.concat(pending) if len(pending) > 1 else pending[0]
