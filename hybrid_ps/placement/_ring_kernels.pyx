@@ -9,6 +9,7 @@ and replicas (numpy needed one pass per shard).
 """
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport calloc, free
 
 import numpy as np
 
@@ -64,31 +65,51 @@ def group_by_owner(const int32_t[::1] points, const int32_t[:, ::1] owners, int 
     Returns:
         ``(positions, bounds)``: the keys of slot ``s`` are ``positions[bounds[s]:bounds[s + 1]]``.
     """
-    cdef int64_t n = points.shape[0], i, total = 0
+    cdef int64_t n = points.shape[0], i, total, entries
     cdef int replicas = owners.shape[1], r, slot
+    entries = n * replicas
+    slots_of = np.empty(entries, dtype=np.int32)  # the slot of each (key, replica), -1 for none
+    cdef int32_t[::1] slot_of = slots_of
     counts = np.zeros(num_slots + 1, dtype=np.int64)
     cdef int64_t[::1] bounds = counts
-    with nogil:
-        for i in range(n):
-            for r in range(replicas):
-                slot = owners[points[i], r]
-                if slot >= 0:
-                    bounds[slot + 1] += 1
-        for slot in range(num_slots):
-            bounds[slot + 1] += bounds[slot]
-    total = bounds[num_slots]
-    out = np.empty(total, dtype=np.int64)
-    cdef int64_t[::1] positions = out
-    fill_at = counts[:num_slots].copy()
-    cdef int64_t[::1] cursor = fill_at
-    with nogil:
-        for i in range(n):
-            for r in range(replicas):
-                slot = owners[points[i], r]
-                if slot >= 0:
-                    positions[cursor[slot]] = i
-                    cursor[slot] += 1
+    cdef int64_t *cursor = <int64_t *> calloc(4 * (num_slots + 1), sizeof(int64_t))  # 4 banks: no store chain
+    if cursor == NULL:
+        raise MemoryError()
+    cdef const int32_t *table = &owners[0, 0]
+    cdef int64_t[::1] positions
+    try:
+        with nogil:
+            for i in range(n):
+                for r in range(replicas):
+                    slot = table[<int64_t> points[i] * replicas + r]
+                    slot_of[i * replicas + r] = slot
+                    cursor[(i & 3) * (num_slots + 1) + slot + 1] += 1
+            for slot in range(num_slots):
+                bounds[slot + 1] = (bounds[slot] + cursor[slot + 1] + cursor[num_slots + 1 + slot + 1]
+                                    + cursor[2 * (num_slots + 1) + slot + 1] + cursor[3 * (num_slots + 1) + slot + 1])
+            for slot in range(num_slots):
+                cursor[slot] = bounds[slot]
+        total = bounds[num_slots]
+        out = np.empty(total, dtype=np.int64)
+        positions = out
+        if total:
+            with nogil:
+                _fill(&slot_of[0], n, replicas, cursor, &positions[0])
+    finally:
+        free(cursor)
     return out, counts
+
+
+cdef void _fill(const int32_t *slot_of, int64_t n, int replicas, int64_t *cursor, int64_t *positions) noexcept nogil:
+    """Place each key's position at its slots' cursors (a stable counting sort's second pass)."""
+    cdef int64_t i
+    cdef int r, slot
+    for i in range(n):
+        for r in range(replicas):
+            slot = slot_of[i * replicas + r]
+            if slot >= 0:
+                positions[cursor[slot]] = i
+                cursor[slot] += 1
 
 
 def first_outside(const int32_t[::1] points, const unsigned char[::1] allowed):
