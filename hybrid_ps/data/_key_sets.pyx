@@ -1,8 +1,8 @@
 """Compiled key-set kernels for batch preparation: the sorted unique keys of a batch and each nonzero's place.
 
 ``np.unique(return_inverse=True)`` sorts every nonzero (~44 ns each); here the
-nonzeros go through a small open-addressing table once (the table stays in
-cache), only the unique keys are sorted, and a second probe per unique key
+nonzeros go through a small open-addressing table once (it grows with the
+distinct keys and stays in cache), only the unique keys are sorted, and a second probe per unique key
 turns first-seen ids into sorted positions (~4x fewer nanoseconds per nonzero).
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 
 cimport numpy as cnp
 
-from hybrid_ps.tables._native cimport hps_mix64
+from hybrid_ps.tables._native cimport hps_mix64, hps_prefetch_write
 
 cnp.import_array()
 
@@ -27,23 +27,32 @@ cdef struct Entry:
 
 
 cdef class _Seen:
-    """A scratch hash set of keys with their first-seen ids (power-of-two size, load <= 0.5)."""
+    """A scratch hash set of keys with their first-seen ids (power-of-two size, load <= 0.7).
+
+    It starts small and doubles as keys arrive: sized for the distinct keys, not the nonzeros, it stays
+    in the L2 cache for a batch of power-law keys.
+    """
 
     cdef Entry *entries
     cdef uint64_t mask
+    cdef int64_t count
 
-    def __cinit__(self, int64_t count):
-        cdef uint64_t size = 16
-        while size < 2 * <uint64_t> count:
+    def __cinit__(self, int64_t expected):
+        cdef uint64_t size = 1024
+        while size < 2 * <uint64_t> expected:
             size <<= 1
+        self._allocate(size)
+
+    def __dealloc__(self):
+        free(self.entries)
+
+    cdef int _allocate(self, uint64_t size) except -1:
         self.entries = <Entry *> malloc(size * sizeof(Entry))
         if self.entries == NULL:
             raise MemoryError()
         memset(self.entries, 0xFF, size * sizeof(Entry))
         self.mask = size - 1
-
-    def __dealloc__(self):
-        free(self.entries)
+        return 0
 
     cdef inline Entry *find(self, uint64_t key) noexcept nogil:
         """The entry of ``key``, or the empty entry where it would go."""
@@ -52,15 +61,32 @@ cdef class _Seen:
             at = (at + 1) & self.mask
         return &self.entries[at]
 
+    cdef int grow(self) except -1 nogil:
+        """Double the table (at a load of 0.7), keeping every entry."""
+        cdef Entry *old = self.entries
+        cdef uint64_t old_size = self.mask + 1, i
+        with gil:
+            self._allocate(2 * old_size)
+        for i in range(old_size):
+            if old[i].id != -1:
+                self.find(old[i].key)[0] = old[i]
+        free(old)
+        return 0
+
 
 cdef int64_t _first_seen(_Seen seen, const uint64_t *keys, int64_t n, uint64_t *unique,
-                         int64_t *inverse) noexcept nogil:
+                         int64_t *inverse) except -1 nogil:
     """Fill ``unique`` with the distinct keys in first-seen order (``inverse``: each key's id, if not NULL)."""
     cdef int64_t i, count = 0
     cdef Entry *entry
     for i in range(n):
+        if i + 8 < n:  # the table outgrows the L2 cache on large batches: fetch ahead
+            hps_prefetch_write(&seen.entries[hps_mix64(keys[i + 8]) & seen.mask])
         entry = seen.find(keys[i])
         if entry.id == -1:
+            if 10 * (count + 1) > 7 * <int64_t> seen.mask:
+                seen.grow()
+                entry = seen.find(keys[i])
             entry.key = keys[i]
             entry.id = count
             unique[count] = keys[i]
@@ -76,7 +102,7 @@ def unique_sorted(const uint64_t[::1] keys):
     first = np.empty(n, dtype=np.uint64)
     cdef uint64_t[::1] unique = first
     if n:
-        seen = _Seen(n)
+        seen = _Seen(min(n, 4096))
         with nogil:
             count = _first_seen(seen, &keys[0], n, &unique[0], NULL)
     out = first[:count]
@@ -93,7 +119,7 @@ def unique_inverse(const uint64_t[::1] keys):
     index_type = np.int32 if n < 2**31 else np.int64
     if n == 0:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=index_type)
-    seen = _Seen(n)
+    seen = _Seen(min(n, 4096))
     first = np.empty(n, dtype=np.uint64)
     ids = np.empty(n, dtype=np.int64)
     cdef uint64_t[::1] unique = first
