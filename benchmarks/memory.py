@@ -36,7 +36,8 @@ for start in range(0, held, 100_000):
     keys = np.sort(mix64(np.arange(start, min(start + 100_000, held), dtype=np.uint64)))
     shard.push(keys, grads[: keys.size])
 shard.pull(np.sort(mix64(np.arange(0, 100_000, dtype=np.uint64))))
-print(json.dumps({{"before": before, "peak": peak_rss_bytes(), "states": len(shard.optimizer.state_names), "keys": len(shard)}}))
+print(json.dumps({{"before": before, "peak": peak_rss_bytes(), "states": len(shard.optimizer.state_names),
+                  "keys": len(shard)}}))
 """
 
 

@@ -102,7 +102,7 @@ def main() -> None:
                 results.append(row)
                 rows.append([name, kind, size, row["push_keys_per_s"] / 1e6, row["pull_keys_per_s"] / 1e6,
                              row["floor_rows_per_s"] / 1e6, row["push_vs_floor"], row["pull_vs_floor"]])
-        del shard, keys, floor
+
     print(f"shard holding {args.held} keys, width 1, in-process; floor = np.take of random rows, table-sized array")
     print_table(["optimizer", "keys", "batch", "push Mkeys/s", "pull Mkeys/s", "floor Mrows/s", "push/floor",
                  "pull/floor"], rows)

