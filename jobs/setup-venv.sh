@@ -10,8 +10,12 @@ venv="${HYBRID_PS_VENV:-$repo/.venv}"
 mpi="${HYBRID_PS_MPI:-mpich}"
 stamp="$venv/.hybrid_ps-installed-$mpi"
 # reinstall when the package settings or a compiled kernel's source changed since the last install
-changed="$(find "$repo/setup.cfg" "$repo/setup.py" "$repo/pyproject.toml" "$repo/hybrid_ps" \( -name '*.pyx' -o -name '*.pxd' \
-           -o -name 'setup.cfg' -o -name 'setup.py' -o -name 'pyproject.toml' \) -newer "$stamp" 2>/dev/null | head -1)"
+changed=""
+if [ -f "$stamp" ]; then
+    changed="$(find "$repo/setup.cfg" "$repo/setup.py" "$repo/pyproject.toml" "$repo/hybrid_ps" \
+               \( -name '*.pyx' -o -name '*.pxd' -o -name 'setup.cfg' -o -name 'setup.py' -o -name 'pyproject.toml' \) \
+               -newer "$stamp" -print -quit)"
+fi
 if [ ! -f "$stamp" ] || [ -n "$changed" ]; then
     echo "setup-venv: installing hybrid_ps ($mpi MPI) into $venv" >&2
     python3 -m venv "$venv"
