@@ -62,13 +62,16 @@ class PreparedBatch:
         keys: sorted unique keys the rows touch, then the model's own keys (bias, dense blocks;
             all above every feature key, so the whole array is sorted).
         inverse: int32 (int64 for huge batches) ``[nnz]``, the index in ``keys`` of each of ``batch.keys``.
-        row_ids: int32 (or int64) ``[nnz]``, the row of each nonzero.
     """
 
     batch: Batch
     keys: np.ndarray
     inverse: np.ndarray
-    row_ids: np.ndarray
+
+    @property
+    def row_ids(self) -> np.ndarray:
+        """int32 (or int64) ``[nnz]``, the row of each nonzero (worked out on demand: the kernels read ``indptr``)."""
+        return self.batch.row_ids.astype(self.inverse.dtype)
 
     def positions_in(self, keys: np.ndarray) -> np.ndarray:
         """The index in ``keys`` (sorted, covering ``self.keys``) of each nonzero."""
@@ -97,7 +100,7 @@ class Model(ABC):
         """The batch's sorted key set (features, then ``model_keys``) and each nonzero's place in it."""
         unique, inverse = unique_inverse(np.ascontiguousarray(batch.keys, dtype=np.uint64))
         keys = np.concatenate([unique, self.model_keys()])
-        return PreparedBatch(batch, keys, inverse, batch.row_ids.astype(inverse.dtype))  # int32: half the memory
+        return PreparedBatch(batch, keys, inverse)
 
     def prepared(self, batch: Batch | PreparedBatch) -> PreparedBatch:
         """``batch`` prepared (unchanged if it already is)."""

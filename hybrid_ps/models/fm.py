@@ -79,7 +79,7 @@ class FactorizationMachine(Model):
     def prepare(self, batch: Batch) -> FactorizedBatch:
         """``Model.prepare`` plus the merged value of repeated keys (see ``FactorizedBatch``)."""
         plain = super().prepare(batch)
-        return FactorizedBatch(plain.batch, plain.keys, plain.inverse, plain.row_ids, merged_values(plain))
+        return FactorizedBatch(plain.batch, plain.keys, plain.inverse, merged_values(plain))
 
     def initial_values(self, keys: np.ndarray) -> np.ndarray | None:
         """Column 0 zero, columns ``1..k`` ``init_scale * hashed_uniform`` (zero for the bias row); ``None`` if 0."""

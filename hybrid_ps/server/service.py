@@ -274,7 +274,7 @@ class ShardService(TierMembership):
             self._maybe_checkpoint()
             return
         self._reply(identity, header, wire.Op.ACK)
-        if op in (wire.Op.CLOCK, wire.Op.FINISH, wire.Op.BYE) or _is_clock(header):
+        if op in (wire.Op.FINISH, wire.Op.BYE) or _is_clock(header):
             self._release_deferred()
             self._maybe_checkpoint()
             self._maybe_reshard()
