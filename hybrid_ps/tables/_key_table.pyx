@@ -128,6 +128,19 @@ cdef class UpdateRule:
         self.rule.eps, self.rule.beta = eps, beta
 
 
+cdef inline void _copy(float *target, const float *source, int64_t count) noexcept nogil:
+    """``count`` floats, copied in a loop the compiler unrolls (a row is a few floats: no call to memcpy)."""
+    cdef int64_t j
+    for j in range(count):
+        target[j] = source[j]
+
+
+cdef inline void _zero(float *target, int64_t count) noexcept nogil:
+    cdef int64_t j
+    for j in range(count):
+        target[j] = 0
+
+
 cdef inline bint _update(const Rule rule, float *row, const float *grad, int width) noexcept nogil:
     """Apply ``rule`` to one row (values, then state) in place; whether every new number is finite."""
     cdef int j
@@ -455,7 +468,7 @@ cdef class KeyTable:
             self.next_row += 1
             memcpy(self._payload(bucket, slot), &index, 8)
         row = self._row(bucket, slot)
-        memset(row, 0, self.row_bytes)
+        _zero(row, self.columns)
         return row
 
     cdef int64_t _locate(self, const uint64_t *keys, int64_t start, int64_t n, bint insert) noexcept nogil:
@@ -497,9 +510,9 @@ cdef class KeyTable:
                 stop = self._locate(&keys[0], start, n, False)
                 for i in range(start, stop):
                     if self.located[i - start] != NULL:
-                        memcpy(&target[i, 0], self.located[i - start], columns * 4)
+                        _copy(&target[i, 0], self.located[i - start], columns)
                     else:
-                        memset(&target[i, 0], 0, columns * 4)
+                        _zero(&target[i, 0], columns)
                 start = stop
         return out
 
@@ -579,7 +592,7 @@ cdef class KeyTable:
             for i in range(start, stop):
                 row = self.located[i - start]
                 self.touched[i] = <char *> row
-                memcpy(self.saved + i * self.columns, row, self.row_bytes)
+                _copy(self.saved + i * self.columns, row, self.columns)
                 bad += not _update(rule, row, grads + i * self.width, self.width)
             start = stop
         if bad:
