@@ -48,10 +48,10 @@ TARGET = 0.5
 def _serve_shard(shard_id: int, num_shards: int, groups: int, replication: int, conn) -> None:
     """A shard: ShardService (SGD, learning rate 1, ASP) on 127.0.0.1; sends its endpoint back."""
     logging.basicConfig(level=logging.WARNING)
-    from hybrid_ps.partition import HashRing
-    from hybrid_ps.tables.optimizers import make_optimizer
+    from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard
+    from hybrid_ps.tables.optimizers import make_optimizer
 
     service = ShardService(Shard(1, make_optimizer("sgd", 1.0)), shard_id, HashRing(range(num_shards), VNODES),
                            groups, math.inf, "127.0.0.1", context=zmq.Context(), replication=replication)
@@ -92,7 +92,7 @@ class RawLeader:
     """A leader without the PS: DEALERs to the raw servers; requests split by the same ring and replica placement."""
 
     def __init__(self, context: zmq.Context, endpoints: list[str], group: int, placement) -> None:
-        from hybrid_ps import wire
+        from hybrid_ps.protocol import wire
 
         self.placement = placement
         self.sockets = [connect_raw(context, endpoint) for endpoint in endpoints]
@@ -116,8 +116,8 @@ class RawLeader:
 def _leaders(raw: bool, groups: list[int], num_groups: int, endpoints: list[str], replication: int, universe: int,
              keys: tuple[int, int], seconds: float, go, conn) -> None:
     """Run ``groups`` leaders (threads) for ``seconds`` after ``go``; send back latencies, counts, pushed sums."""
-    from hybrid_ps.partition import HashRing
-    from hybrid_ps.replication import Placement
+    from hybrid_ps.placement.replicas import Placement
+    from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.worker.client import PSClient
 
     all_keys = _universe(universe)
@@ -180,7 +180,7 @@ def _universe(size: int) -> np.ndarray:
 
 def run(raw: bool, args: argparse.Namespace, replication: int) -> dict:
     """One load run against fresh servers; returns its figures (PS runs: after checking that nothing was lost)."""
-    from hybrid_ps import wire
+    from hybrid_ps.protocol import wire
 
     servers = [(start(serve_raw, 1 << 20, args.groups, None) if raw else
                 start(_serve_shard, shard, args.shards, args.groups, replication)) for shard in range(args.shards)]
@@ -233,7 +233,7 @@ def run(raw: bool, args: argparse.Namespace, replication: int) -> dict:
 
 def _count_lost(endpoints: list[str], args: argparse.Namespace, replication: int, pushed: np.ndarray) -> int:
     """Keys whose value is not minus the sum of their gradients (0 = every push arrived, exactly once)."""
-    from hybrid_ps.partition import HashRing
+    from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.worker.client import PSClient
 
     context = zmq.Context()

@@ -25,7 +25,7 @@ from .common import finish, print_table
 CHILD = """
 import json, numpy as np
 from benchmarks.common import peak_rss_bytes
-from hybrid_ps.partition import mix64
+from hybrid_ps.placement.ring import mix64
 from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.shard import Shard
 before = peak_rss_bytes()

@@ -18,7 +18,7 @@ __all__ = ["serve_raw", "start", "connect_raw", "stop"]
 
 def serve_raw(max_keys: int, groups: int, keys: dict | None, conn) -> None:
     """Serve on 127.0.0.1 (as a CURVE server with ``keys``, ``JobKeys.to_dict()``); sends the endpoint on ``conn``."""
-    from hybrid_ps import wire
+    from hybrid_ps.protocol import wire
 
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)

@@ -41,7 +41,7 @@ def _stall_after_a_kill(failover_timeout: float, steps_before: int = 50) -> floa
     import zmq
 
     from hybrid_ps.config import Config
-    from hybrid_ps.partition import HashRing
+    from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.server.process import ShardProcess, ShardSpec
     from hybrid_ps.worker.client import PSClient
 

@@ -30,11 +30,11 @@ SIZES = [1_000, 10_000, 100_000]
 def _serve_shard(keys: dict | None, capacity: int, conn) -> None:
     """A ShardService on 127.0.0.1 (CURVE if ``keys``); sends its endpoint back."""
     logging.basicConfig(level=logging.WARNING)
-    from hybrid_ps.partition import HashRing
-    from hybrid_ps.security import JobKeys
-    from hybrid_ps.tables.optimizers import make_optimizer
+    from hybrid_ps.net.curve import JobKeys
+    from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard
+    from hybrid_ps.tables.optimizers import make_optimizer
 
     shard = Shard(WIDTH, make_optimizer("adagrad", 0.05), capacity=capacity)
     context = zmq.Context()
@@ -48,8 +48,8 @@ def _serve_shard(keys: dict | None, capacity: int, conn) -> None:
 
 
 def measure(sizes: list[int]) -> list[dict]:
-    from hybrid_ps.partition import HashRing
-    from hybrid_ps.security import JobKeys
+    from hybrid_ps.net.curve import JobKeys
+    from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.worker.client import PSClient
 
     keys = JobKeys.generate()

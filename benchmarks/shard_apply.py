@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from hybrid_ps.partition import mix64
-from hybrid_ps.tables.optimizers import make_optimizer
+from hybrid_ps.placement.ring import mix64
 from hybrid_ps.server.shard import Shard
+from hybrid_ps.tables.optimizers import make_optimizer
 
 from .common import best_time, finish, print_table
 

@@ -72,10 +72,10 @@ def _serve_shard(shard_id: int, num_shards: int, capacity: int, null: bool, conn
     ``null``: the service runs over a NullShard (all of the PS path but the shard's math).
     """
     logging.basicConfig(level=logging.WARNING)
-    from hybrid_ps.partition import HashRing
-    from hybrid_ps.tables.optimizers import make_optimizer
+    from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard
+    from hybrid_ps.tables.optimizers import make_optimizer
 
     ring = HashRing(range(num_shards), VNODES)
     shard = NullShard(capacity) if null else Shard(WIDTH, make_optimizer("adagrad", LEARNING_RATE), capacity=capacity)
@@ -93,7 +93,7 @@ class RawClient:
     """DEALER sockets to the raw servers; a round trip sends every part at once, then takes every reply."""
 
     def __init__(self, context: zmq.Context, endpoints: list[str], keys=None) -> None:
-        from hybrid_ps import wire
+        from hybrid_ps.protocol import wire
 
         self.sockets = [connect_raw(context, endpoint, keys) for endpoint in endpoints]
         self.header = wire.encode_header(wire.Header(wire.Op.PULL))
@@ -113,7 +113,7 @@ class RawClient:
 
 def _validation_seconds(service_like, parts, grad_parts, push: bool) -> float:
     """The server-side checks of one request per shard (slowest shard): what ``ShardService`` does before the shard."""
-    from hybrid_ps import wire
+    from hybrid_ps.protocol import wire
 
     worst = 0.0
     for shard_id, (keys, grads) in enumerate(zip(parts, grad_parts)):
@@ -132,11 +132,11 @@ def _validation_seconds(service_like, parts, grad_parts, push: bool) -> float:
 
 
 def measure(num_shards: int, sizes: list[int], rng: np.random.Generator) -> list[dict]:
-    from hybrid_ps.partition import HashRing
-    from hybrid_ps.tables.optimizers import make_optimizer
-    from hybrid_ps.replication import Placement
+    from hybrid_ps.placement.replicas import Placement
+    from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.server.service import ShardService
     from hybrid_ps.server.shard import Shard
+    from hybrid_ps.tables.optimizers import make_optimizer
     from hybrid_ps.worker.client import PSClient
 
     largest = max(sizes)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError
-from .security import check_plaintext_host
-from .staleness import parse_staleness
-from .transport import resolve_bind_host
+from .net.curve import check_plaintext_host
+from .net.sockets import resolve_bind_host
+from .protocol.staleness import parse_staleness
 
 __all__ = ["ClusterConfig", "DataConfig", "ModelConfig", "OptimizerConfig", "TrainConfig", "CommConfig", "Config", "build_parser",
            "load_config"]

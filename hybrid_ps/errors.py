@@ -28,7 +28,7 @@ class DataError(HybridPSError):
 
 
 class WireError(HybridPSError):
-    """A ZeroMQ message does not follow the wire format (see hybrid_ps.wire)."""
+    """A ZeroMQ message does not follow the wire format (see hybrid_ps.protocol.wire)."""
 
 
 class TopologyError(HybridPSError):

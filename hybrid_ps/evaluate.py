@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.info:
             result = checkpoint_info(args.checkpoint)
         else:
-            from .evaluation import evaluate_model
+            from .models.evaluation import evaluate_model
 
             result = evaluate_model(args.checkpoint, _batches(args.data, args.checkpoint, args.batch_rows))
             if not result["rows"]:

@@ -25,17 +25,17 @@ from typing import Any
 
 import zmq
 
-from . import wire
 from .config import Config, build_parser, load_config
 from .errors import ConfigError, HybridPSError
 from .logs import configure_logging
 from .models import build_model
+from .net.curve import JobKeys
+from .net.sockets import bind_router, close_router, connect_dealer, resolve_bind_host
+from .placement.replicas import default_replication
 from .preemption import StopRequest
-from .replication import default_replication
+from .protocol import wire
 from .server.process import ShardProcess, ShardSpec, describe_exit
 from .tier import TierInfo, TierView, write_tier_file
-from .security import JobKeys
-from .transport import bind_router, close_router, connect_dealer, resolve_bind_host
 
 __all__ = ["TierSupervisor", "main"]
 

@@ -16,8 +16,8 @@ import sys
 import zmq
 
 from .errors import HybridPSError
+from .net.sockets import connect_dealer
 from .tier import read_tier_file
-from .transport import connect_dealer
 
 _TIMEOUT_MS = 30_000
 

@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import ConfigError
-from ..partition import mix64
+from ..placement.ring import mix64
 from .batch import Batch, rebatch
 
 __all__ = [

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from .. import wire
 from ..errors import WireError
-from ..partition import HashRing
-from ..replication import Placement
+from ..placement.replicas import Placement
+from ..placement.ring import HashRing
+from ..protocol import wire
 from ..tier import TierView
 
 if TYPE_CHECKING:

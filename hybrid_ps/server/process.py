@@ -5,7 +5,7 @@ stdin (JSON: the job configuration and the shard's place in the tier), reads
 back the endpoint the shard bound, then only waits for it (sleeping, not
 spinning) and forwards preemption signals. A shard that dies (SIGKILL, out of
 memory) therefore never takes the MPI job down: leaders fail over to its
-backups (``hybrid_ps.replication``). The shard dies with its supervisor
+backups (``hybrid_ps.placement.replicas``). The shard dies with its supervisor
 (``PR_SET_PDEATHSIG``), so an aborted job leaves no shard behind, and it never
 sees the MPI launcher's environment (a child importing mpi4py would fail or hang).
 """
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from .. import checkpoint
 from ..config import Config
 from ..errors import HybridPSError, ShardUnavailableError
-from ..partition import HashRing
+from ..net.curve import JobKeys, check_plaintext_host
+from ..net.sockets import resolve_bind_host
+from ..placement.replicas import default_replication
+from ..placement.ring import HashRing
 from ..preemption import StopRequest
-from ..replication import default_replication
-from ..security import JobKeys, check_plaintext_host
-from ..transport import resolve_bind_host
 from ..tables.optimizers import optimizer_from_config
 from .service import ShardService
 from .shard import Shard

@@ -14,15 +14,15 @@ from typing import Callable
 import numpy as np
 import zmq
 
-from .. import wire
 from ..errors import NonFiniteError, WireError
-from ..keycache import MISS, KeyListCache, parse_reference, signature
-from ..partition import HashRing
+from ..net.curve import JobKeys
+from ..net.sockets import bind_router, close_router, recv_frames, send_frames
+from ..placement.replicas import Placement
+from ..placement.ring import HashRing
 from ..preemption import StopRequest
-from ..replication import Placement
-from ..staleness import VectorClock
-from ..security import JobKeys
-from ..transport import bind_router, close_router, recv_frames, send_frames
+from ..protocol import wire
+from ..protocol.keycache import MISS, KeyListCache, parse_reference, signature
+from ..protocol.staleness import VectorClock
 from .membership import CutReader, TierMembership
 from .shard import Shard
 

@@ -4,7 +4,7 @@ One DEALER socket per shard. A request is split by the hash ring and sent to
 all the shards it touches at once; replies are matched by request id whenever
 the client waits, so push acknowledgements never sit on the critical path.
 
-With replication (``hybrid_ps.replication``) a push goes to every live replica
+With replication (``hybrid_ps.placement.replicas``) a push goes to every live replica
 of its keys and completes once all of them acknowledged it; a pull goes to the
 acting primary. While it waits, the client pings every shard that has been
 quiet for ``heartbeat_interval`` (shards take a silent group for gone); a shard
@@ -23,14 +23,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import zmq
 
-from .. import wire
 from ..errors import ShardUnavailableError
-from ..keycache import MISS
-from ..partition import HashRing
-from ..replication import Placement
-from ..security import JobKeys
+from ..net.curve import JobKeys
+from ..net.sockets import connect_dealer, recv_frames, send_frames
+from ..placement.replicas import Placement
+from ..placement.ring import HashRing
+from ..protocol import wire
+from ..protocol.keycache import MISS
 from ..tier import TierView
-from ..transport import connect_dealer, recv_frames, send_frames
 from .framing import RequestFraming, Traffic
 
 __all__ = ["PSClient", "Ticket"]
@@ -76,9 +76,9 @@ class PSClient:
         heartbeat_interval: while waiting, a shard quiet this long is pinged (shards count a group
             silent for ``cluster.group_timeout`` as gone; keep this well below it).
         failover_timeout: seconds of silence (pings unanswered) before a shard is declared dead.
-        key_cache: send a key list the shard keeps as a 16-byte reference (see hybrid_ps.keycache).
+        key_cache: send a key list the shard keeps as a 16-byte reference (see hybrid_ps.protocol.keycache).
         compression: ``zstd`` compresses key frames (and, with ``compress_values``, pushed values) of
-            4 KiB and more (see hybrid_ps.codec); ``none`` sends them as they are.
+            4 KiB and more (see hybrid_ps.protocol.codec); ``none`` sends them as they are.
         keys: the job's CURVE keys (``None``: plain TCP, for shards serving without them).
     """
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..protocol.wire import decode_values, encode_values
 from ..tables import KeyTable
-from ..wire import decode_values, encode_values
 
 __all__ = ["ResidualStore", "PushFilter", "FilterStats"]
 

@@ -1,8 +1,8 @@
 """How a leader's keyed requests (PULL, PUSH) go on the wire: key-list references, compression, byte counts.
 
 Stages, each optional: a key list the shard keeps goes as a reference (a subset
-of the list pulled at the same clock as a reference with a bitmask, see hybrid_ps.keycache);
-large key and value frames are zstd-compressed (hybrid_ps.codec). ``Traffic``
+of the list pulled at the same clock as a reference with a bitmask, see hybrid_ps.protocol.keycache);
+large key and value frames are zstd-compressed (hybrid_ps.protocol.codec). ``Traffic``
 counts the frames before and after each stage. No sockets here.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import codec, wire
-from ..keycache import KeyListCache, reference_frame, signature
+from ..protocol import codec, wire
+from ..protocol.keycache import KeyListCache, reference_frame, signature
 
 __all__ = ["Traffic", "RequestFraming"]
 

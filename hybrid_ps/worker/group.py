@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from ..backoff import Backoff
 from ..data._key_sets import unique_sorted
 from ..errors import WaitTimeoutError
+from ..net.backoff import Backoff
 
 __all__ = ["WorkerGroup", "wait_quietly"]
 

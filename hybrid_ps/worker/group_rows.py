@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..protocol.wire import FINAL_CLOCK
 from ..tables.optimizers import Optimizer
-from ..wire import FINAL_CLOCK
 
 __all__ = ["GroupRows"]
 

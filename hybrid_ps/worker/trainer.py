@@ -24,11 +24,11 @@ from ..data.batch import Batch
 from ..errors import NonFiniteError
 from ..metrics import MetricsWriter, RateMeter
 from ..models.base import Model, PreparedBatch
-from ..numerics import all_finite
 from ..preemption import StopRequest
+from ..protocol.numerics import all_finite
+from ..protocol.wire import FINAL_CLOCK
 from ..tables.optimizers import optimizer_from_config
 from ..tier import TierView
-from ..wire import FINAL_CLOCK
 from .client import PSClient
 from .filters import PushFilter
 from .group import WorkerGroup

@@ -15,9 +15,9 @@ import pytest
 import zmq
 
 from hybrid_ps.config import Config
-from hybrid_ps.partition import HashRing
-from hybrid_ps.replication import default_replication
-from hybrid_ps.security import JobKeys
+from hybrid_ps.net.curve import JobKeys
+from hybrid_ps.placement.replicas import default_replication
+from hybrid_ps.placement.ring import HashRing
 from hybrid_ps.server.process import ShardProcess, ShardSpec
 from hybrid_ps.worker.client import PSClient
 from mpi_launch.detect import (

@@ -14,7 +14,7 @@ import zmq
 
 from hybrid_ps import checkpoint, tierctl
 from hybrid_ps.config import Config
-from hybrid_ps.partition import HashRing
+from hybrid_ps.placement.ring import HashRing
 from hybrid_ps.serve import TierSupervisor
 from hybrid_ps.tier import TierView, read_tier_file
 from hybrid_ps.worker.client import PSClient

@@ -145,8 +145,8 @@ def test_a_frozen_shard_is_declared_dead_and_fences_itself_when_it_wakes(tier):
 def test_shard_processes_admit_only_the_jobs_curve_keys(tier):
     import zmq
 
-    from hybrid_ps import wire
-    from hybrid_ps.security import JobKeys
+    from hybrid_ps.net.curve import JobKeys
+    from hybrid_ps.protocol import wire
 
     t = tier(1, groups=1)
     client = t.client(0)

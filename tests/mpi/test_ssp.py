@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from hybrid_ps.partition import HashRing
-from hybrid_ps.tables.optimizers import make_optimizer
+from hybrid_ps.job.topology import build_topology, exchange_endpoints
+from hybrid_ps.placement.ring import HashRing
+from hybrid_ps.protocol.wire import FINAL_CLOCK
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard
-from hybrid_ps.wire import FINAL_CLOCK
-from hybrid_ps.topology import build_topology, exchange_endpoints
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.worker.client import PSClient
 from hybrid_ps.worker.group import wait_quietly
 

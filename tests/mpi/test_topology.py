@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hybrid_ps.topology import build_topology, exchange_endpoints
+from hybrid_ps.job.topology import build_topology, exchange_endpoints
 
 
 @pytest.mark.mpi(min_size=4)

@@ -94,7 +94,7 @@ def test_a_leader_publishing_the_same_cut_at_the_last_moment_backs_off(tmp_path,
             late[0] = checkpoint.publish(tmp_path, 9, INFO)  # the other group's leader, right now
         real_replace(source, target)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace_after_a_late_leader)
+    monkeypatch.setattr(os, "replace", replace_after_a_late_leader)
     assert checkpoint.publish(tmp_path, 9, INFO) == tmp_path / "ckpt-9"
     assert late == [None], "the late leader must see the cut as being published"
     assert checkpoint.publish(tmp_path, 9, INFO) is None

@@ -1,4 +1,4 @@
-"""hybrid_ps.codec: zstd frames of keys (deltas, byte-shuffled) and values round-trip exactly; bad frames are refused."""
+"""hybrid_ps.protocol.codec: zstd frames of keys (deltas, byte-shuffled) and values round-trip exactly; bad frames are refused."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zstandard
 
-from hybrid_ps import codec, wire
 from hybrid_ps.errors import WireError
+from hybrid_ps.protocol import codec, wire
 
 RNG = np.random.default_rng(5)
 

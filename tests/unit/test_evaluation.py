@@ -14,8 +14,9 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from hybrid_ps import checkpoint
 from hybrid_ps.data.libsvm import read_libsvm
-from hybrid_ps.evaluation import evaluate_model
+from hybrid_ps.errors import CheckpointError
 from hybrid_ps.metrics import StreamingAUC
+from hybrid_ps.models.evaluation import evaluate_model
 from hybrid_ps.models.logistic import BIAS_KEY
 
 
@@ -98,7 +99,7 @@ def test_a_checkpoint_of_another_model_kind_is_refused(tmp_path):
                                   np.array([1]), np.array([True]), "sgd", {})
     checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path, 1), state)
     checkpoint.publish(tmp_path, 1, {"model": {"kind": "deep_crossing", "width": 8}})
-    with pytest.raises(checkpoint.CheckpointError, match="model kind 'deep_crossing' is not one of"):
+    with pytest.raises(CheckpointError, match="model kind 'deep_crossing' is not one of"):
         evaluate_model(str(tmp_path), [])
     done = _cli(str(tmp_path), "--data", "synthetic")
     assert done.returncode == 1 and "Traceback" not in done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybrid_ps import wire
+from hybrid_ps.protocol import wire
 from hybrid_ps.worker.filters import PushFilter, ResidualStore
 
 

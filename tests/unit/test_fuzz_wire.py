@@ -48,13 +48,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hybrid_ps import codec, wire
 from hybrid_ps.errors import CheckpointError, WireError
-from hybrid_ps.keycache import reference_frame, signature
-from hybrid_ps.partition import HashRing
-from hybrid_ps.tables.optimizers import make_optimizer
+from hybrid_ps.placement.ring import HashRing
+from hybrid_ps.protocol import codec, wire
+from hybrid_ps.protocol.keycache import reference_frame, signature
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.tier import TierView
 from hybrid_ps.worker.client import PSClient
 
@@ -75,7 +75,7 @@ RSS_GROWTH_LIMIT = 48 << 20
 _SHARD = r"""
 import ctypes, json, logging, math, signal, sys
 import zmq
-from hybrid_ps.partition import HashRing
+from hybrid_ps.placement.ring import HashRing
 from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hybrid_ps.protocol.wire import FINAL_CLOCK
 from hybrid_ps.tables.optimizers import make_optimizer
-from hybrid_ps.wire import FINAL_CLOCK
 from hybrid_ps.worker.group_rows import GroupRows
 
 KEPT = np.array([100, 101, 102], dtype=np.uint64)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybrid_ps.data._key_sets import positions_in_sorted, unique_inverse, unique_sorted
-from hybrid_ps.partition import mix64
+from hybrid_ps.placement.ring import mix64
 
 keys_lists = st.lists(st.one_of(st.sampled_from([0, 1, 2**64 - 2, 2**64 - 1]), st.integers(0, 2**64 - 1),
                                 st.integers(0, 50)), max_size=400)

@@ -1,11 +1,16 @@
-"""hybrid_ps.keycache: signatures, reference frames and the least-recently-used key-list cache."""
+"""hybrid_ps.protocol.keycache: signatures, reference frames and the least-recently-used key-list cache."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hybrid_ps.keycache import KeyListCache, parse_reference, reference_frame, signature
+from hybrid_ps.protocol.keycache import (
+    KeyListCache,
+    parse_reference,
+    reference_frame,
+    signature,
+)
 
 
 def test_signatures_tell_lists_apart_and_repeat_for_the_same_list():

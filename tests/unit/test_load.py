@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import zmq
 
-from hybrid_ps import wire
-from hybrid_ps.partition import HashRing
+from hybrid_ps.placement.ring import HashRing
+from hybrid_ps.protocol import wire
 from hybrid_ps.worker.client import PSClient
 
 pytestmark = pytest.mark.timeout(300)
@@ -43,7 +43,7 @@ PEAK_RSS_GROWTH_LIMIT = 96 << 20  # per shard
 _SHARD = r"""
 import ctypes, json, logging, math, signal, sys
 import zmq
-from hybrid_ps.partition import HashRing
+from hybrid_ps.placement.ring import HashRing
 from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard

@@ -22,7 +22,7 @@ from hybrid_ps.models import _kernels
 from hybrid_ps.models.base import logistic_loss
 from hybrid_ps.models.fm import FactorizationMachine, merged_values
 from hybrid_ps.models.logistic import LogisticRegression
-from hybrid_ps.partition import mix64
+from hybrid_ps.placement.ring import mix64
 
 RTOL = 1e-12
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,8 +14,8 @@ from hybrid_ps.models import MODELS, build_model, model_from_checkpoint
 from hybrid_ps.models.base import BIAS_KEY, Model, logistic_loss
 from hybrid_ps.models.fm import FactorizationMachine, FactorizedBatch, merged_values
 from hybrid_ps.models.logistic import LogisticRegression
-from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.shard import Shard
+from hybrid_ps.tables.optimizers import make_optimizer
 
 KINDS = sorted(MODELS)
 VOCABULARY = np.array([0, 1, 7, 1000, 2**32, 2**63, 2**64 - 2, 12345678901234], dtype=np.uint64)
@@ -323,7 +323,7 @@ def test_fm_is_not_worse_than_lr_on_linear_data(learned):
 
 def test_wide_deep_keeps_its_mlp_in_fixed_size_blocks_spread_over_every_shard():
     from hybrid_ps.models.wide_deep import WideDeep
-    from hybrid_ps.partition import HashRing
+    from hybrid_ps.placement.ring import HashRing
 
     model = WideDeep(embedding_dim=8, hidden=(32, 16))
     blocks = model.dense_keys()

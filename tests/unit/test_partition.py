@@ -1,4 +1,4 @@
-"""hybrid_ps.partition: mix64 and the consistent-hash ring (balance, minimal movement, split)."""
+"""hybrid_ps.placement.ring: mix64 and the consistent-hash ring (balance, minimal movement, split)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hybrid_ps.errors import ConfigError
-from hybrid_ps.partition import HashRing, mix64
+from hybrid_ps.placement.ring import HashRing, mix64
 
 RANDOM_KEYS = np.random.default_rng(0).integers(0, 2**64 - 1, 100_000, dtype=np.uint64, endpoint=True)
 SEQUENTIAL_KEYS = np.arange(100_000, dtype=np.uint64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybrid_ps.partition import HashRing, mix64
+from hybrid_ps.placement.ring import HashRing, mix64
 
 
 def _reference_shard_of(ring: HashRing, keys: np.ndarray) -> np.ndarray:

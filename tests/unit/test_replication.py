@@ -1,4 +1,4 @@
-"""hybrid_ps.replication and the ring's preference lists: replicas, acting primaries, failover, lost ranges."""
+"""hybrid_ps.placement.replicas and the ring's preference lists: replicas, acting primaries, failover, lost ranges."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hybrid_ps.errors import RangeLostError
-from hybrid_ps.partition import HashRing, mix64
-from hybrid_ps.replication import Placement, default_replication
+from hybrid_ps.placement.replicas import Placement, default_replication
+from hybrid_ps.placement.ring import HashRing, mix64
 
 KEYS = np.unique(np.random.default_rng(1).integers(0, 2**64 - 1, 50_000, dtype=np.uint64))
 

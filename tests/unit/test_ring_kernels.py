@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybrid_ps.partition import HashRing, mix64
 from hybrid_ps.placement._ring_kernels import first_outside, group_by_owner
-from hybrid_ps.replication import Placement
+from hybrid_ps.placement.replicas import Placement
+from hybrid_ps.placement.ring import HashRing, mix64
 
 
 @settings(max_examples=100, deadline=None)

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import zmq
 
-from hybrid_ps import wire
 from hybrid_ps.errors import HybridPSError, ShardUnavailableError
-from hybrid_ps.partition import HashRing
-from hybrid_ps.security import JobKeys
-from hybrid_ps.tables.optimizers import make_optimizer
+from hybrid_ps.net.curve import JobKeys
+from hybrid_ps.placement.ring import HashRing
+from hybrid_ps.protocol import wire
 from hybrid_ps.server.service import ShardService
 from hybrid_ps.server.shard import Shard
+from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.worker.client import PSClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -638,8 +638,8 @@ def test_shutdown_stops_serve_at_once(make_cluster):
 def test_shard_service_and_client_never_import_mpi4py():
     code = (
         "import sys; sys.modules['mpi4py'] = None\n"  # any import of mpi4py now fails
-        "import hybrid_ps.server.service, hybrid_ps.server.shard, hybrid_ps.worker.client, hybrid_ps.wire\n"
-        "import hybrid_ps.partition, hybrid_ps.staleness, hybrid_ps.transport\n"
+        "import hybrid_ps.server.service, hybrid_ps.server.shard, hybrid_ps.worker.client, hybrid_ps.protocol.wire\n"
+        "import hybrid_ps.placement.ring, hybrid_ps.protocol.staleness, hybrid_ps.net.sockets\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

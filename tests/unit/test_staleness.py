@@ -1,4 +1,4 @@
-"""hybrid_ps.staleness: parse_staleness and the vector clock's SSP rule."""
+"""hybrid_ps.protocol.staleness: parse_staleness and the vector clock's SSP rule."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from hybrid_ps.staleness import VectorClock, parse_staleness
-from hybrid_ps.wire import FINAL_CLOCK
+from hybrid_ps.protocol.staleness import VectorClock, parse_staleness
+from hybrid_ps.protocol.wire import FINAL_CLOCK
 
 # -- parse_staleness -------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""hybrid_ps.topology: plan_layout and Layout (pure; build_topology runs under MPI in tests/mpi)."""
+"""hybrid_ps.job.topology: plan_layout and Layout (pure; build_topology runs under MPI in tests/mpi)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from hybrid_ps.errors import HybridPSError, TopologyError
-from hybrid_ps.topology import Layout, plan_layout
+from hybrid_ps.job.topology import Layout, plan_layout
 
 
 def _check_layout(layout: Layout) -> list[int]:

@@ -1,4 +1,4 @@
-"""hybrid_ps.wire: header round trip for every op and every validation rule of headers and frames."""
+"""hybrid_ps.protocol.wire: header round trip for every op and every validation rule of headers and frames."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from hybrid_ps import wire
 from hybrid_ps.errors import HybridPSError, WireError
+from hybrid_ps.protocol import wire
 
 # Frames each op carries (header included), straight from the table in the module docstring.
 FRAMES = {

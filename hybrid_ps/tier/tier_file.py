@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import ConfigError
-from .security import JobKeys
+from ..config import Config
+from ..errors import ConfigError
+from ..net.curve import JobKeys
 
 __all__ = ["TierView", "TierInfo", "write_tier_file", "read_tier_file", "adopt_tier_settings"]
 

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import zstandard
 
-from .errors import WireError
+from ..errors import WireError
 
 __all__ = ["MIN_BYTES", "pack_keys", "unpack_keys", "pack_values", "unpack_values"]
 

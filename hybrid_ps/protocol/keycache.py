@@ -19,7 +19,7 @@ import struct
 
 import numpy as np
 
-from .partition import mix64
+from ..placement.ring import mix64
 
 __all__ = ["CAPACITY_KEYS", "MISS", "signature", "reference_frame", "parse_reference", "KeyListCache"]
 

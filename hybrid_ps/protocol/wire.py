@@ -62,8 +62,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import WireError
 from . import codec
-from .errors import WireError
 from .numerics import all_finite
 
 __all__ = [
@@ -100,7 +100,7 @@ FLAG_STOP = 1
 FLAG_RESHARD = 2
 """Header flag of CLOCK acknowledgements: ``clock`` is the clock every group reshards at."""
 FLAG_KEEP_KEYS = 4
-"""Header flag of PULL and PUSH: keep this key list for later references (see hybrid_ps.keycache)."""
+"""Header flag of PULL and PUSH: keep this key list for later references (see hybrid_ps.protocol.keycache)."""
 FLAG_KEYS_BY_REF = 8
 """Header flag of PULL and PUSH: the keys frame is a reference to a kept key list (16 bytes)."""
 FLAG_COMPRESSED_KEYS = 16

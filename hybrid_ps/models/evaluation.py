@@ -6,11 +6,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .checkpoint import Model, load_model, resolve_checkpoint
-from .data.batch import Batch
-from .errors import CheckpointError
-from .metrics import StreamingAUC
-from .models import model_from_checkpoint
+from ..checkpoint import Model, load_model, resolve_checkpoint
+from ..data.batch import Batch
+from ..errors import CheckpointError
+from ..metrics import StreamingAUC
+from . import model_from_checkpoint
 
 __all__ = ["evaluate_model"]
 

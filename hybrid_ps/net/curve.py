@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["JobKeys", "AUTHENTICATORS", "ZAP_DOMAIN", "check_plaintext_host", "is_loopback", "require_curve"]
 
@@ -108,7 +108,7 @@ class _Authenticators:
         with self._lock:
             auth, allow, users = self._running.get(id(context), (None, _AllowList(), 0))
             if auth is None:
-                auth = ThreadAuthenticator(context, log=logging.getLogger("hybrid_ps.security.zap"))
+                auth = ThreadAuthenticator(context, log=logging.getLogger("hybrid_ps.net.curve.zap"))
                 auth.start()
                 auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=allow)
             allow.client_keys.add(keys.client_public)

@@ -14,8 +14,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import ConfigError
-from .placement._ring_kernels import group_by_owner, points_of
+from ..errors import ConfigError
+from ._ring_kernels import group_by_owner, points_of
 
 __all__ = ["mix64", "HashRing"]
 

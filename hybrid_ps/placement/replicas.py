@@ -17,9 +17,9 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import RangeLostError
-from .partition import HashRing
-from .placement._ring_kernels import first_outside, group_by_owner
+from ..errors import RangeLostError
+from ._ring_kernels import first_outside, group_by_owner
+from .ring import HashRing
 
 __all__ = ["Placement", "default_replication"]
 

@@ -3,39 +3,33 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import checkpoint
-from .config import Config
-from .data import batch_source
-from .errors import TopologyError
-from .logs import configure_logging
-from .metrics import MetricsWriter
-from .models import Model, build_model
-from .models.base import BIAS_KEY
-from .partition import HashRing
-from .preemption import StopRequest
-from .replication import default_replication
-from .security import JobKeys
-from .server.process import ShardProcess, ShardSpec
-from .tier import TierInfo, TierView, adopt_tier_settings, read_tier_file
-from .topology import Layout, Topology, build_topology, exchange_endpoints, plan_layout
-from .worker.client import PSClient
-from .worker.group import WorkerGroup, wait_quietly
-from .worker.trainer import TRAFFIC_FIELDS, GroupResult, GroupTrainer
+from .. import checkpoint
+from ..config import Config
+from ..data import batch_source
+from ..logs import configure_logging
+from ..metrics import MetricsWriter
+from ..models import Model, build_model
+from ..models.base import BIAS_KEY
+from ..net.curve import JobKeys
+from ..placement.ring import HashRing
+from ..preemption import StopRequest
+from ..server.process import ShardProcess, ShardSpec
+from ..tier import TierView, read_tier_file
+from ..worker.client import PSClient
+from ..worker.group import WorkerGroup
+from ..worker.trainer import GroupResult, GroupTrainer
+from .plan import JobPlan, plan_job
+from .summary import JobSummary, summarise
+from .topology import Topology, build_topology, exchange_endpoints
 
 __all__ = ["run_job", "JobSummary"]
 
 log = logging.getLogger(__name__)
-
-
-class JobSummary(dict):
-    """The final numbers of a job (a dict, written as the ``summary`` metrics record)."""
 
 
 def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest | None = None) -> JobSummary:
@@ -72,7 +66,7 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
             totals = _run_server(topology, config, model.width, stop, debug, keys)
         else:
             totals = _run_worker(topology, plan, config, ring, model, metrics, stop, keys)
-        return _summarise(topology, config, totals, metrics)
+        return summarise(topology, config, totals, metrics)
     finally:
         if metrics is not None:
             metrics.close()
@@ -134,45 +128,6 @@ def _run_worker(
     return result.as_array() if topology.is_leader else np.zeros_like(result.as_array())
 
 
-@dataclass
-class JobPlan:
-    """Where the shards are and how the world splits: this job's own server ranks, or a tier of its own."""
-
-    layout: Layout
-    tier: TierInfo | None
-    shard_ids: list[int]
-    num_slots: int  # group slots of the vector clock (the tier's, or this job's groups)
-    replication: int
-
-    def data_position(self, topology: Topology) -> tuple[int, int]:
-        """``(position, count)`` of this rank's data part: with a tier, by group slot (equal group sizes)."""
-        if self.tier is None:
-            return topology.rank, self.layout.num_workers
-        size = topology.group_comm.Get_size()
-        return topology.group * size + topology.group_rank, self.num_slots * size
-
-
-def plan_job(config: Config, world_size: int) -> JobPlan:
-    """Read the tier file (adopting its shared settings into ``config``) and plan the layout.
-
-    Raises:
-        ConfigError, TopologyError: a bad tier file, or a world that does not fit (named).
-    """
-    tier = read_tier_file(config.cluster.ps_tier) if config.cluster.ps_tier else None
-    if tier is None:
-        layout = plan_layout(world_size, config.cluster.servers, config.cluster.groups)
-        return JobPlan(layout, None, list(range(layout.num_servers)), layout.num_groups,
-                       default_replication(config.cluster.replication, layout.num_servers))
-    adopt_tier_settings(config, tier)
-    layout = plan_layout(world_size, 0, config.cluster.groups, config.cluster.first_group)
-    if layout.first_group + layout.num_groups > tier.num_groups:
-        raise TopologyError(f"cluster.first_group = {layout.first_group} with {layout.num_groups} group(s) needs "
-                            f"group slots up to {layout.first_group + layout.num_groups - 1}; the tier "
-                            f"{config.cluster.ps_tier} has {tier.num_groups}")
-    return JobPlan(layout, tier, sorted(tier.endpoints), tier.num_groups,
-                   default_replication(config.cluster.replication, len(tier.endpoints)))
-
-
 def _warn_if_positions_differ(config: Config, topology: Topology) -> None:
     """Readers resume by skipping the batches already trained: exact only with the same ranks and batch size."""
     recorded = checkpoint.checkpoint_info(config.resume_path)["data"]
@@ -207,49 +162,3 @@ def _publisher(config: Config, topology: Topology, model: Model):
             log.info("checkpoint published: %s", published)
 
     return publish
-
-
-def _summarise(topology: Topology, config: Config, local: np.ndarray, metrics: MetricsWriter | None) -> JobSummary:
-    """Sum the leaders' results over the world (servers and members add zeros)."""
-    totals = np.zeros_like(local)
-    wait_quietly(topology.world.Iallreduce(local, totals))
-    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted, train_seconds, ps_seconds = \
-        totals[: -len(TRAFFIC_FIELDS)]
-    traffic = dict(zip(TRAFFIC_FIELDS, (totals[-len(TRAFFIC_FIELDS):] / max(steps, 1)).tolist()))
-    groups = topology.layout.num_groups
-    wall, train_wall = seconds / groups, train_seconds / groups
-    summary = JobSummary(
-        layout=topology.layout.describe(),
-        staleness=str(config.cluster.staleness),
-        steps_per_group=steps / groups,
-        samples=int(samples),
-        seconds=round(wall, 3),
-        train_seconds=round(train_wall, 3),
-        samples_per_s=samples / train_wall if train_wall else math.nan,
-        ps_wait_share=ps_seconds / train_seconds if train_seconds else math.nan,
-        train_logloss_progressive=train_loss / samples if samples else math.nan,
-        final_logloss=eval_loss / eval_rows if eval_rows else math.nan,
-        final_accuracy=eval_correct / eval_rows if eval_rows else math.nan,
-        eval_rows=int(eval_rows),
-        preempted=bool(preempted),
-        ps_bytes_sent_per_step=traffic["sent"],  # a group step's, on the wire (see TRAFFIC_FIELDS)
-        ps_bytes_received_per_step=traffic["received"],
-        traffic_per_step=traffic,
-    )
-    if metrics is not None:
-        metrics.write("summary", **summary)
-        if summary["preempted"]:
-            log.info("preempted: %d samples in %.1fs (%.0f samples/s), progressive logloss %.4f; "
-                     "the checkpoint holds the cut", summary["samples"], wall, summary["samples_per_s"],
-                     summary["train_logloss_progressive"])
-        else:
-            log.info(
-                "done: %d samples in %.1fs of training (%.0f samples/s, %.0f%% of it waiting on the PS), "
-                "progressive logloss %.4f, final logloss %.4f, accuracy %.4f over %d rows",
-                summary["samples"], train_wall, summary["samples_per_s"], 100 * summary["ps_wait_share"],
-                summary["train_logloss_progressive"],
-                summary["final_logloss"], summary["final_accuracy"], summary["eval_rows"],
-            )
-    return summary
-
-

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import TopologyError
+from ..errors import TopologyError
 
 __all__ = ["Layout", "plan_layout", "Topology", "build_topology", "exchange_endpoints"]
 

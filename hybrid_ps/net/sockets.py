@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 import zmq
 
-from .errors import ConfigError
-from .security import AUTHENTICATORS, JobKeys
+from ..errors import ConfigError
+from .curve import AUTHENTICATORS, JobKeys
 
 __all__ = ["resolve_bind_host", "bind_router", "close_router", "connect_dealer", "send_frames", "recv_frames"]
 

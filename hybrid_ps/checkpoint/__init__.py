@@ -1,0 +1,52 @@
+"""HDF5 checkpoints (the package's API): one file per shard, a ``model.h5`` that joins them, atomic publish, ``latest``.
+
+Layout of a checkpoint root (``train.checkpoint_dir``)::
+
+    ckpt-<clock>/            a published checkpoint (never modified afterwards)
+        shard-<i>.h5         keys, values, optimizer state and clock table of shard i
+        model.h5             what users open: config, model, metrics, and the shards
+                             joined as virtual datasets (/model/keys, /model/values)
+    ckpt-<clock>.partial/    a checkpoint being written (ignored by readers)
+    latest                   text file: the name of the newest published checkpoint
+
+Every file is written under a temporary name, fsynced and renamed; the
+directory is renamed from ``.partial`` only when complete, and ``latest``
+moves last. A crash at any moment leaves the previous checkpoint valid.
+The format is a contract, described in the README ("Checkpoints").
+"""
+
+from .files import (
+    FORMAT_VERSION,
+    ShardState,
+    partial_dir,
+    read_shard_file,
+    write_shard_file,
+)
+from .publishing import publish
+from .read import (
+    Model,
+    check_resumable,
+    checkpoint_info,
+    cut_parts,
+    load_model,
+    resolve_checkpoint,
+    restore_shard,
+    resume_clocks,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ShardState",
+    "partial_dir",
+    "write_shard_file",
+    "read_shard_file",
+    "publish",
+    "resolve_checkpoint",
+    "Model",
+    "load_model",
+    "checkpoint_info",
+    "check_resumable",
+    "restore_shard",
+    "cut_parts",
+    "resume_clocks",
+]

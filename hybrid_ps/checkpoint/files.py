@@ -1,0 +1,138 @@
+"""Checkpoint files: one HDF5 file per shard, written atomically (temporary name, fsync, rename)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import CheckpointError
+
+__all__ = ["FORMAT_VERSION", "ShardState", "partial_dir", "write_shard_file", "read_shard_file"]
+
+FORMAT_VERSION = 1
+LATEST = "latest"
+
+
+@dataclass
+class ShardState:
+    """Everything one shard holds at a checkpoint."""
+
+    shard_id: int
+    num_shards: int
+    clock: int
+    keys: np.ndarray  # uint64 [n]
+    values: np.ndarray  # float32 [n, width]
+    state: dict[str, np.ndarray]  # optimizer state name -> float32 [n, width]
+    clock_table: np.ndarray  # int64 [groups]: steps each group finished
+    finished: np.ndarray  # bool [groups]: group finished training
+    optimizer: str
+    hyperparameters: dict[str, float]
+    away: np.ndarray | None = None  # bool [groups]: group dropped (silent) or absent at the cut; None = none
+
+
+def partial_dir(root: str | Path, clock: int) -> Path:
+    """Where the checkpoint of ``clock`` is written before it is published."""
+    return Path(root) / f"ckpt-{clock}.partial"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_h5(path: Path):
+    """Context: an h5py file written at ``path.tmp``, fsynced and renamed to ``path`` on success."""
+
+    class _Writer:
+        def __enter__(self) -> h5py.File:
+            self.tmp = path.with_name(path.name + ".tmp")
+            self.file = h5py.File(self.tmp, "w")
+            return self.file
+
+        def __exit__(self, kind, *rest) -> None:
+            self.file.close()
+            if kind is not None:
+                self.tmp.unlink(missing_ok=True)
+                return
+            with open(self.tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.tmp, path)
+
+    return _Writer()
+
+
+def write_shard_file(directory: str | Path, shard: ShardState) -> Path:
+    """Write ``shard-<id>.h5`` into ``directory`` (created if needed); returns its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"shard-{shard.shard_id}.h5"
+    with _atomic_h5(path) as f:
+        f.attrs.update(
+            format_version=FORMAT_VERSION, kind="hybrid_ps shard", shard_id=shard.shard_id,
+            num_shards=shard.num_shards, clock=shard.clock, width=shard.values.shape[1],
+            optimizer=shard.optimizer, library_version=__version__,
+        )
+        for name, value in shard.hyperparameters.items():
+            f.attrs[f"optimizer.{name}"] = value
+        _dataset(f, "keys", shard.keys, "uint64 feature keys held by this shard (slot order)")
+        _dataset(f, "values", shard.values, "float32 [keys, width] parameter values")
+        for name, array in shard.state.items():
+            _dataset(f, f"state/{name}", array, f"float32 [keys, width] optimizer state '{name}'")
+        _dataset(f, "clock_table", shard.clock_table, "int64 [groups]: steps each worker group had finished")
+        _dataset(f, "finished", shard.finished, "bool [groups]: worker group had finished training")
+        away = np.zeros_like(shard.finished) if shard.away is None else shard.away
+        _dataset(f, "away", away, "bool [groups]: worker group was dropped (silent) or absent at the cut")
+    return path
+
+
+def _dataset(f: h5py.File, name: str, data: np.ndarray, description: str) -> None:
+    f.create_dataset(name, data=data)
+    f[name].attrs["description"] = description
+
+
+def read_shard_file(path: str | Path) -> ShardState:
+    """Read one shard file.
+
+    Raises:
+        CheckpointError: missing, truncated, foreign or of another format version.
+    """
+    with _open(path) as f:
+        _check_format(f, path, "hybrid_ps shard")
+        try:
+            return ShardState(
+                shard_id=int(f.attrs["shard_id"]), num_shards=int(f.attrs["num_shards"]),
+                clock=int(f.attrs["clock"]), keys=f["keys"][()], values=f["values"][()],
+                state={name: f["state"][name][()] for name in f.get("state", {})},
+                clock_table=f["clock_table"][()], finished=f["finished"][()],
+                optimizer=str(f.attrs["optimizer"]),
+                hyperparameters={k.split(".", 1)[1]: float(v) for k, v in f.attrs.items() if k.startswith("optimizer.")},
+                away=f["away"][()] if "away" in f else None,
+            )
+        except (KeyError, OSError) as e:
+            raise CheckpointError(f"{path}: incomplete shard file: {e}") from None
+
+
+def _open(path: str | Path) -> h5py.File:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise CheckpointError(f"{path}: not a readable HDF5 file (truncated or foreign): {e}") from None
+
+
+def _check_format(f: h5py.File, path: str | Path, kind: str) -> None:
+    if f.attrs.get("kind") != kind:
+        raise CheckpointError(f"{path}: not a {kind} file (attribute 'kind' is {f.attrs.get('kind')!r})")
+    version = int(f.attrs.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version}, this hybrid_ps reads {FORMAT_VERSION}")

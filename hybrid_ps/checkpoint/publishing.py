@@ -1,0 +1,117 @@
+"""Publishing a checkpoint: the shards' files joined by ``model.h5``, the directory renamed, ``latest`` moved last."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import CheckpointError
+from .files import FORMAT_VERSION, LATEST, _atomic_h5, _fsync_dir, _open, partial_dir
+
+__all__ = ["publish"]
+
+
+def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -> Path | None:
+    """Join the shard files of ``ckpt-<clock>.partial`` into ``model.h5`` and publish it.
+
+    Args:
+        root: the checkpoint root.
+        clock: the cut's clock (names the directory).
+        info: ``config`` (dict), ``model`` (dict: kind, width, ...), ``metrics``
+            (dict of numbers) and ``data`` (dict) recorded in ``model.h5``.
+        keep: how many published checkpoints to keep (older ones are removed).
+
+    Returns:
+        The published directory, or ``None`` if another leader is publishing
+        (or has published) this cut: publishing is idempotent across leaders.
+    """
+    root = Path(root)
+    partial = partial_dir(root, clock)
+    lock = partial / ".publishing"
+    try:
+        lock.mkdir()
+    except (FileExistsError, FileNotFoundError):
+        return None
+    shard_paths = sorted(partial.glob("shard-*.h5"), key=lambda p: int(p.stem.split("-")[1]))
+    if not shard_paths:
+        raise CheckpointError(f"{partial}: no shard files to publish")
+    shards = []
+    for path in shard_paths:
+        with _open(path) as f:
+            shards.append((path.name, f["keys"].shape[0], f["values"].shape[1], f["clock_table"][()], dict(f.attrs)))
+    _write_model_file(partial / "model.h5", clock, shards, info)
+    _fsync_dir(partial)
+    final = root / f"ckpt-{clock}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)  # the lock goes along: a late leader finds no .partial, or a locked one
+    (final / lock.name).rmdir()
+    _fsync_dir(root)
+    latest_tmp = root / (LATEST + ".tmp")
+    latest_tmp.write_text(final.name + "\n")
+    with open(latest_tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(latest_tmp, root / LATEST)
+    _fsync_dir(root)
+    _prune(root, keep)
+    return final
+
+
+def _write_model_file(path: Path, clock: int, shards: list, info: dict[str, Any]) -> None:
+    total = sum(count for _, count, _, _, _ in shards)
+    width = shards[0][2]
+    with _atomic_h5(path) as f:
+        f.attrs.update(
+            format_version=FORMAT_VERSION, kind="hybrid_ps model", library_version=__version__,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), clock=clock,
+            num_shards=len(shards), total_keys=total,
+        )
+        model = f.create_group("model")
+        model.attrs.update({k: v for k, v in info.get("model", {}).items()})
+        model.attrs["width"] = width
+        keys = h5py.VirtualLayout(shape=(total,), dtype=np.uint64)
+        values = h5py.VirtualLayout(shape=(total, width), dtype=np.float32)
+        start = 0
+        for name, count, _, _, _ in shards:
+            if count:
+                keys[start : start + count] = h5py.VirtualSource(name, "keys", shape=(count,))
+                values[start : start + count] = h5py.VirtualSource(name, "values", shape=(count, width))
+            start += count
+        model.create_virtual_dataset("keys", keys, fillvalue=0)
+        model.create_virtual_dataset("values", values, fillvalue=0)
+        model["keys"].attrs["description"] = "uint64 feature keys of every shard, joined (virtual dataset)"
+        model["values"].attrs["description"] = "float32 [keys, width] values matching /model/keys"
+        group = f.create_group("shards")
+        for name, _, _, _, _ in shards:
+            group[name.removesuffix(".h5")] = h5py.ExternalLink(name, "/")
+        f.create_dataset("clock_table", data=shards[0][3])
+        f["clock_table"].attrs["description"] = "int64 [groups]: steps each worker group had finished"
+        for section in ("metrics", "data"):
+            f.create_group(section).attrs.update(_attrs(info.get(section, {})))
+        config = f.create_group("config")
+        config.attrs["json"] = json.dumps(info.get("config", {}), default=str)
+        for name, values_ in info.get("config", {}).items():
+            config.create_group(name).attrs.update(_attrs(values_))
+
+
+def _attrs(mapping: dict[str, Any]) -> dict[str, Any]:
+    """HDF5-storable attribute values (None and nested values become strings)."""
+    return {k: (v if isinstance(v, (int, float, str, bool, np.number)) else json.dumps(v, default=str))
+            for k, v in mapping.items()}
+
+
+def _prune(root: Path, keep: int) -> None:
+    published = sorted(
+        (p for p in root.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".partial")),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    for old in published[: max(len(published) - keep, 0)]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,66 @@
+"""A job's final numbers: the leaders' results summed over the world, logged and written as metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from ..config import Config
+from ..metrics import MetricsWriter
+from ..worker.group import wait_quietly
+from ..worker.trainer import TRAFFIC_FIELDS
+from .topology import Topology
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JobSummary", "summarise"]
+
+
+class JobSummary(dict):
+    """The final numbers of a job (a dict, written as the ``summary`` metrics record)."""
+
+
+def summarise(topology: Topology, config: Config, local: np.ndarray, metrics: MetricsWriter | None) -> JobSummary:
+    """Sum the leaders' results over the world (servers and members add zeros)."""
+    totals = np.zeros_like(local)
+    wait_quietly(topology.world.Iallreduce(local, totals))
+    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted, train_seconds, ps_seconds = \
+        totals[: -len(TRAFFIC_FIELDS)]
+    traffic = dict(zip(TRAFFIC_FIELDS, (totals[-len(TRAFFIC_FIELDS):] / max(steps, 1)).tolist()))
+    groups = topology.layout.num_groups
+    wall, train_wall = seconds / groups, train_seconds / groups
+    summary = JobSummary(
+        layout=topology.layout.describe(),
+        staleness=str(config.cluster.staleness),
+        steps_per_group=steps / groups,
+        samples=int(samples),
+        seconds=round(wall, 3),
+        train_seconds=round(train_wall, 3),
+        samples_per_s=samples / train_wall if train_wall else math.nan,
+        ps_wait_share=ps_seconds / train_seconds if train_seconds else math.nan,
+        train_logloss_progressive=train_loss / samples if samples else math.nan,
+        final_logloss=eval_loss / eval_rows if eval_rows else math.nan,
+        final_accuracy=eval_correct / eval_rows if eval_rows else math.nan,
+        eval_rows=int(eval_rows),
+        preempted=bool(preempted),
+        ps_bytes_sent_per_step=traffic["sent"],  # a group step's, on the wire (see TRAFFIC_FIELDS)
+        ps_bytes_received_per_step=traffic["received"],
+        traffic_per_step=traffic,
+    )
+    if metrics is not None:
+        metrics.write("summary", **summary)
+        if summary["preempted"]:
+            log.info("preempted: %d samples in %.1fs (%.0f samples/s), progressive logloss %.4f; "
+                     "the checkpoint holds the cut", summary["samples"], wall, summary["samples_per_s"],
+                     summary["train_logloss_progressive"])
+        else:
+            log.info(
+                "done: %d samples in %.1fs of training (%.0f samples/s, %.0f%% of it waiting on the PS), "
+                "progressive logloss %.4f, final logloss %.4f, accuracy %.4f over %d rows",
+                summary["samples"], train_wall, summary["samples_per_s"], 100 * summary["ps_wait_share"],
+                summary["train_logloss_progressive"],
+                summary["final_logloss"], summary["final_accuracy"], summary["eval_rows"],
+            )
+    return summary

@@ -1,0 +1,1 @@
+"""Moving bytes: ZeroMQ sockets and frames, CURVE keys and authentication, backoff for polling loops."""
