@@ -202,85 +202,98 @@ class ShardService(TierMembership):
             self._reply_error(identity, header, f"internal error: {type(e).__name__}: {e}")
 
     def _dispatch(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        op = header.op
-        if op >= wire.Op.ACK:
-            raise WireError(f"{op.name} is a reply, not a request")
-        if op is wire.Op.SHUTDOWN:
-            self._running = False
+        """Route a request to its handler (``_ROUTES``), check and note its group first, ACK it after."""
+        route = _ROUTES.get(header.op)
+        if route is None:
+            raise WireError(f"{header.op.name} is a reply, not a request")
+        if route.from_a_group:
+            if header.group >= self.clock.num_groups:
+                raise WireError(f"group {header.group} out of range (job has {self.clock.num_groups})")
+            if route.heard_from:
+                self._heard_from(header.group, rejoin=header.op is not wire.Op.RESHARD)
+        route.handler(self, identity, header, body)
+        if route.acked:
             self._reply(identity, header, wire.Op.ACK)
-            return
-        if op is wire.Op.EVICT:
-            self._evict(header.clock)
-            self._reply(identity, header, wire.Op.ACK)
-            return
-        if header.group >= self.clock.num_groups:
-            raise WireError(f"group {header.group} out of range (job has {self.clock.num_groups})")
-        if op is wire.Op.JOIN:
-            self._join(identity, header)
-            return
-        self._heard_from(header.group, rejoin=op is not wire.Op.RESHARD)
-        if op is wire.Op.PING:
-            self._reply(identity, header, wire.Op.ACK)
-            return
-        if op in (wire.Op.PULL, wire.Op.PUSH) and header.width != self.shard.width:
-            raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
-        if op is wire.Op.PULL:
-            keys = self._checked_keys(identity, body[1], header, primary=True)
-            self.stats.keys_pulled += keys.size
-            if self.clock.ready(header.clock, self.staleness):
-                self._answer_pull(identity, header, keys)
-            else:
-                held = [pull.keys.size for pull in self._deferred if pull.identity == identity]
-                if len(held) >= _MAX_HELD_PULLS or sum(held) + keys.size > _MAX_HELD_KEYS * self.max_keys:
-                    # each holds its keys: the memory one connection can pin is bounded
-                    raise WireError(f"{len(held)} pulls ({sum(held)} keys) of this connection are held back already "
-                                    f"(the SSP rule): at most {_MAX_HELD_PULLS}, with {_MAX_HELD_KEYS} * "
-                                    f"{self.max_keys} keys")
-                self.stats.deferred_pulls += 1
-                self._deferred.append(_DeferredPull(identity, header, keys))
-            return
-        if op is wire.Op.PUSH:
-            keys = self._checked_keys(identity, body[1], header, primary=False)
-            grads = wire.values_from_frame(body[2], header)
-            clock = header.clock + 1 if header.flags & wire.FLAG_CLOCK else None
-            if clock is not None:
-                _check_clock(clock)  # before the push: a refused message changes nothing
-            self.shard.push(keys, grads)
-            self.stats.keys_pushed += keys.size
-            if clock is not None:
-                self.clock.advance(header.group, clock)
-        elif op is wire.Op.CLOCK:
-            _check_clock(header.clock)
-            self.clock.advance(header.group, header.clock)
-        elif op is wire.Op.FINISH:
-            self.clock.finish(header.group)
-        elif op is wire.Op.BYE:
-            self.clock.finish(header.group)
-            self.left[header.group] = True
-            self._key_lists.pop(identity, None)
-            self._stop_when_every_group_is_gone()
-        elif op is wire.Op.STOP:
-            self._choose_stop_clock(f"group {header.group}")
-        elif op is wire.Op.VIEW:
-            self._handle_view(identity, header, body[1])
-            return
-        elif op is wire.Op.RESHARD:
-            self._handle_reshard(identity, header, body[1])
-            return
-        elif op is wire.Op.CHECKPOINT:
-            if self._checkpoint_writer is None:
-                raise WireError("this shard was started without a checkpoint directory")
-            self._checkpoint_requests[header.group] = (identity, header)
-            self._maybe_checkpoint()
-            return
-        self._reply(identity, header, wire.Op.ACK)
-        if op in (wire.Op.FINISH, wire.Op.BYE) or _is_clock(header):
+        if route.ends_a_step or _is_clock(header):  # a group moved on: held pulls, cuts and reshards may be due
             self._release_deferred()
             self._maybe_checkpoint()
             self._maybe_reshard()
 
+    # -- one handler per request (see _ROUTES below the class) ---------------------------------------
+
+    def _on_shutdown(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self._running = False
+
+    def _on_evict(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self._evict(header.clock)
+
+    def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self._join(identity, header)
+
+    def _on_ping(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        pass  # _dispatch heard from the group and ACKs
+
+    def _on_pull(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """Answer now, or (the SSP rule) hold the pull back until the slowest group catches up."""
+        keys = self._checked_keys(identity, body[1], header, primary=True)
+        self.stats.keys_pulled += keys.size
+        if self.clock.ready(header.clock, self.staleness):
+            self._answer_pull(identity, header, keys)
+            return
+        held = [pull.keys.size for pull in self._deferred if pull.identity == identity]
+        if len(held) >= _MAX_HELD_PULLS or sum(held) + keys.size > _MAX_HELD_KEYS * self.max_keys:
+            # each holds its keys: the memory one connection can pin is bounded
+            raise WireError(f"{len(held)} pulls ({sum(held)} keys) of this connection are held back already "
+                            f"(the SSP rule): at most {_MAX_HELD_PULLS}, with {_MAX_HELD_KEYS} * "
+                            f"{self.max_keys} keys")
+        self.stats.deferred_pulls += 1
+        self._deferred.append(_DeferredPull(identity, header, keys))
+
+    def _on_push(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """Apply the optimizer; with ``FLAG_CLOCK`` the group also finished its step (``clock + 1``)."""
+        keys = self._checked_keys(identity, body[1], header, primary=False)
+        grads = wire.values_from_frame(body[2], header)
+        clock = header.clock + 1 if header.flags & wire.FLAG_CLOCK else None
+        if clock is not None:
+            _check_clock(clock)  # before the push: a refused message changes nothing
+        self.shard.push(keys, grads)
+        self.stats.keys_pushed += keys.size
+        if clock is not None:
+            self.clock.advance(header.group, clock)
+
+    def _on_clock(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        _check_clock(header.clock)
+        self.clock.advance(header.group, header.clock)
+
+    def _on_finish(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.clock.finish(header.group)
+
+    def _on_bye(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.clock.finish(header.group)
+        self.left[header.group] = True
+        self._key_lists.pop(identity, None)
+        self._stop_when_every_group_is_gone()
+
+    def _on_stop(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self._choose_stop_clock(f"group {header.group}")
+
+    def _on_view(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self._handle_view(identity, header, body[1])
+
+    def _on_reshard(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self._handle_reshard(identity, header, body[1])
+
+    def _on_checkpoint(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """Note the group's request; the shard writes the cut once every group asked (then replies)."""
+        if self._checkpoint_writer is None:
+            raise WireError("this shard was started without a checkpoint directory")
+        self._checkpoint_requests[header.group] = (identity, header)
+        self._maybe_checkpoint()
+
     def _checked_keys(self, identity: bytes, frame: memoryview, header: wire.Header, primary: bool) -> np.ndarray:
         """The request's keys (sent, or a kept list's), if this shard holds them all (pulls: as acting primary)."""
+        if header.width != self.shard.width:
+            raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
         keys = self._keys_of(identity, frame, header)
         stray = self.placement.first_stray(keys, self.shard_id, primary) if keys.size else None
         if stray is not None:
@@ -467,3 +480,32 @@ def _is_clock(request: wire.Header) -> bool:
 def _check_clock(clock: int) -> None:
     if not 0 <= clock <= _MAX_CLOCK:
         raise WireError(f"clock {clock} out of range (0 .. {_MAX_CLOCK})")
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How the service takes one request op."""
+
+    handler: Callable[[ShardService, bytes, wire.Header, list[memoryview]], None]
+    from_a_group: bool = True  # the header names one of the job's groups (checked), heard from unless JOIN
+    heard_from: bool = True
+    acked: bool = True  # the service ACKs after the handler (else the handler replies, now or later)
+    ends_a_step: bool = False  # the group moved on (as a clock does): re-check held pulls, cuts, reshards
+
+
+_ROUTES: dict[wire.Op, _Route] = {
+    wire.Op.SHUTDOWN: _Route(ShardService._on_shutdown, from_a_group=False),
+    wire.Op.EVICT: _Route(ShardService._on_evict, from_a_group=False),
+    wire.Op.JOIN: _Route(ShardService._on_join, heard_from=False, acked=False),
+    wire.Op.PING: _Route(ShardService._on_ping),
+    wire.Op.PULL: _Route(ShardService._on_pull, acked=False),
+    wire.Op.PUSH: _Route(ShardService._on_push),
+    wire.Op.CLOCK: _Route(ShardService._on_clock),
+    wire.Op.FINISH: _Route(ShardService._on_finish, ends_a_step=True),
+    wire.Op.BYE: _Route(ShardService._on_bye, ends_a_step=True),
+    wire.Op.STOP: _Route(ShardService._on_stop),
+    wire.Op.VIEW: _Route(ShardService._on_view, acked=False),
+    wire.Op.RESHARD: _Route(ShardService._on_reshard, acked=False),
+    wire.Op.CHECKPOINT: _Route(ShardService._on_checkpoint, acked=False),
+}
+"""Every request op and its handler (an op missing here is a reply, and refused)."""
