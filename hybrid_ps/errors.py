@@ -31,6 +31,10 @@ class WireError(HybridPSError):
     """A ZeroMQ message does not follow the wire format (see hybrid_ps.protocol.wire)."""
 
 
+class KeyListMissError(WireError):
+    """A request referenced a key list the shard does not keep (answered with ``FLAG_KEYS_MISSED``)."""
+
+
 class TopologyError(HybridPSError):
     """The MPI world cannot be split into the requested servers and worker groups."""
 

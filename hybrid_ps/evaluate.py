@@ -14,8 +14,11 @@ import math
 import sys
 
 from .checkpoint import checkpoint_info
+from .cli import plain_logging, run_main
 from .config import OneLineErrorParser
 from .errors import CheckpointError, ConfigError, DataError, HybridPSError
+
+__all__ = ["main"]
 
 log = logging.getLogger("hybrid_ps.evaluate")
 
@@ -27,12 +30,10 @@ def _batches(data: str, checkpoint: str, batch_rows: int):
         recorded = checkpoint_info(checkpoint)["data"]
         if recorded.get("source") != "synthetic":
             raise ConfigError(f"--data synthetic: {checkpoint} was trained on {recorded.get('source')!r}")
-        fields = ("rows", "features", "nnz_per_row", "zipf_exponent", "seed")
-        missing = [k for k in fields if k not in recorded]
-        if missing:
-            raise CheckpointError(f"--data synthetic: {checkpoint} does not record the synthetic data's "
-                                  f"{', '.join(missing)}; give --data FILE")
-        spec = SyntheticSpec(**{k: recorded[k] for k in fields}, interactions=recorded.get("interactions", 0.0))
+        try:
+            spec = SyntheticSpec.from_record(recorded, origin=checkpoint)
+        except CheckpointError as e:  # a field is missing
+            raise CheckpointError(f"--data synthetic: {e}; give --data FILE") from None
         return SyntheticShard(spec).batches(batch_rows)
     from .data.libsvm import LibsvmShard
 
@@ -67,21 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --data FILE (or --data synthetic), or --info")
     if args.batch_rows < 1:
         parser.error(f"--batch-rows must be >= 1, got {args.batch_rows}")
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
-    try:
-        if args.info:
-            result = checkpoint_info(args.checkpoint)
-        else:
-            from .models.evaluation import evaluate_model
+    return run_main(lambda: _evaluate(args), prog="hybrid_ps.evaluate", errors={HybridPSError: 1}, debug=args.debug,
+                    logs=plain_logging, traceback="raise")
 
-            result = evaluate_model(args.checkpoint, _batches(args.data, args.checkpoint, args.batch_rows))
-            if not result["rows"]:
-                raise DataError(f"{args.data}: no data rows (only blank lines and comments)")
-    except HybridPSError as e:
-        if args.debug:
-            raise
-        print(f"hybrid_ps.evaluate: error: {e}", file=sys.stderr)
-        return 1
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Evaluate or describe the checkpoint and print the result; returns 0."""
+    if args.info:
+        result = checkpoint_info(args.checkpoint)
+    else:
+        from .models.evaluation import evaluate_model
+
+        result = evaluate_model(args.checkpoint, _batches(args.data, args.checkpoint, args.batch_rows))
+        if not result["rows"]:
+            raise DataError(f"{args.data}: no data rows (only blank lines and comments)")
     _print(result, args.format)
     return 0
 

@@ -16,6 +16,8 @@ the cut's files (only ~1/S of the keys move).
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from .cli import run_main
 from .config import Config, build_parser, load_config
 from .errors import ConfigError, HybridPSError
 from .logs import configure_logging
@@ -174,23 +177,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser("python -m hybrid_ps.serve", _DESCRIPTION)
     parser.add_argument("--tier-file", required=True, metavar="FILE", help="where to write the tier file")
     args = parser.parse_args(argv)
-    configure_logging("tier", args.debug)
+    return run_main(lambda: _serve(args), prog="hybrid_ps.serve", errors={ConfigError: 2, HybridPSError: 1},
+                    debug=args.debug, logs=functools.partial(configure_logging, "tier"), traceback=None)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the tier until every shard exited; returns 1 if one of them failed."""
+    config = load_config(args)
+    if config.cluster.servers < 1 or config.cluster.groups < 1:
+        raise ConfigError(f"a PS tier needs cluster.servers >= 1 and cluster.groups >= 1 (group slots), got "
+                          f"{config.cluster.servers} and {config.cluster.groups}")
+    stop = StopRequest().install()
+    tier = TierSupervisor(config, args.tier_file, args.debug)
     try:
-        config = load_config(args)
-        if config.cluster.servers < 1 or config.cluster.groups < 1:
-            raise ConfigError(f"a PS tier needs cluster.servers >= 1 and cluster.groups >= 1 (group slots), got "
-                              f"{config.cluster.servers} and {config.cluster.groups}")
-        stop = StopRequest().install()
-        tier = TierSupervisor(config, args.tier_file, args.debug)
-        try:
-            log.info("%d shards up for %d group slots; tier file %s", len(tier.shards), config.cluster.groups,
-                     args.tier_file)
-            codes = tier.run(stop)
-        finally:
-            tier.close()
-    except HybridPSError as e:
-        print(f"hybrid_ps.serve: error: {e}", file=sys.stderr, flush=True)
-        return 2 if isinstance(e, ConfigError) else 1
+        log.info("%d shards up for %d group slots; tier file %s", len(tier.shards), config.cluster.groups,
+                 args.tier_file)
+        codes = tier.run(stop)
+    finally:
+        tier.close()
     died = [f"shard {i}: {describe_exit(c)}" for i, c in sorted(codes.items()) if c != 0]
     log.info("tier stopped%s", f"; {', '.join(died)}" if died else "")
     return 1 if died else 0

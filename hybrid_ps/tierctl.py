@@ -15,10 +15,14 @@ import sys
 
 import zmq
 
+from .cli import report, run_main
 from .errors import HybridPSError
 from .net.sockets import connect_dealer
 from .tier import read_tier_file
 
+__all__ = ["main"]
+
+_PROG = "hybrid_ps.tierctl"
 _TIMEOUT_MS = 30_000
 
 
@@ -32,24 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.op == "remove" and args.shard is None:
         parser.error("remove needs the shard id")
-    try:
-        tier = read_tier_file(args.tier_file)
-        if not tier.control:
-            raise HybridPSError(f"{args.tier_file}: the tier has no control endpoint")
-    except HybridPSError as e:
-        print(f"hybrid_ps.tierctl: error: {e}", file=sys.stderr)
-        return 2
+    # an unreadable tier file or no way to reach the tier: exit 2; the tier not answering or refusing: exit 1
+    return run_main(lambda: _request(args), prog=_PROG, errors={HybridPSError: 2})
+
+
+def _request(args: argparse.Namespace) -> int:
+    """Send the request, print the answer; returns 1 if there was none in time or it was a refusal."""
+    tier = read_tier_file(args.tier_file)
+    if not tier.control:
+        raise HybridPSError(f"{args.tier_file}: the tier has no control endpoint")
     context = zmq.Context()
-    try:
-        sock = connect_dealer(context, tier.control, tier.keys, linger_ms=0, kind=zmq.REQ)
-    except HybridPSError as e:
-        print(f"hybrid_ps.tierctl: error: {e}", file=sys.stderr)
-        return 2
+    sock = connect_dealer(context, tier.control, tier.keys, linger_ms=0, kind=zmq.REQ)
     try:
         sock.send(json.dumps({"op": args.op, "shard": args.shard}).encode())
         if not sock.poll(_TIMEOUT_MS):
-            print(f"hybrid_ps.tierctl: error: no answer from {tier.control} in {_TIMEOUT_MS / 1000:g}s",
-                  file=sys.stderr)
+            report(_PROG, f"no answer from {tier.control} in {_TIMEOUT_MS / 1000:g}s")
             return 1
         reply = json.loads(sock.recv())
     finally:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         context.term()
     print(json.dumps(reply))
     if not reply.get("ok"):
-        print(f"hybrid_ps.tierctl: error: {reply.get('error')}", file=sys.stderr)
+        report(_PROG, reply.get("error"))
         return 1
     return 0
 

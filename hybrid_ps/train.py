@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 import time
-import traceback
 
+from .cli import report, run_main
 from .config import Config, build_parser, load_config
 from .errors import CheckpointError, ConfigError, HybridPSError
 from .preemption import StopRequest
 
+__all__ = ["main"]
+
 log = logging.getLogger("hybrid_ps.train")
 
+_PROG = "hybrid_ps.train"
 _ABORT_GRACE_SECONDS = 1.0
 
 _DESCRIPTION = """Train sparse models (logistic regression, factorization machines, wide & deep) with MPI worker
 groups and a ZeroMQ parameter-server tier.
 Settings come from defaults < --config FILE < --set SECTION.KEY=VALUE < the flags below."""
-
-
-def _report(error: HybridPSError, debug: bool) -> None:
-    """The one error line on stderr (after the traceback with ``--debug``)."""
-    if debug:
-        traceback.print_exception(error)
-    print(f"hybrid_ps.train: error: {error}", file=sys.stderr, flush=True)
 
 
 def _check_fit(config: Config, plan, world) -> None:
@@ -70,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
-    try:
-        config = load_config(args)
-    except HybridPSError as e:
-        _report(e, args.debug)
-        return 2
+    # a bad setting, layout or checkpoint to resume from: one line (rank 0's), exit 2; run_job sets up logging
+    return run_main(lambda: _train(args), prog=_PROG, errors={HybridPSError: 2}, debug=args.debug)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Check the settings, then run the job; a rank failing in the job aborts the whole MPI world."""
+    config = load_config(args)
 
     from mpi4py import MPI  # after argument parsing: --help and bad flags need no MPI
 
@@ -85,16 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = plan_job(config, world.Get_size())
         _check_fit(config, plan, world)
-    except HybridPSError as e:  # the same verdict on every rank, before any other collective: no abort needed
+    except HybridPSError:  # the same verdict on every rank, before any other collective: no abort needed
         if rank == 0:
-            _report(e, args.debug)
+            raise  # run_main prints it
         return 2
     stop = StopRequest().install()  # SIGTERM/SIGUSR1: checkpoint at one clock, then exit 0
     try:
         run_job(config, world, debug=args.debug, stop=stop)
     except BaseException as e:  # one rank failing must end the whole job, not hang the others
         if isinstance(e, HybridPSError) and not args.debug:
-            print(f"hybrid_ps.train: rank {rank}: error: {e}", file=sys.stderr, flush=True)
+            report(_PROG, e, where=f"rank {rank}")
         else:
             log.exception("rank %d failed", rank)
         sys.stderr.flush()

@@ -7,7 +7,12 @@ import os
 import shlex
 import sys
 
-from .detect import allocation, find_mpiexec, idle_friendly_environment, mpi_implementation
+from .detect import (
+    allocation,
+    find_mpiexec,
+    idle_friendly_environment,
+    mpi_implementation,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ Layout of a checkpoint root (``train.checkpoint_dir``)::
 Every file is written under a temporary name, fsynced and renamed; the
 directory is renamed from ``.partial`` only when complete, and ``latest``
 moves last. A crash at any moment leaves the previous checkpoint valid.
-The format is a contract, described in the README ("Checkpoints").
+The format is a contract, described in docs/checkpoints.md.
 """
 
 from .files import (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..errors import CheckpointError
 
 __all__ = ["FORMAT_VERSION", "ShardState", "partial_dir", "write_shard_file", "read_shard_file"]
@@ -18,9 +18,9 @@ FORMAT_VERSION = 1
 LATEST = "latest"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ShardState:
-    """Everything one shard holds at a checkpoint."""
+    """Everything one shard holds at a checkpoint (built by keyword: its fields are many and alike)."""
 
     shard_id: int
     num_shards: int
@@ -40,41 +40,12 @@ def partial_dir(root: str | Path, clock: int) -> Path:
     return Path(root) / f"ckpt-{clock}.partial"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_h5(path: Path):
-    """Context: an h5py file written at ``path.tmp``, fsynced and renamed to ``path`` on success."""
-
-    class _Writer:
-        def __enter__(self) -> h5py.File:
-            self.tmp = path.with_name(path.name + ".tmp")
-            self.file = h5py.File(self.tmp, "w")
-            return self.file
-
-        def __exit__(self, kind, *rest) -> None:
-            self.file.close()
-            if kind is not None:
-                self.tmp.unlink(missing_ok=True)
-                return
-            with open(self.tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(self.tmp, path)
-
-    return _Writer()
-
-
 def write_shard_file(directory: str | Path, shard: ShardState) -> Path:
     """Write ``shard-<id>.h5`` into ``directory`` (created if needed); returns its path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"shard-{shard.shard_id}.h5"
-    with _atomic_h5(path) as f:
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
         f.attrs.update(
             format_version=FORMAT_VERSION, kind="hybrid_ps shard", shard_id=shard.shard_id,
             num_shards=shard.num_shards, clock=shard.clock, width=shard.values.shape[1],

@@ -13,8 +13,9 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_path, atomic_write, fsync_dir
 from ..errors import CheckpointError
-from .files import FORMAT_VERSION, LATEST, _atomic_h5, _fsync_dir, _open, partial_dir
+from .files import FORMAT_VERSION, LATEST, _open, partial_dir
 
 __all__ = ["publish"]
 
@@ -47,20 +48,15 @@ def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -
     for path in shard_paths:
         with _open(path) as f:
             shards.append((path.name, f["keys"].shape[0], f["values"].shape[1], f["clock_table"][()], dict(f.attrs)))
-    _write_model_file(partial / "model.h5", clock, shards, info)
-    _fsync_dir(partial)
+    _write_model_file(partial / "model.h5", clock, shards, info)  # fsyncs partial/ too
     final = root / f"ckpt-{clock}"
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)  # the lock goes along: a late leader finds no .partial, or a locked one
     (final / lock.name).rmdir()
-    _fsync_dir(root)
-    latest_tmp = root / (LATEST + ".tmp")
-    latest_tmp.write_text(final.name + "\n")
-    with open(latest_tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(latest_tmp, root / LATEST)
-    _fsync_dir(root)
+    fsync_dir(root)
+    with atomic_write(root / LATEST) as handle:
+        handle.write(final.name + "\n")
     _prune(root, keep)
     return final
 
@@ -68,7 +64,7 @@ def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -
 def _write_model_file(path: Path, clock: int, shards: list, info: dict[str, Any]) -> None:
     total = sum(count for _, count, _, _, _ in shards)
     width = shards[0][2]
-    with _atomic_h5(path) as f:
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
         f.attrs.update(
             format_version=FORMAT_VERSION, kind="hybrid_ps model", library_version=__version__,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), clock=clock,

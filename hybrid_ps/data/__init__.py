@@ -25,10 +25,7 @@ def open_data_shard(config: "DataConfig", rank: int, num_ranks: int) -> "LibsvmS
         return LibsvmShard(config.path, rank, num_ranks)
     from .synthetic import SyntheticShard, SyntheticSpec
 
-    spec = SyntheticSpec(
-        rows=config.rows, features=config.features, nnz_per_row=config.nnz_per_row,
-        zipf_exponent=config.zipf_exponent, seed=config.seed, interactions=config.interactions,
-    )
+    spec = SyntheticSpec.from_config(config)
     return SyntheticShard(spec, rank, num_ranks)
 
 

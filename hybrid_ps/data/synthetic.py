@@ -24,14 +24,18 @@ number of ranks, and a rank generates only the blocks its rows fall in.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..placement.ring import mix64
 from .batch import Batch, rebatch
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
 
 __all__ = [
     "BLOCK_ROWS",
@@ -56,6 +60,8 @@ _WEIGHT_SALT = np.uint64(0x5851F42D4C957F2D)
 _LATENT_SALT = np.uint64(0x14057B7EF767814F)
 _MAX_FEATURE_KEY = np.uint64(2**64 - 2)  # 2**64 - 1 is the model's bias key
 _MAX_MARGIN = 500.0  # |margin| above this saturates the sigmoid anyway; keeps exp() finite
+_RECORDED = ("rows", "features", "nnz_per_row", "zipf_exponent", "seed", "interactions")  # [data] settings, kept
+_OPTIONAL = {"interactions": 0.0}  # in a checkpoint's record: absent from those of earlier versions
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,36 @@ class SyntheticSpec:
         ):
             if not ok:
                 raise ConfigError(f"data.{name} must be {rule}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_config(cls, config: DataConfig) -> SyntheticSpec:
+        """The dataset the ``[data]`` settings describe (the others keep their defaults).
+
+        Raises:
+            ConfigError: a setting is out of range.
+        """
+        return cls(**{name: getattr(config, name) for name in _RECORDED})
+
+    def to_record(self) -> dict[str, Any]:
+        """What a checkpoint records of the dataset (its ``data`` group): the ``[data]`` settings, by name."""
+        return {name: getattr(self, name) for name in _RECORDED}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, origin: str = "the record") -> SyntheticSpec:
+        """The dataset a checkpoint's record (``to_record``'s output; other keys are ignored) describes.
+
+        Args:
+            record: the checkpoint's ``data`` attributes.
+            origin: names the record in the error, e.g. the checkpoint's path.
+
+        Raises:
+            CheckpointError: a field is missing (``interactions`` may be: records before it mean 0).
+            ConfigError: a field is out of range.
+        """
+        missing = [name for name in _RECORDED if name not in record and name not in _OPTIONAL]
+        if missing:
+            raise CheckpointError(f"{origin} does not record the synthetic data's {', '.join(missing)}")
+        return cls(**{name: record.get(name, _OPTIONAL.get(name)) for name in _RECORDED})
 
 
 def feature_key(index: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,8 @@ from ..server.process import ShardProcess, ShardSpec
 from ..tier import TierView, read_tier_file
 from ..worker.client import PSClient
 from ..worker.group import WorkerGroup
-from ..worker.trainer import GroupResult, GroupTrainer
+from ..worker.result import GroupResult
+from ..worker.trainer import GroupTrainer
 from .plan import JobPlan, plan_job
 from .summary import JobSummary, summarise
 from .topology import Topology, build_topology, exchange_endpoints
@@ -119,8 +120,9 @@ def _run_worker(
         skip = start if config.train.resume or not plan.tier else 0  # a group joining a tier trains all its data
         tier_view = (lambda: TierView(read_tier_file(config.cluster.ps_tier).endpoints, plan.replication)) \
             if plan.tier else None
-        trainer = GroupTrainer(config, group, topology.group, model,
-                               batches, client, metrics, publish, start, stop, skip, tier_view)
+        trainer = GroupTrainer(config=config, group=group, group_id=topology.group, model=model, batches=batches,
+                               client=client, metrics=metrics, publish=publish, start_clock=start,
+                               stop_request=stop, skip_batches=skip, tier_view=tier_view)
         result = trainer.run()
     finally:
         if client is not None:
@@ -140,6 +142,7 @@ def _warn_if_positions_differ(config: Config, topology: Topology) -> None:
 
 def _publisher(config: Config, topology: Topology, model: Model):
     """A leader's callback that publishes a written cut (whichever leader comes first does it)."""
+    from ..data.synthetic import SyntheticSpec
 
     def publish(cut: int, result: GroupResult) -> None:
         info = {
@@ -152,10 +155,8 @@ def _publisher(config: Config, topology: Topology, model: Model):
                 "group_train_logloss_progressive": result.train_loss_sum / max(result.samples, 1),
             },
             "data": {"source": config.data.path or "synthetic", "worker_ranks": topology.layout.num_workers,
-                     "batch_size": config.train.batch_size, **({} if config.data.path else {
-                "rows": config.data.rows, "features": config.data.features, "nnz_per_row": config.data.nnz_per_row,
-                "zipf_exponent": config.data.zipf_exponent, "seed": config.data.seed,
-                "interactions": config.data.interactions})},
+                     "batch_size": config.train.batch_size,
+                     **({} if config.data.path else SyntheticSpec.from_config(config.data).to_record())},
         }
         published = checkpoint.publish(config.checkpoint_root, cut, info, config.train.keep)
         if published is not None:

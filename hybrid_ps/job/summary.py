@@ -10,7 +10,7 @@ import numpy as np
 from ..config import Config
 from ..metrics import MetricsWriter
 from ..worker.group import wait_quietly
-from ..worker.trainer import TRAFFIC_FIELDS
+from ..worker.result import TRAFFIC_FIELDS, GroupResult
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -26,25 +26,24 @@ def summarise(topology: Topology, config: Config, local: np.ndarray, metrics: Me
     """Sum the leaders' results over the world (servers and members add zeros)."""
     totals = np.zeros_like(local)
     wait_quietly(topology.world.Iallreduce(local, totals))
-    steps, samples, train_loss, eval_loss, eval_correct, eval_rows, seconds, preempted, train_seconds, ps_seconds = \
-        totals[: -len(TRAFFIC_FIELDS)]
-    traffic = dict(zip(TRAFFIC_FIELDS, (totals[-len(TRAFFIC_FIELDS):] / max(steps, 1)).tolist()))
+    total = GroupResult.from_array(totals)
+    traffic = dict(zip(TRAFFIC_FIELDS, (total.traffic / max(total.steps, 1)).tolist()))
     groups = topology.layout.num_groups
-    wall, train_wall = seconds / groups, train_seconds / groups
+    wall, train_wall = total.seconds / groups, total.train_seconds / groups
     summary = JobSummary(
         layout=topology.layout.describe(),
         staleness=str(config.cluster.staleness),
-        steps_per_group=steps / groups,
-        samples=int(samples),
+        steps_per_group=total.steps / groups,
+        samples=total.samples,
         seconds=round(wall, 3),
         train_seconds=round(train_wall, 3),
-        samples_per_s=samples / train_wall if train_wall else math.nan,
-        ps_wait_share=ps_seconds / train_seconds if train_seconds else math.nan,
-        train_logloss_progressive=train_loss / samples if samples else math.nan,
-        final_logloss=eval_loss / eval_rows if eval_rows else math.nan,
-        final_accuracy=eval_correct / eval_rows if eval_rows else math.nan,
-        eval_rows=int(eval_rows),
-        preempted=bool(preempted),
+        samples_per_s=total.samples / train_wall if train_wall else math.nan,
+        ps_wait_share=total.ps_seconds / total.train_seconds if total.train_seconds else math.nan,
+        train_logloss_progressive=total.train_loss_sum / total.samples if total.samples else math.nan,
+        final_logloss=total.eval_loss_sum / total.eval_rows if total.eval_rows else math.nan,
+        final_accuracy=total.eval_correct / total.eval_rows if total.eval_rows else math.nan,
+        eval_rows=total.eval_rows,
+        preempted=total.preempted,
         ps_bytes_sent_per_step=traffic["sent"],  # a group step's, on the wire (see TRAFFIC_FIELDS)
         ps_bytes_received_per_step=traffic["received"],
         traffic_per_step=traffic,

@@ -79,6 +79,7 @@ __all__ = [
     "FLAG_COMPRESSED_KEYS",
     "FLAG_COMPRESSED_VALUES",
     "FLAG_CLOCK",
+    "FLAG_KEYS_MISSED",
     "Op",
     "Header",
     "encode_header",
@@ -110,6 +111,9 @@ FLAG_COMPRESSED_VALUES = 32
 FLAG_CLOCK = 64
 """Header flag of PUSH: once it is applied, the group finished ``clock + 1`` steps (a CLOCK in the same message,
 which saves a message and its reply every step); the ACK answers it as a CLOCK's would."""
+FLAG_KEYS_MISSED = 128
+"""Header flag of ERROR: the request referenced a key list the shard does not keep (any more); the client
+sends the request again with its keys."""
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 

@@ -7,15 +7,16 @@ not by hand. The spec comes on stdin, never on the command line.
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
 import sys
 
+from ..cli import run_main
 from ..errors import HybridPSError
 from ..logs import configure_logging
 from ..preemption import StopRequest
 from .process import ShardSpec, build_service, die_with_parent
 
-log = logging.getLogger("hybrid_ps.server")
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,20 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="shown in ps only (e.g. the job's output directory)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    configure_logging(f"server {args.shard_id}", args.debug)
+    return run_main(_serve, prog="hybrid_ps.server", errors={HybridPSError: 1, KeyError: 1, ValueError: 1},
+                    debug=args.debug, logs=functools.partial(configure_logging, f"server {args.shard_id}"),
+                    where=f"shard {args.shard_id}", traceback="log")
+
+
+def _serve() -> int:
+    """Read the spec, bind, print the endpoint on stdout, serve; returns 0."""
     stop = StopRequest().install()  # SIGTERM/SIGUSR1 (forwarded by the supervisor) must not kill a shard
-    try:
-        spec = ShardSpec.from_json(sys.stdin.read())
-        die_with_parent(spec.parent_pid)
-        with build_service(spec, stop) as service:
-            print(service.endpoint, flush=True)
-            sys.stdout = sys.stderr  # the supervisor reads one line only
-            service.serve()
-    except (HybridPSError, KeyError, ValueError) as e:
-        if args.debug:
-            log.exception("shard %d failed", args.shard_id)
-        print(f"hybrid_ps.server: shard {args.shard_id}: error: {e}", file=sys.stderr, flush=True)
-        return 1
+    spec = ShardSpec.from_json(sys.stdin.read())  # KeyError, ValueError: not a spec
+    die_with_parent(spec.parent_pid)
+    with build_service(spec, stop) as service:
+        print(service.endpoint, flush=True)
+        sys.stdout = sys.stderr  # the supervisor reads one line only
+        service.serve()
     return 0
 
 

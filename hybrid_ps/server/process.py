@@ -96,8 +96,9 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
     def write_checkpoint(exported, clock, cut: int) -> None:
         keys, values, state = exported
         checkpoint.write_shard_file(checkpoint.partial_dir(root, cut), checkpoint.ShardState(
-            spec.shard_id, len(spec.shard_ids), cut, keys, values, state, clock.clocks.copy(),
-            clock.finished.copy(), optimizer.name, optimizer.hyperparameters(), clock.dropped.copy(),
+            shard_id=spec.shard_id, num_shards=len(spec.shard_ids), clock=cut, keys=keys, values=values,
+            state=state, clock_table=clock.clocks.copy(), finished=clock.finished.copy(),
+            optimizer=optimizer.name, hyperparameters=optimizer.hyperparameters(), away=clock.dropped.copy(),
         ))
 
     host = resolve_bind_host(config.cluster.bind_host)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import zmq
 
-from ..errors import NonFiniteError, WireError
+from ..errors import KeyListMissError, NonFiniteError, WireError
 from ..net.curve import JobKeys
 from ..net.sockets import bind_router, close_router, recv_frames, send_frames
 from ..placement.replicas import Placement
@@ -195,7 +195,8 @@ class ShardService(TierMembership):
         except (WireError, NonFiniteError) as e:
             self.stats.errors += 1
             log.warning("shard %d rejected a message: %s", self.shard_id, e)
-            self._reply_error(identity, header, str(e))
+            missed = wire.FLAG_KEYS_MISSED if isinstance(e, KeyListMissError) else 0
+            self._reply_error(identity, header, str(e), missed)
         except Exception as e:  # a bug must not take the shard down with it
             self.stats.errors += 1
             log.exception("shard %d failed on a message", self.shard_id)
@@ -310,7 +311,7 @@ class ShardService(TierMembership):
             cache = self._key_list_cache(identity, create=False)
             hit, keys = cache.recall(sig, count) if cache else (False, None)
             if not hit:
-                raise WireError(f"{MISS}: signature {sig:#x} of {count} keys")
+                raise KeyListMissError(f"{MISS}: signature {sig:#x} of {count} keys")
             keys = keys if subset is None else keys[subset]
             if keys.size != header.num_keys:
                 raise WireError(f"the referenced key list selects {keys.size} keys, the header says {header.num_keys}")
@@ -457,12 +458,9 @@ class ShardService(TierMembership):
         """An ACK of ``request`` carrying ``clock`` (a cut, a join or reshard clock)."""
         self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, request.group, request.request_id, clock))])
 
-    def _reply_error(self, identity: bytes, request: wire.Header | None, text: str) -> None:
-        header = wire.Header(
-            wire.Op.ERROR,
-            request.group if request else 0,
-            request.request_id if request else 0,
-        )
+    def _reply_error(self, identity: bytes, request: wire.Header | None, text: str, flags: int = 0) -> None:
+        header = wire.Header(wire.Op.ERROR, request.group if request else 0, request.request_id if request else 0,
+                             flags=flags)
         self._send(identity, [wire.encode_header(header), text.encode("utf-8")[:4096]])
 
     def _send(self, identity: bytes, frames: list[object]) -> None:

@@ -12,11 +12,11 @@ shards join or leave: endpoints and replication.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..config import Config
 from ..errors import ConfigError
 from ..net.curve import JobKeys
@@ -77,15 +77,10 @@ def write_tier_file(path: str | Path, tier: TierInfo) -> None:
     """Write ``tier`` to ``path`` atomically (temporary file, fsync, rename), mode 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        document = {**tier.__dict__, "endpoints": {str(k): v for k, v in tier.endpoints.items()},
-                    "keys": tier.keys.to_dict() if tier.keys else None}
+    document = {**tier.__dict__, "endpoints": {str(k): v for k, v in tier.endpoints.items()},
+                "keys": tier.keys.to_dict() if tier.keys else None}
+    with atomic_write(path, permissions=0o600) as handle:  # it holds the tier's CURVE keys
         json.dump({"kind": "hybrid_ps tier", **document}, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def read_tier_file(path: str | Path) -> TierInfo:

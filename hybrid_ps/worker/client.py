@@ -15,9 +15,9 @@ promoted backups, and later requests avoid it. No mpi4py here.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -29,39 +29,30 @@ from ..net.sockets import connect_dealer, recv_frames, send_frames
 from ..placement.replicas import Placement
 from ..placement.ring import HashRing
 from ..protocol import wire
-from ..protocol.keycache import MISS
 from ..tier import TierView
 from .framing import RequestFraming, Traffic
+from .liveness import Liveness
+from .requests import RequestBook, Ticket, place_pull_reply
+from .routing import Routing
 
-__all__ = ["PSClient", "Ticket"]
+__all__ = ["PSClient", "Ticket", "Announcement"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Ticket:
-    """An operation in flight: which requests it still waits for and where replies go."""
+class Announcement(enum.Enum):
+    """What the coordinating shard announced, as it concerns this group now (``PSClient.announced``)."""
 
-    op: wire.Op
-    what: str
-    pending: set[int] = field(default_factory=set)
-    values: np.ndarray | None = None
-    placement: dict[int, np.ndarray | int] = field(default_factory=dict)  # request -> positions (int: all, in order)
-    error: str | None = None  # a shard's rejection: waiting on the ticket again raises it again
-    reply_clock: int = 0  # the largest clock field of its replies (a checkpoint's cut, a join's clock)
-    shard_clocks: np.ndarray | None = None  # pulls: each group's clock when the shards answered (min over shards)
-    keys: np.ndarray | None = None  # pulls: the keys asked, to ask again elsewhere if a shard dies
-    clock: int = 0  # pulls: the clock asked for
-    lost_shard: bool = False  # a shard it waited on died: broadcasts (a checkpoint) may miss that shard
-
-    @property
-    def done(self) -> bool:
-        """Whether every shard answered."""
-        return not self.pending
+    NONE = "none"
+    STOP = "stop"  # the stop clock is reached: checkpoint and stop (preemption)
+    RESHARD = "reshard"  # the tier's shards change at this clock: write the cut, then ``reshard``
 
 
 class PSClient:
     """Talk to every PS shard on behalf of one worker group.
+
+    The parts: ``routing`` (where keys go), ``liveness`` (heartbeats, who is dead) and ``requests``
+    (tickets and the replies still owed); this class holds the sockets and the operations.
 
     Args:
         endpoints: ``tcp://`` endpoint of each shard: a list indexed by shard id, or a dict by shard id.
@@ -84,7 +75,7 @@ class PSClient:
 
     def __init__(
         self,
-        endpoints: Sequence[str],
+        endpoints: Sequence[str] | Mapping[int, str],
         group: int,
         num_groups: int,
         ring: HashRing,
@@ -102,9 +93,9 @@ class PSClient:
     ) -> None:
         self.endpoints = dict(endpoints) if isinstance(endpoints, Mapping) else dict(enumerate(endpoints))
         self.group = group
-        self.placement = Placement(ring, replication)
-        self.heartbeat_interval = heartbeat_interval
-        self.failover_timeout = failover_timeout
+        self.routing = Routing(ring=ring, replication=replication)
+        self.liveness = Liveness(heartbeat_interval=heartbeat_interval, failover_timeout=failover_timeout)
+        self.requests = RequestBook()
         self.width = width
         self.timeout = timeout
         self.max_pushes_in_flight = max_pushes_in_flight
@@ -114,22 +105,15 @@ class PSClient:
         self._poller = zmq.Poller()
         self._sockets: dict[int, zmq.Socket] = {}
         self._shard_of_socket: dict[zmq.Socket, int] = {}
-        self._outstanding: dict[int, int] = {}  # per shard: requests not answered yet
-        self._last_heard: dict[int, float] = {}  # per shard: last reply, or since when a reply is awaited
-        self._last_ping: dict[int, float] = {}
         self.framing = RequestFraming(key_cache, compression, compress_values)
-        self._by_reference: dict[int, tuple] = {}  # request sent by reference -> what to send if the shard misses
         for shard, endpoint in self.endpoints.items():
             self._connect(shard, endpoint)
-        self._next_id = 1
-        self._tickets: dict[int, Ticket] = {}
-        self._shard_of_request: dict[int, int] = {}
         self._pushes_in_flight: list[Ticket] = []
         self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
         self.stop_at: int | None = None  # set when the coordinating shard announces a stop clock (preemption)
         self.reshard_at: int | None = None  # set when it announces a change of the tier's shards
 
-    def __enter__(self) -> "PSClient":
+    def __enter__(self) -> PSClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -141,19 +125,25 @@ class PSClient:
             if not sock.closed:
                 sock.close()
 
+    @property
+    def placement(self) -> Placement:
+        """The ring, its replicas and the shards known dead, as this client routes by now."""
+        return self.routing.placement
+
     def _connect(self, shard: int, endpoint: str) -> None:
         sock = connect_dealer(self._context, endpoint, self._keys)
         self._poller.register(sock, zmq.POLLIN)
         self._sockets[shard], self._shard_of_socket[sock] = sock, shard
         self.endpoints[shard] = endpoint
-        self._outstanding[shard], self._last_heard[shard], self._last_ping[shard] = 0, time.monotonic(), 0.0
+        self.requests.outstanding[shard] = 0
+        self.liveness.track(shard)
         self.framing.connected(shard)
 
     def _disconnect(self, shard: int, linger_ms: int = 1000) -> None:
         sock = self._sockets[shard]
         self._poller.unregister(sock)
         sock.close(linger=linger_ms)
-        self._outstanding[shard] = 0
+        self.requests.outstanding[shard] = 0
 
     # -- operations ---------------------------------------------------------
 
@@ -169,7 +159,7 @@ class PSClient:
 
     def _send_pull(self, ticket: Ticket, keys: np.ndarray, among: np.ndarray | None) -> None:
         """Ask the acting primaries for ``keys`` (``among``: their positions in the ticket's keys; None = all)."""
-        parts = self._split(keys, self.placement.pull_parts)
+        parts = self.routing.pull_parts(keys)
         if ticket.values is None and (among is not None or len(parts) != 1 or parts[0][1] is not None):
             ticket.values = np.empty((ticket.keys.size, self.width), dtype=np.float32)  # else: the reply is used
         for shard, positions in parts:
@@ -194,7 +184,7 @@ class PSClient:
         grads = np.ascontiguousarray(grads).reshape(keys.size, self.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
         messages = []
-        for shard, shard_positions in self._split(keys, self.placement.push_parts):
+        for shard, shard_positions in self.routing.push_parts(keys):
             for positions in self.framing.split_push(shard, clock, keys, shard_positions):
                 if positions is None:
                     messages.append((shard, [np.ascontiguousarray(keys), grads], keys.size))
@@ -206,7 +196,7 @@ class PSClient:
             flags = wire.FLAG_CLOCK if last_to.get(shard) == i else 0
             self._send(shard, ticket, wire.Op.PUSH, clock, arrays, count, extra_flags=flags)
         if tell_clock:
-            for shard in self.placement.live_shards:
+            for shard in self.routing.live_shards:
                 if shard not in last_to:
                     self._send(shard, ticket, wire.Op.CLOCK, clock + 1, [], 0)
         self._pushes_in_flight.append(ticket)
@@ -248,12 +238,12 @@ class PSClient:
             if shard not in self._sockets or self._sockets[shard].closed:
                 self._connect(shard, endpoint)
         ticket = Ticket(wire.Op.RESHARD, f"reshard at clock {cut}")
-        for shard in sorted(set(self.placement.live_shards) | set(view.endpoints)):
+        for shard in sorted(set(self.routing.live_shards) | set(view.endpoints)):
             self._send(shard, ticket, wire.Op.RESHARD, cut, [view.to_bytes()], 0)
         self.wait(ticket)
-        for shard in set(self.placement.live_shards) - set(view.endpoints):
+        for shard in set(self.routing.live_shards) - set(view.endpoints):
             self._disconnect(shard)
-        self.placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)
+        self.routing.switch_to(view)
         self.reshard_at = None
         log.info("group %d: now on shards %s", self.group, view.shard_ids)
 
@@ -263,7 +253,7 @@ class PSClient:
         That shard picks the stop clock and announces it in its CLOCK acknowledgements.
         """
         ticket = Ticket(wire.Op.STOP, "stop request")
-        self._send(self.placement.live_shards[0], ticket, wire.Op.STOP, 0, [], 0)
+        self._send(self.routing.coordinator, ticket, wire.Op.STOP, 0, [], 0)
         return ticket
 
     def bye(self) -> None:
@@ -277,7 +267,7 @@ class PSClient:
 
     def drain(self) -> None:
         """Wait until every request sent so far has been answered."""
-        for ticket in list(self._tickets.values()):
+        for ticket in self.requests.open_tickets():
             self.wait(ticket)
 
     def wait(self, ticket: Ticket) -> np.ndarray | None:
@@ -293,12 +283,12 @@ class PSClient:
         while not ticket.done:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                shards = sorted({self._shard_of_request.get(r, -1) for r in ticket.pending} - {-1})
+                shards = self.requests.shards_awaited(ticket)
                 raise ShardUnavailableError(
                     f"group {self.group}: no reply in {self.timeout:g}s to the {ticket.what} "
                     f"from shard(s) {', '.join(f'{s} ({self.endpoints[s]})' for s in shards)}"
                 )
-            for sock, _ in self._poller.poll(int(min(remaining, self.heartbeat_interval) * 1000) + 1):
+            for sock, _ in self._poller.poll(int(min(remaining, self.liveness.heartbeat_interval) * 1000) + 1):
                 self._receive_all(sock)
             self._check_heartbeats()
         return ticket.values
@@ -313,33 +303,31 @@ class PSClient:
         """Shards this client declared (or was told are) dead."""
         return sorted(self.placement.dead)
 
-    # -- internals ----------------------------------------------------------
+    def announced(self, clock: int) -> Announcement:
+        """Before step ``clock``: whether the coordinating shard announced a stop this group reached, or a
+        reshard at this clock (from the replies received so far)."""
+        if self.stop_at is not None and clock >= self.stop_at:
+            return Announcement.STOP
+        if self.reshard_at == clock:
+            return Announcement.RESHARD
+        return Announcement.NONE
 
-    def _split(self, keys: np.ndarray, parts_of) -> list[tuple[int, np.ndarray | None]]:
-        """``parts_of(keys)`` (``(shard, positions)`` pairs), with ``None`` for a shard that gets every key in order."""
-        if not keys.size:
-            return []
-        ring = self.placement.ring
-        if ring.num_shards == 1 and not self.placement.dead:
-            return [(int(ring.shard_ids[0]), None)]
-        return [(shard, None if positions.size == keys.size else positions) for shard, positions in parts_of(keys)]
+    # -- internals ----------------------------------------------------------
 
     def _broadcast(self, op: wire.Op, clock: int, what: str) -> Ticket:
         ticket = Ticket(op, what)
-        for shard in self.placement.live_shards:
+        for shard in self.routing.live_shards:
             self._send(shard, ticket, op, clock, [], 0)
         return ticket
 
     def _check_heartbeats(self) -> None:
         """While waiting: ping every shard quiet for ``heartbeat_interval`` (so shards know this group is alive);
         declare dead a shard silent past ``failover_timeout`` while a reply is awaited."""
-        now = time.monotonic()
-        for shard in self.placement.live_shards:
-            silent = now - self._last_heard[shard]
-            if self._outstanding[shard] and silent > self.failover_timeout:
-                self._declare_dead(shard, silent)
-            elif silent > self.heartbeat_interval and now - self._last_ping[shard] > self.heartbeat_interval:
-                self._last_ping[shard] = now
+        ping, dead = self.liveness.check(self.requests.outstanding, self.routing.live_shards)
+        for shard, silent in dead:
+            self._declare_dead(shard, silent)
+        for shard in ping:
+            if shard in self.routing.live_shards:
                 self._send(shard, Ticket(wire.Op.PING, "heartbeat"), wire.Op.PING, 0, [], 0)
 
     def _declare_dead(self, shard: int, silent: float) -> None:
@@ -351,61 +339,50 @@ class PSClient:
         log.warning("group %d: shard %d (%s) did not answer for %.1fs: it is dead to this job; its backups "
                     "take over its key ranges", self.group, shard, self.endpoints[shard], silent)
         self.failovers.append((shard, silent))
-        self.placement = self.placement.without(shard)
-        self.placement.check_complete()
+        self.routing.without(shard)
         evict = wire.encode_header(wire.Header(wire.Op.EVICT, self.group, 0, shard))
         try:
             self._sockets[shard].send(evict, zmq.NOBLOCK)  # fencing: if it is alive after all, it stops
         except zmq.Again:
             pass  # its queue is full: it has not read anything for a long time
         self._disconnect(shard, linger_ms=100)
-        for other in self.placement.live_shards:
+        for other in self.routing.live_shards:
             self._send(other, Ticket(wire.Op.EVICT, f"eviction of shard {shard}"), wire.Op.EVICT, shard, [], 0)
-        orphans = [r for r, s in self._shard_of_request.items() if s == shard]
-        for request_id in orphans:
-            del self._shard_of_request[request_id]
-            self._by_reference.pop(request_id, None)
-            ticket = self._tickets.pop(request_id)
-            ticket.pending.discard(request_id)
+        for request_id, ticket in self.requests.orphans_of(shard):
             ticket.lost_shard = True
             if ticket.op is wire.Op.PULL:
                 among = ticket.placement.pop(request_id)
                 among = np.arange(among) if isinstance(among, int) else among
                 self._send_pull(ticket, np.take(ticket.keys, among), among)
             elif ticket.op is wire.Op.STOP:
-                self._send(self.placement.live_shards[0], ticket, wire.Op.STOP, 0, [], 0)
+                self._send(self.routing.coordinator, ticket, wire.Op.STOP, 0, [], 0)
             # pushes: the other replicas have them; clocks, finish, bye, pings: nothing to do
 
     def _send(self, shard: int, ticket: Ticket, op: wire.Op, clock: int, arrays: list, num_keys: int,
               by_reference: bool = True, extra_flags: int = 0) -> int:
-        request_id = self._next_id
-        self._next_id += 1
+        owed_before = self.requests.outstanding[shard]
+        request_id = self.requests.open(shard, ticket)
         dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
         flags, frames = 0, arrays
         if op in (wire.Op.PULL, wire.Op.PUSH):
             flags, frames = self.framing.frames(shard, op, clock, arrays, by_reference)
             if flags & wire.FLAG_KEYS_BY_REF:  # what to send if the shard has forgotten the list
-                self._by_reference[request_id] = (op, clock, arrays, num_keys, extra_flags)
+                self.requests.keep_for_resend(request_id, op, clock, arrays, num_keys, extra_flags)
         header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags | extra_flags)
         send_frames(self._sockets[shard], [wire.encode_header(header), *frames])
         self.traffic.count_request(frames)
-        ticket.pending.add(request_id)
-        self._tickets[request_id] = ticket
-        self._shard_of_request[request_id] = shard
-        if not self._outstanding[shard]:  # silence counts only while a reply is awaited
-            self._last_heard[shard] = time.monotonic()
-        self._outstanding[shard] += 1
+        self.liveness.awaiting(shard, owed_before)  # silence counts only while a reply is awaited
         return request_id
 
-    def _send_again_with_keys(self, shard: int, ticket: Ticket, request_id: int) -> bool:
+    def _send_again_with_keys(self, shard: int, ticket: Ticket | None, request_id: int) -> bool:
         """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""
-        request = self._by_reference.pop(request_id, None)
+        request = self.requests.take_resend(request_id)
         if request is None or ticket is None:
             return False
         ticket.pending.discard(request_id)
-        op, clock, arrays, num_keys, extra_flags = request
-        again = self._send(shard, ticket, op, clock, arrays, num_keys, by_reference=False, extra_flags=extra_flags)
-        if op is wire.Op.PULL:
+        again = self._send(shard, ticket, request.op, request.clock, request.arrays, request.num_keys,
+                           by_reference=False, extra_flags=request.extra_flags)
+        if request.op is wire.Op.PULL:
             ticket.placement[again] = ticket.placement.pop(request_id)
         log.debug("group %d: shard %d had forgotten a key list; sent the keys again", self.group, shard)
         return True
@@ -422,24 +399,22 @@ class PSClient:
             except zmq.Again:
                 return
             shard = self._shard_of_socket[sock]
-            self._last_heard[shard] = time.monotonic()
+            self.liveness.heard(shard)
             self.traffic.received += sum(len(frame) for frame in frames)
             self._on_reply(shard, frames)
 
     def _on_reply(self, shard: int, frames: list[memoryview]) -> None:
+        where = f"shard {shard} ({self.endpoints[shard]})"
         try:
             header = wire.decode_header(frames)
         except Exception as e:
-            raise ShardUnavailableError(f"shard {shard} ({self.endpoints[shard]}) sent a bad reply: {e}") from e
-        ticket = self._tickets.pop(header.request_id, None)
-        if self._shard_of_request.pop(header.request_id, None) is not None:
-            self._outstanding[shard] -= 1
+            raise ShardUnavailableError(f"{where} sent a bad reply: {e}") from e
+        ticket = self.requests.answered(header.request_id, shard)
         if header.op is wire.Op.ERROR:
-            text = wire.error_text(frames[1])
-            if text.startswith(MISS) and self._send_again_with_keys(shard, ticket, header.request_id):
+            if header.flags & wire.FLAG_KEYS_MISSED and self._send_again_with_keys(shard, ticket, header.request_id):
                 return
             what = ticket.what if ticket else f"request {header.request_id}"
-            message = f"shard {shard} ({self.endpoints[shard]}) rejected the {what}: {text}"
+            message = f"{where} rejected the {what}: {wire.error_text(frames[1])}"
             if ticket is not None:
                 ticket.pending.discard(header.request_id)
                 ticket.error = message
@@ -447,37 +422,15 @@ class PSClient:
         if ticket is None:
             log.warning("reply from shard %d to unknown request %d ignored", shard, header.request_id)
             return
-        ticket.pending.discard(header.request_id)
-        self._by_reference.pop(header.request_id, None)
+        self.requests.close(header.request_id, ticket)
         ticket.reply_clock = max(ticket.reply_clock, header.clock)
         if header.flags & wire.FLAG_STOP:
             self.stop_at = header.clock
         elif header.flags & wire.FLAG_RESHARD:
             self.reshard_at = header.clock
         if header.op is wire.Op.PULL_REPLY:
-            positions = ticket.placement.pop(header.request_id)
-            asked = positions if isinstance(positions, int) else positions.size
-            if header.num_keys != asked:
-                raise ShardUnavailableError(
-                    f"shard {shard} ({self.endpoints[shard]}) answered {header.num_keys} keys of the {ticket.what}, "
-                    f"asked {asked}"
-                )
-            values = wire.values_from_frame(frames[1], header)
-            if ticket.values is None:  # the only reply: keep the received buffer (writable, zero-copy) ...
-                # ... unless ZeroMQ stored it unaligned (small messages live inside the message struct):
-                # MPI and fast numpy paths need aligned float32
-                ticket.values = values if values.flags.aligned else values.copy()
-            elif isinstance(positions, int):
-                ticket.values[...] = values
-            elif self.width == 1:  # a 1-D scatter is ~2x faster than scattering rows of one value
-                ticket.values.reshape(-1)[positions] = values.reshape(-1)
-            else:
-                ticket.values[positions] = values
-            clocks = np.frombuffer(frames[2], dtype=np.int64)
+            clocks = place_pull_reply(ticket, header.request_id, header, frames, self.width, where)
             if clocks.size != self.shard_clocks.size:
-                raise ShardUnavailableError(
-                    f"shard {shard} ({self.endpoints[shard]}) tracks {clocks.size} groups, this job has "
-                    f"{self.shard_clocks.size}"
-                )
+                raise ShardUnavailableError(f"{where} tracks {clocks.size} groups, this job has "
+                                            f"{self.shard_clocks.size}")
             np.maximum(self.shard_clocks, clocks, out=self.shard_clocks)
-            ticket.shard_clocks = clocks.copy() if ticket.shard_clocks is None else np.minimum(ticket.shard_clocks, clocks)

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mpi_launch.detect import find_mpiexec, idle_friendly_environment, mpi_implementation
+from mpi_launch.detect import (
+    find_mpiexec,
+    idle_friendly_environment,
+    mpi_implementation,
+)
 
 
 @dataclass

@@ -32,7 +32,11 @@ import numpy as np
 import pytest
 
 from hybrid_ps import checkpoint
-from mpi_launch.detect import find_mpiexec, idle_friendly_environment, mpi_implementation
+from mpi_launch.detect import (
+    find_mpiexec,
+    idle_friendly_environment,
+    mpi_implementation,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -338,9 +342,10 @@ def _hand_written(root: Path, width: int = 1, clock_table: tuple[int, ...] = (3,
         data = {"source": "synthetic", "rows": 100, "features": 50, "nnz_per_row": 20, "zipf_exponent": 1.1, "seed": 0}
     n, groups = 5, len(clock_table)
     state = checkpoint.ShardState(
-        0, 1, min(clock_table), np.arange(n, dtype=np.uint64), np.ones((n, width), np.float32),
-        {"accumulator": np.ones((n, width), np.float32)}, np.array(clock_table, np.int64),
-        np.zeros(groups, bool), "adagrad", {"learning_rate": 0.1})
+        shard_id=0, num_shards=1, clock=min(clock_table), keys=np.arange(n, dtype=np.uint64),
+        values=np.ones((n, width), np.float32), state={"accumulator": np.ones((n, width), np.float32)},
+        clock_table=np.array(clock_table, np.int64), finished=np.zeros(groups, bool), optimizer="adagrad",
+        hyperparameters={"learning_rate": 0.1})
     checkpoint.write_shard_file(checkpoint.partial_dir(root, 3), state)
     return checkpoint.publish(root, 3, {"model": {"kind": "logistic_regression", "width": width}, "data": data})
 

@@ -28,8 +28,9 @@ def _shard(shard_id: int, num_shards: int, keys: np.ndarray, clock: int = 5, wid
     rng = np.random.default_rng(shard_id)
     values = rng.normal(size=(keys.size, width)).astype(np.float32)
     return checkpoint.ShardState(
-        shard_id, num_shards, clock, keys.astype(np.uint64), values, {"accumulator": values * values},
-        np.array([clock, clock - 1]), np.array([False, True]), "adagrad", {"learning_rate": 0.1},
+        shard_id=shard_id, num_shards=num_shards, clock=clock, keys=keys.astype(np.uint64), values=values,
+        state={"accumulator": values * values}, clock_table=np.array([clock, clock - 1]),
+        finished=np.array([False, True]), optimizer="adagrad", hyperparameters={"learning_rate": 0.1},
     )
 
 
@@ -146,8 +147,10 @@ _WRITER = textwrap.dedent(
     for clock in range(1, 1000):
         for shard in range(2):
             part = keys[shard::2]
-            state = checkpoint.ShardState(shard, 2, clock, part, np.full((part.size, 1), clock, np.float32), {},
-                                          np.array([clock]), np.array([False]), "sgd", {})
+            state = checkpoint.ShardState(
+                shard_id=shard, num_shards=2, clock=clock, keys=part,
+                values=np.full((part.size, 1), clock, np.float32), state={}, clock_table=np.array([clock]),
+                finished=np.array([False]), optimizer="sgd", hyperparameters={})
             checkpoint.write_shard_file(checkpoint.partial_dir(root, clock), state)
         checkpoint.publish(root, clock, {"model": {"kind": "logistic_regression"}}, keep=2)
         print(clock, flush=True)

@@ -32,8 +32,9 @@ def trained(tmp_path):
     keys = np.append(np.arange(30, dtype=np.uint64), BIAS_KEY)
     weights = np.append(true[:30], 0.2).astype(np.float32)
     for shard_id, part in enumerate((slice(0, 15), slice(15, None))):
-        state = checkpoint.ShardState(shard_id, 2, 9, keys[part], weights[part, None], {}, np.array([9]),
-                                      np.array([True]), "sgd", {})
+        state = checkpoint.ShardState(shard_id=shard_id, num_shards=2, clock=9, keys=keys[part],
+                                      values=weights[part, None], state={}, clock_table=np.array([9]),
+                                      finished=np.array([True]), optimizer="sgd", hyperparameters={})
         checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path / "ckpt", 9), state)
     checkpoint.publish(tmp_path / "ckpt", 9, {"model": {"kind": "logistic_regression", "width": 1},
                                               "data": {"source": str(data)}})
@@ -95,8 +96,9 @@ def test_cli_errors_are_one_line(trained, tmp_path, setup, message):
 
 
 def test_a_checkpoint_of_another_model_kind_is_refused(tmp_path):
-    state = checkpoint.ShardState(0, 1, 1, np.array([1], np.uint64), np.ones((1, 8), np.float32), {},
-                                  np.array([1]), np.array([True]), "sgd", {})
+    state = checkpoint.ShardState(shard_id=0, num_shards=1, clock=1, keys=np.array([1], np.uint64),
+                                  values=np.ones((1, 8), np.float32), state={}, clock_table=np.array([1]),
+                                  finished=np.array([True]), optimizer="sgd", hyperparameters={})
     checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path, 1), state)
     checkpoint.publish(tmp_path, 1, {"model": {"kind": "deep_crossing", "width": 8}})
     with pytest.raises(CheckpointError, match="model kind 'deep_crossing' is not one of"):

@@ -10,7 +10,13 @@ import scipy.sparse as sp
 from sklearn.datasets import dump_svmlight_file, load_svmlight_file
 
 from hybrid_ps.data.batch import Batch
-from hybrid_ps.data.libsvm import LibsvmShard, _BadLine, _parse_fast, _parse_slow, read_libsvm
+from hybrid_ps.data.libsvm import (
+    LibsvmShard,
+    _BadLine,
+    _parse_fast,
+    _parse_slow,
+    read_libsvm,
+)
 from hybrid_ps.errors import ConfigError, DataError
 
 CHUNKS = [7, 64, 8 << 20]

@@ -202,7 +202,7 @@ def test_32_leaders_push_and_pull_at_once_and_nothing_is_lost(replication, stale
                 admin.close(0)
                 reader = PSClient({survivor: endpoints[survivor]}, 0, GROUPS, ring, timeout=120, context=context,
                                   replication=replication)
-                reader.placement = reader.placement.without(dead)
+                reader.routing.without(dead)  # this reader knows the shard is gone
                 np.testing.assert_array_equal(reader.wait(reader.pull(universe, 0)), expected,
                                               err_msg=f"shard {survivor}'s copy")
                 reader.close()

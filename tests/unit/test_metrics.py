@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-from hybrid_ps.metrics import MetricsWriter, RateMeter, StreamingAUC, accuracy, auc, logloss
+from hybrid_ps.metrics import (
+    MetricsWriter,
+    RateMeter,
+    StreamingAUC,
+    accuracy,
+    auc,
+    logloss,
+)
 
 RNG = np.random.default_rng(5)
 LABELS = RNG.integers(0, 2, 3000).astype(np.float32)

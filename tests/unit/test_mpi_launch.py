@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from mpi_launch.detect import find_mpiexec, idle_friendly_environment, mpi_implementation
+from mpi_launch.detect import (
+    find_mpiexec,
+    idle_friendly_environment,
+    mpi_implementation,
+)
 
 
 def test_override_and_the_virtualenv_mpiexec_first(monkeypatch):

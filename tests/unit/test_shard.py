@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hybrid_ps.errors import NonFiniteError
-from hybrid_ps.tables.optimizers import make_optimizer
 from hybrid_ps.server.shard import Shard
+from hybrid_ps.tables.optimizers import make_optimizer
 
 UNIVERSE = np.unique(np.random.default_rng(0).integers(0, 2**64 - 1, 600, dtype=np.uint64, endpoint=True))
 

@@ -10,7 +10,12 @@ import pytest
 from hybrid_ps.config import Config
 from hybrid_ps.errors import ConfigError, TopologyError
 from hybrid_ps.job import plan_job
-from hybrid_ps.tier import TierInfo, adopt_tier_settings, read_tier_file, write_tier_file
+from hybrid_ps.tier import (
+    TierInfo,
+    adopt_tier_settings,
+    read_tier_file,
+    write_tier_file,
+)
 
 
 def _tier(tmp_path, groups: int = 4, **cluster) -> str:

@@ -1,0 +1,149 @@
+"""A group leader's side of the PS tier: pulls and pushes (through the filters and the group-kept rows),
+the clock, the stop and reshard clocks the shards announce, checkpoints, and the time spent waiting."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from ..tier import TierView
+from .client import Announcement, PSClient, Ticket
+from .filters import PushFilter
+from .group_rows import GroupRows
+from .result import GroupResult
+
+__all__ = ["Leader"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class Leader:
+    """What only the group's leader does, over its ``PSClient``.
+
+    Args:
+        client: the leader's PS client.
+        push_filter: drops or encodes what a push sends (``comm.filter_*``, ``comm.kkt``).
+        group_rows: rows the group keeps itself (``model.dense_in_group``), pushed every few steps.
+        publish: called with (cut clock, results so far) once every shard wrote a checkpoint's part.
+        tier_view: reads where the tier's shards are now (a PS tier of its own).
+    """
+
+    def __init__(self, *, client: PSClient, push_filter: PushFilter, group_rows: GroupRows | None = None,
+                 publish: Callable[[int, GroupResult], None] | None = None,
+                 tier_view: Callable[[], TierView] | None = None) -> None:
+        self.client = client
+        self.push_filter = push_filter
+        self.group_rows = group_rows
+        self.publish = publish
+        self.tier_view = tier_view
+        self.ps_seconds = 0.0  # time blocked on the PS tier (pull and clock waits, push sends)
+        self._clock_tickets: collections.deque = collections.deque(maxlen=2)  # the last two clock messages
+        self._stop_sent = False
+
+    def timed(self, call: Callable[..., _T], *args: object) -> _T:
+        """``call(*args)``, counting its time as time blocked on the PS tier."""
+        started = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            self.ps_seconds += time.monotonic() - started
+
+    def pull(self, union: np.ndarray, clock: int) -> tuple[np.ndarray, Ticket]:
+        """Send the pull of the group's key union for ``clock`` (not waited for): the keys pulled (the
+        group-kept rows are left out between their syncs) and the ticket."""
+        if self.group_rows is not None:
+            union = self.group_rows.pull_keys(union, clock)
+        return union, self.client.pull(union, clock)
+
+    def wait(self, ticket: Ticket) -> np.ndarray | None:
+        """The pulled values of ``ticket`` (timed)."""
+        return self.timed(self.client.wait, ticket)
+
+    def push_step(self, keys: np.ndarray, gradient: np.ndarray | None, values: np.ndarray,
+                  on_ps: np.ndarray | slice, clock: int) -> None:
+        """Push step ``clock``'s mean gradient (``None``: a step that pushes nothing) and end the step.
+
+        The rows ``on_ps`` go through the push filter; the group-kept rows go when due. The last push
+        also tells the shards the group finished the step (``clock + 1`` rides on it), else a CLOCK does.
+        """
+        pushes: list[tuple[np.ndarray, np.ndarray]] = []
+        if gradient is not None:
+            sent_keys, sent = self.push_filter.apply(keys[on_ps], gradient[on_ps], values[on_ps])
+            if sent_keys.size:
+                pushes.append((sent_keys, sent))
+        if self.group_rows is not None and self.group_rows.due(clock):
+            pushes.append(self.group_rows.drain())
+        if not pushes:
+            self._clock_tickets.append(self.client.clock(clock + 1))
+            return
+        for push_keys, push_values in pushes[:-1]:
+            self.timed(self.client.push, push_keys, push_values, clock)
+        self._clock_tickets.append(self.timed(self.client.push, *pushes[-1], clock, True))
+
+    def request_stop(self) -> None:
+        """Ask the coordinating shard for a stop clock (once)."""
+        if not self._stop_sent:
+            self.client.request_stop()
+            self._stop_sent = True
+
+    def must_stop(self, clock: int, result: GroupResult) -> bool:
+        """Before step ``clock``: whether the group reached the announced stop clock; moves the tier's
+        ranges first if a reshard is announced for this clock.
+
+        Shard 0 answers every CLOCK at once, with the stop clock once there is one. Before step
+        ``c + 1`` the leader waits for the answer to ``clock(c)``, not to the ``clock(c + 1)`` it just
+        sent: that answer queues behind the shard's work on this step's push. Shard 0 picks the stop
+        clock two past the fastest group, so reading it one answer late still stops the group in time.
+        """
+        if len(self._clock_tickets) == 2:
+            self.wait(self._clock_tickets[0])
+        announced = self.client.announced(clock)
+        if announced is Announcement.RESHARD:
+            self._reshard(clock, result)
+        return announced is Announcement.STOP
+
+    def _reshard(self, clock: int, result: GroupResult) -> None:
+        """The tier's shards change at ``clock``: write the cut, move the ranges, publish the cut."""
+        assert self.tier_view is not None, "only a PS tier of its own announces reshards"
+        self.flush(clock)
+        cut = self.client.checkpoint(clock)  # the cut every shard moves ranges through
+        self.client.reshard(clock, self.tier_view())
+        if cut is not None and self.publish is not None:
+            self.publish(cut, result)
+
+    def checkpoint(self, cut_clock: int, result: GroupResult, clock: int) -> None:
+        """At the group's ``clock``: wait until every shard wrote the cut at ``cut_clock``, then publish it
+        (without ``publish``: nothing)."""
+        if self.publish is None:
+            return
+        self.flush(clock)
+        cut = self.client.checkpoint(cut_clock)
+        if cut is None:
+            log.warning("checkpoint at clock %s not published: a shard died while writing it", cut_clock)
+            return
+        self.publish(cut, result)
+
+    def flush(self, clock: int) -> None:
+        """Push whatever the filters and the group-kept rows still hold back (before a cut, at the end)."""
+        keys, values = self.push_filter.flush()
+        if keys.size:
+            self.client.push(keys, values, clock)
+        if self.group_rows is not None:
+            self.client.push(*self.group_rows.drain(), clock)
+
+    def finish(self, clock: int) -> None:
+        """Training is over: push what is held back and tell the shards this group finished."""
+        self.flush(clock)
+        self.client.finish()
+
+    def traffic(self) -> np.ndarray:
+        """The traffic counters so far, in ``TRAFFIC_FIELDS`` order."""
+        t, f = self.client.traffic, self.push_filter.stats
+        return np.array([t.sent, t.received, f.bytes_in, f.bytes_out, t.keys_in, t.keys_after_cache, t.keys_out,
+                         t.values_in, t.values_out], dtype=np.float64)

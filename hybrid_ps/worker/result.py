@@ -1,0 +1,53 @@
+"""What a group reports at the end: its sums as named fields, and as the vector the job sums over the world."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+__all__ = ["GroupResult", "TRAFFIC_FIELDS"]
+
+TRAFFIC_FIELDS = ("sent", "received", "push_raw", "push_filtered", "keys_in", "keys_after_cache", "keys_out",
+                  "values_in", "values_out")
+"""A leader's PS traffic in bytes: on the wire both ways; pushes before and after the filters and encoding
+(float32 keys + values, one replica); key frames before the key cache, after it and after compression;
+pushed value frames before and after compression."""
+
+
+@dataclass
+class GroupResult:
+    """What a group reports at the end (sums over the group; the leader's copy is authoritative)."""
+
+    steps: int = 0
+    samples: int = 0
+    train_loss_sum: float = 0.0
+    eval_loss_sum: float = 0.0
+    eval_correct: float = 0.0
+    eval_rows: int = 0
+    seconds: float = 0.0
+    preempted: bool = False
+    train_seconds: float = 0.0
+    ps_seconds: float = 0.0  # the leader's time blocked on the PS tier during training
+    traffic: np.ndarray = field(default_factory=lambda: np.zeros(len(TRAFFIC_FIELDS)))  # bytes, TRAFFIC_FIELDS
+
+    def as_array(self) -> np.ndarray:
+        """The numbers as one float64 vector (for a world-level sum): the fields in order, the traffic last."""
+        numbers = [getattr(self, name) for name in _NUMBERS]
+        return np.concatenate([np.array(numbers, dtype=np.float64), self.traffic])
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> GroupResult:
+        """The inverse of ``as_array`` (of a sum of them: counts come back as whole numbers, flags as any-true)."""
+        if array.size != len(_NUMBERS) + len(TRAFFIC_FIELDS):
+            raise ValueError(f"a group result has {len(_NUMBERS) + len(TRAFFIC_FIELDS)} numbers, got {array.size}")
+        kinds = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for name, number in zip(_NUMBERS, array[: len(_NUMBERS)].tolist()):
+            kind = kinds[name]
+            values[name] = int(number) if kind == "int" else bool(number) if kind == "bool" else float(number)
+        return cls(**values, traffic=np.array(array[len(_NUMBERS):], dtype=np.float64))
+
+
+_NUMBERS = tuple(f.name for f in fields(GroupResult) if f.name != "traffic")
+"""The order of ``GroupResult.as_array``'s leading numbers."""
