@@ -111,19 +111,19 @@ class RawClient:
             sock.close()
 
 
-def _validation_seconds(service_like, parts, grad_parts, push: bool) -> float:
-    """The server-side checks of one request per shard (slowest shard): what ``ShardService`` does before the shard."""
+def _validation_seconds(checker, parts, grad_parts, push: bool) -> float:
+    """The server-side checks of one request per shard (slowest shard): what a shard does before its table."""
     from hybrid_ps.protocol import wire
 
     worst = 0.0
     for shard_id, (keys, grads) in enumerate(zip(parts, grad_parts)):
         header = wire.Header(wire.Op.PUSH if push else wire.Op.PULL, 0, 1, 0, keys.size, WIDTH)
         frames = [wire.encode_header(header), memoryview(keys).cast("B"), memoryview(grads).cast("B")]
-        service_like.shard_id = shard_id
+        checker.shard_id = shard_id
 
         def check():
             h = wire.decode_header(frames[: 3 if push else 2])
-            service_like._checked_keys(b"", frames[1], h, primary=not push)
+            checker.checked(b"", frames[1], h, primary=not push)
             if push:
                 wire.values_from_frame(frames[2], h)
 
@@ -134,7 +134,7 @@ def _validation_seconds(service_like, parts, grad_parts, push: bool) -> float:
 def measure(num_shards: int, sizes: list[int], rng: np.random.Generator) -> list[dict]:
     from hybrid_ps.placement.replicas import Placement
     from hybrid_ps.placement.ring import HashRing
-    from hybrid_ps.server.service import ShardService
+    from hybrid_ps.server.request_keys import RequestKeys
     from hybrid_ps.server.shard import Shard
     from hybrid_ps.tables.optimizers import make_optimizer
     from hybrid_ps.worker.client import PSClient
@@ -153,8 +153,8 @@ def measure(num_shards: int, sizes: list[int], rng: np.random.Generator) -> list
     null_client = PSClient([e for _, e in null_started], 0, 1, ring, WIDTH, timeout=120, context=context)
     raw = RawClient(context, [e for _, e in raw_started])
     local = [Shard(WIDTH, make_optimizer("adagrad", LEARNING_RATE), capacity=capacity) for _ in range(num_shards)]
-    checker = ShardService.__new__(ShardService)  # only its key check, without a socket
-    checker.placement, checker.max_keys = Placement(ring), 1 << 24
+    checker = RequestKeys(shard_id=0, width=WIDTH, max_keys=1 << 24, num_groups=1,
+                          placement=lambda: Placement(ring))  # a shard's key check, without a socket
     rows = []
     try:
         held = np.sort(all_keys)

@@ -11,17 +11,18 @@ import dataclasses
 import math
 import tomllib
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ConfigError
 from .net.curve import check_plaintext_host
 from .net.sockets import resolve_bind_host
 from .protocol.staleness import parse_staleness
 
-__all__ = ["ClusterConfig", "DataConfig", "ModelConfig", "OptimizerConfig", "TrainConfig", "CommConfig", "Config", "build_parser",
-           "load_config"]
+__all__ = ["ClusterConfig", "DataConfig", "ModelConfig", "OptimizerConfig", "TrainConfig", "CommConfig", "Config",
+           "build_parser", "load_config"]
 
 
 def _option(default: Any, help: str, flag: str | None = None, choices: Sequence[str] | None = None) -> Any:
@@ -72,7 +73,8 @@ class DataConfig:
     interactions: float = _option(
         0.0, "synthetic data: scale of hidden pairwise feature interactions in the labels (0 = a linear model; "
         "factorization machines can learn them, logistic regression cannot)", "--interactions")
-    preload: bool = _option(True, "read this rank's rows into memory once, before training (false = stream every pass)", "--preload")
+    preload: bool = _option(
+        True, "read this rank's rows into memory once, before training (false = stream every pass)", "--preload")
 
 
 @dataclass
@@ -118,18 +120,22 @@ class TrainConfig:
     log_interval: float = _option(5.0, "seconds between progress lines", "--log-interval")
     output_dir: str = _option("runs/latest", "directory for metrics.jsonl and run outputs", "--output-dir")
     final_eval: bool = _option(True, "evaluate the final model on the training data after training", "--final-eval")
-    checkpoint: bool = _option(True, "write HDF5 checkpoints (after training and every checkpoint_every clocks)", "--checkpoint")
+    checkpoint: bool = _option(
+        True, "write HDF5 checkpoints (after training and every checkpoint_every clocks)", "--checkpoint")
     checkpoint_every: int = _option(0, "also checkpoint every N clocks (0 = only after training)", "--checkpoint-every")
     checkpoint_dir: str = _option("", "checkpoint root (empty = <output_dir>/checkpoints)", "--checkpoint-dir")
     keep: int = _option(3, "published checkpoints to keep (older ones are deleted)", "--keep")
     resume: str = _option("", "resume from a checkpoint: 'latest' (in the checkpoint root) or a path", "--resume")
     delay_group: int = _option(-1, "fault injection: group whose every step is slowed (-1 = none)", "--delay-group")
     delay_seconds: float = _option(0.0, "fault injection: extra seconds per step for delay_group", "--delay-seconds")
-    delay_factor: float = _option(1.0, "fault injection: delay_group's steps take this many times as long", "--delay-factor")
+    delay_factor: float = _option(
+        1.0, "fault injection: delay_group's steps take this many times as long", "--delay-factor")
     straggle_probability: float = _option(
         0.0, "fault injection: each step of every group is stretched by delay_factor with this probability "
         "(transient stragglers; delay_group is then ignored)", "--straggle-probability")
-    prefetch: bool = _option(True, "at staleness >= 1, pull the next step's keys while computing this step (overlaps PS latency)", "--prefetch")
+    prefetch: bool = _option(
+        True, "at staleness >= 1, pull the next step's keys while computing this step (overlaps PS latency)",
+        "--prefetch")
 
 
 @dataclass
@@ -168,7 +174,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     comm: CommConfig = field(default_factory=CommConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check every range; returns self.
 
         Raises:
@@ -251,7 +257,7 @@ class Config:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, dict[str, Any]]) -> "Config":
+    def from_dict(cls, data: dict[str, dict[str, Any]]) -> Config:
         """The validated Config of a nested dict such as ``to_json_dict`` gives.
 
         Raises:
@@ -369,7 +375,8 @@ def build_parser(prog: str = "python -m hybrid_ps.train", description: str = "")
     parser = OneLineErrorParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML file with [cluster], [data], [optimizer], [train], [comm] tables")
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML file with [cluster], [data], [optimizer], [train], [comm] tables")
     parser.add_argument(
         "--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
         help="override one setting, e.g. --set optimizer.l2=1e-4 (repeatable)",

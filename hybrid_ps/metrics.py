@@ -110,7 +110,8 @@ class MetricsWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")
+        # kept open across write() calls until close() / __exit__ (one record a line, flushed each time)
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
 
     def write(self, kind: str, **fields: Any) -> None:
         """Write a record ``{"kind": kind, "time": ..., **fields}`` and flush it."""
@@ -122,7 +123,7 @@ class MetricsWriter:
         """Close the file."""
         self._file.close()
 
-    def __enter__(self) -> "MetricsWriter":
+    def __enter__(self) -> MetricsWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

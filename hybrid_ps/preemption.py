@@ -32,7 +32,7 @@ class StopRequest:
         if not self.signal_name:
             self.signal_name = reason
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         """Turn SIGTERM and SIGUSR1 into a stop request (main thread only); returns self."""
         for number in PREEMPTION_SIGNALS:
             signal.signal(number, self._handle)

@@ -84,7 +84,8 @@ def read_shard_file(path: str | Path) -> ShardState:
                 state={name: f["state"][name][()] for name in f.get("state", {})},
                 clock_table=f["clock_table"][()], finished=f["finished"][()],
                 optimizer=str(f.attrs["optimizer"]),
-                hyperparameters={k.split(".", 1)[1]: float(v) for k, v in f.attrs.items() if k.startswith("optimizer.")},
+                hyperparameters={k.split(".", 1)[1]: float(v) for k, v in f.attrs.items()
+                                 if k.startswith("optimizer.")},
                 away=f["away"][()] if "away" in f else None,
             )
         except (KeyError, OSError) as e:

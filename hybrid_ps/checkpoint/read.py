@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -140,7 +141,8 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         }
 
 
-def restore_shard(directory: str | Path, owned: Callable[[np.ndarray], np.ndarray], optimizer: str) -> Iterator[ShardState]:
+def restore_shard(directory: str | Path, owned: Callable[[np.ndarray], np.ndarray],
+                  optimizer: str) -> Iterator[ShardState]:
     """The part of every shard file of a checkpoint that the caller owns.
 
     Any number of shards may have written the checkpoint: each file's keys are

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -17,7 +18,7 @@ __all__ = ["open_data_shard", "batch_source"]
 log = logging.getLogger(__name__)
 
 
-def open_data_shard(config: "DataConfig", rank: int, num_ranks: int) -> "LibsvmShard | SyntheticShard":
+def open_data_shard(config: DataConfig, rank: int, num_ranks: int) -> LibsvmShard | SyntheticShard:
     """This rank's share of the configured data: a libsvm file if ``path`` is set, else synthetic rows."""
     if config.path:
         from .libsvm import LibsvmShard
@@ -29,7 +30,7 @@ def open_data_shard(config: "DataConfig", rank: int, num_ranks: int) -> "LibsvmS
     return SyntheticShard(spec, rank, num_ranks)
 
 
-def batch_source(config: "DataConfig", batch_size: int, rank: int, num_ranks: int) -> Callable[[], Iterable["Batch"]]:
+def batch_source(config: DataConfig, batch_size: int, rank: int, num_ranks: int) -> Callable[[], Iterable[Batch]]:
     """A function that returns one pass over this rank's minibatches.
 
     With ``config.preload`` the rows are read (or generated) once, here, and every

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Batch:
         """int64 ``[nnz]``: the row each nonzero belongs to."""
         return np.repeat(np.arange(self.num_rows, dtype=np.int64), np.diff(self.indptr))
 
-    def rows(self, start: int, stop: int) -> "Batch":
+    def rows(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` as a new batch (views, no copy)."""
         lo, hi = self.indptr[start], self.indptr[stop]
         return Batch(
@@ -48,7 +48,7 @@ class Batch:
         )
 
     @staticmethod
-    def empty() -> "Batch":
+    def empty() -> Batch:
         """A batch with no rows (a rank whose data shard is exhausted)."""
         return Batch(
             labels=np.zeros(0, np.float32),
@@ -58,14 +58,14 @@ class Batch:
         )
 
     @staticmethod
-    def concat(batches: "list[Batch]") -> "Batch":
+    def concat(batches: list[Batch]) -> Batch:
         """Join batches row-wise into one batch."""
         if not batches:
             return Batch.empty()
         sizes = np.array([b.keys.shape[0] for b in batches], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         indptr = np.concatenate(
-            [batches[0].indptr[:1]] + [b.indptr[1:] + off for b, off in zip(batches, offsets)]
+            [batches[0].indptr[:1]] + [b.indptr[1:] + off for b, off in zip(batches, offsets, strict=True)]
         )
         return Batch(
             labels=np.concatenate([b.labels for b in batches]).astype(np.float32, copy=False),

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def _empty_rows() -> _Rows:
 def _concat_rows(parts: list[_Rows]) -> _Rows:
     if len(parts) == 1:
         return parts[0]
-    return _Rows(*(np.concatenate(column) for column in zip(*parts)))
+    return _Rows(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
 
 def _excerpt(text: bytes) -> str:

@@ -24,9 +24,9 @@ number of ranks, and a rank generates only the blocks its rows fall in.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -171,7 +171,8 @@ def _key_weight(keys: np.ndarray, weight_scale: float) -> np.ndarray:
 def _key_latent(keys: np.ndarray) -> np.ndarray:
     """Hidden latent vector of each hashed key: ``[n, LATENT_RANK]`` uniform in ``[-sqrt(3/R), sqrt(3/R))``."""
     keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
-    grid = keys[:, None] * np.uint64(LATENT_RANK) + np.arange(LATENT_RANK, dtype=np.uint64)
+    # uint64 (numpy's stubs infer float64 for this mix of uint64 scalar and array operands)
+    grid: np.ndarray = keys[:, None] * np.uint64(LATENT_RANK) + np.arange(LATENT_RANK, dtype=np.uint64)
     bits = mix64(grid ^ _LATENT_SALT)
     unit = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     return (2.0 * unit - 1.0) * math.sqrt(3.0 / LATENT_RANK)  # variance 1/R per column: E|u|^2 = 1
@@ -201,7 +202,7 @@ def _pairwise(keys: np.ndarray, values: np.ndarray, row_ids: np.ndarray, num_row
     merged = np.empty_like(x)
     merged[order] = np.bincount(group, weights=x[order])[group]
     flat = (row_ids[:, None] * LATENT_RANK + np.arange(LATENT_RANK)).reshape(-1)
-    sums = np.bincount(flat, weights=(latent * x[:, None]).reshape(-1), minlength=num_rows * LATENT_RANK)
+    sums: np.ndarray = np.bincount(flat, weights=(latent * x[:, None]).reshape(-1), minlength=num_rows * LATENT_RANK)
     sums = sums.astype(np.float64, copy=False).reshape(num_rows, LATENT_RANK)
     squares = np.bincount(row_ids, weights=np.einsum("nf,nf->n", latent, latent) * x * merged, minlength=num_rows)
     return 0.5 * (np.einsum("rf,rf->r", sums, sums) - squares)

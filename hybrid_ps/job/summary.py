@@ -27,7 +27,7 @@ def summarise(topology: Topology, config: Config, local: np.ndarray, metrics: Me
     totals = np.zeros_like(local)
     wait_quietly(topology.world.Iallreduce(local, totals))
     total = GroupResult.from_array(totals)
-    traffic = dict(zip(TRAFFIC_FIELDS, (total.traffic / max(total.steps, 1)).tolist()))
+    traffic = dict(zip(TRAFFIC_FIELDS, (total.traffic / max(total.steps, 1)).tolist(), strict=True))
     groups = topology.layout.num_groups
     wall, train_wall = total.seconds / groups, total.train_seconds / groups
     summary = JobSummary(

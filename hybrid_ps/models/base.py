@@ -136,6 +136,6 @@ class Model(ABC):
         return {}
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> "Model":
+    def from_attrs(cls, attrs: dict[str, Any]) -> Model:
         """The model a checkpoint's ``attrs()`` describe."""
         return cls()

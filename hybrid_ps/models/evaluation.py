@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,8 @@ def evaluate_model(checkpoint_path: str, batches: Iterable[Batch]) -> dict[str, 
     model = load_model(checkpoint_path)
     scorer = model_from_checkpoint(model.kind, model.model_attrs, checkpoint_path)
     if model.values.shape[1] != scorer.width:
-        raise CheckpointError(f"{checkpoint_path}: {model.kind} needs width {scorer.width}, checkpoint has {model.values.shape[1]}")
+        raise CheckpointError(f"{checkpoint_path}: {model.kind} needs width {scorer.width}, "
+                              f"checkpoint has {model.values.shape[1]}")
     rows = correct = 0
     loss_sum = 0.0
     unseen = 0

@@ -18,7 +18,8 @@ class LogisticRegression(Model):
     kind = "logistic_regression"
     width = 1
 
-    def margins(self, batch: Batch | PreparedBatch, keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def margins(self, batch: Batch | PreparedBatch, keys: np.ndarray,
+                weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-row margins and the position of each batch key inside ``keys``.
 
         Args:

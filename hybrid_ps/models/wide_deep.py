@@ -51,7 +51,7 @@ class WideDeep(Model):
         self.init_scale = init_scale
         self.width = 1 + embedding_dim
         sizes = [embedding_dim, *self.hidden, 1]
-        self.layers = list(zip(sizes[:-1], sizes[1:]))  # (fan_in, fan_out) per layer
+        self.layers = list(zip(sizes[:-1], sizes[1:], strict=True))  # (fan_in, fan_out) per layer
         self.num_dense = sum(i * o + o for i, o in self.layers)
         blocks = -(-self.num_dense // self.width)
         self._dense_keys = (BIAS_KEY - np.uint64(blocks) + np.arange(blocks, dtype=np.uint64))  # just below the bias
@@ -68,7 +68,7 @@ class WideDeep(Model):
                 "init_scale": self.init_scale}
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> "WideDeep":
+    def from_attrs(cls, attrs: dict[str, Any]) -> WideDeep:
         return cls(int(attrs.get("embedding_dim", 8)), parse_hidden(attrs.get("hidden", "32,16")),
                    float(attrs.get("init_scale", 0.01)))
 

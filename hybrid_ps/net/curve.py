@@ -43,7 +43,7 @@ class JobKeys:
     client_secret: str
 
     @classmethod
-    def generate(cls) -> "JobKeys":
+    def generate(cls) -> JobKeys:
         """Fresh key pairs for a new job."""
         require_curve()
         server_public, server_secret = zmq.curve_keypair()
@@ -51,7 +51,7 @@ class JobKeys:
         return cls(server_public.decode(), server_secret.decode(), client_public.decode(), client_secret.decode())
 
     @classmethod
-    def from_dict(cls, fields: dict) -> "JobKeys":
+    def from_dict(cls, fields: dict) -> JobKeys:
         """Keys from ``to_dict`` output (a tier file, a shard spec); a malformed entry raises ConfigError."""
         try:
             keys = cls(**{name: str(fields[name]) for name in cls.__dataclass_fields__})
@@ -117,9 +117,10 @@ class _Authenticators:
     def release(self, context: zmq.Context) -> None:
         """One server socket on ``context`` closed; the last one stops the handler."""
         with self._lock:
-            auth, allow, users = self._running.get(id(context), (None, None, 0))
-            if auth is None:
+            running = self._running.get(id(context))
+            if running is None:
                 return
+            auth, allow, users = running
             if users > 1:
                 self._running[id(context)] = (auth, allow, users - 1)
                 return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket as _socket
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import zmq
@@ -105,12 +105,13 @@ bookkeeping, a free callback through pyzmq's garbage-collector thread, which tak
 training loop (~15% of a worker's time with 10^4-key frames)."""
 
 
-def send_frames(sock: zmq.Socket, frames: Sequence[object]) -> None:
+def send_frames(sock: zmq.Socket, frames: Sequence[bytes | memoryview | np.ndarray]) -> None:
     """Send a multipart message: small frames copied, large ones (numpy arrays, buffers) without a copy."""
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        size = frame.nbytes if isinstance(frame, (np.ndarray, memoryview)) else len(frame)  # type: ignore[arg-type]
-        sock.send(frame, zmq.SNDMORE if i < last else 0, copy=size < COPY_BELOW)
+        size = frame.nbytes if isinstance(frame, (np.ndarray, memoryview)) else len(frame)
+        # an ndarray is a Buffer, but numpy's stubs declare its __buffer__ only for Python >= 3.12
+        sock.send(frame, zmq.SNDMORE if i < last else 0, copy=size < COPY_BELOW)  # type: ignore[arg-type]
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[memoryview]:

@@ -13,7 +13,7 @@ that a request belongs to it under its own view of the dead shards.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class Placement:
         """How many ring ranges have no live replica."""
         return int((self._primary_slot < 0).sum())
 
-    def without(self, shard: int) -> "Placement":
+    def without(self, shard: int) -> Placement:
         """This placement with ``shard`` dead too."""
         return Placement(self.ring, self.replication, self.dead | {int(shard)})
 

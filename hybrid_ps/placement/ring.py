@@ -10,7 +10,7 @@ shards met walking on from that point (its preference list: primary first).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -57,8 +57,8 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -117,7 +117,7 @@ sends the request again with its keys."""
 FINAL_CLOCK = np.iinfo(np.int64).max
 """Pull clock meaning "answer when every group has finished training"."""
 
-DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("<u2"), 3: np.dtype("u1")}
+DTYPES: dict[int, np.dtype] = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("<u2"), 3: np.dtype("u1")}
 """Value dtype codes on the wire: float32, float16, bfloat16 (a float32's top half, carried as uint16)
 and float8 (e5m2: a float16's top byte, carried as uint8)."""
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
@@ -316,7 +316,10 @@ def _float16_rounded_to_odd(values: np.ndarray) -> np.ndarray:
 
 
 def decode_values(encoded: np.ndarray) -> np.ndarray:
-    """Wire values (float32, float16, bfloat16 as uint16, float8 as uint8) as float32; float32 comes back without a copy."""
+    """Wire values (float32, float16, bfloat16 as uint16, float8 as uint8) as float32.
+
+    float32 comes back without a copy.
+    """
     if encoded.dtype == DTYPES[0]:
         return encoded
     if encoded.dtype == DTYPES[1]:

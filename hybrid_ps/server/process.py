@@ -68,7 +68,7 @@ class ShardSpec:
         })
 
     @classmethod
-    def from_json(cls, text: str) -> "ShardSpec":
+    def from_json(cls, text: str) -> ShardSpec:
         """Parse ``to_json``'s output.
 
         Raises:
@@ -168,6 +168,7 @@ class ShardProcess:
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_environment(),
             start_new_session=True,  # signals reach it through its supervisor only
         )
+        assert self.process.stdin is not None  # stdin=PIPE
         self.process.stdin.write(spec.to_json().encode())
         self.process.stdin.close()
         self.endpoint = self._read_endpoint()
@@ -181,21 +182,23 @@ class ShardProcess:
 
     def _read_endpoint(self) -> str:
         deadline = time.monotonic() + _STARTUP_TIMEOUT
+        stdout = self.process.stdout
+        assert stdout is not None  # stdout=PIPE
         line = b""
         while not line.endswith(b"\n"):
             remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([self.process.stdout], [], [], max(remaining, 0))
-            chunk = os.read(self.process.stdout.fileno(), 4096) if ready else b""
+            ready, _, _ = select.select([stdout], [], [], max(remaining, 0))
+            chunk = os.read(stdout.fileno(), 4096) if ready else b""
             if not chunk:
                 self.process.kill()
                 code = self.process.wait()
                 why = describe_exit(code) if ready else f"no endpoint after {_STARTUP_TIMEOUT:g}s"
                 raise ShardUnavailableError(f"shard {self.shard_id} did not start ({why}); its error is above")
             line += chunk
-        self.process.stdout.close()
+        stdout.close()
         return line.decode().strip()
 
-    def __enter__(self) -> "ShardProcess":
+    def __enter__(self) -> ShardProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -227,8 +230,9 @@ def supervise(shards: list[ShardProcess], stop: StopRequest | None = None) -> li
     """Wait (sleeping, not spinning) until every shard exited; forwards a preemption request; returns exit codes."""
     while True:
         codes = [shard.poll(stop) for shard in shards]
-        if all(code is not None for code in codes):
-            return codes
+        exited = [code for code in codes if code is not None]
+        if len(exited) == len(codes):
+            return exited
         time.sleep(_POLL_SECONDS)
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import zmq
@@ -21,9 +21,10 @@ from ..placement.replicas import Placement
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
 from ..protocol import wire
-from ..protocol.keycache import MISS, KeyListCache, parse_reference, signature
 from ..protocol.staleness import VectorClock
+from .groups import GroupTable
 from .membership import CutReader, TierMembership
+from .request_keys import RequestKeys
 from .shard import Shard
 
 __all__ = ["ShardService", "ServiceStats"]
@@ -63,7 +64,7 @@ CheckpointWriter = Callable[[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]
 (called inside the shard's loop)."""
 
 
-class ShardService(TierMembership):
+class ShardService:
     """Serve one shard over a ROUTER socket until every group said BYE or SHUTDOWN arrives.
 
     Args:
@@ -113,22 +114,21 @@ class ShardService(TierMembership):
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
-        self.placement = Placement(ring, replication)
         self.staleness = staleness
         self.max_keys = max_keys
-        self.clock = VectorClock(num_groups)
-        self.left = np.zeros(num_groups, dtype=bool)
-        self.clock.dropped[:] = not groups_present
-        self._joined_any = groups_present
-        self._init_membership(cut_reader, joins_a_running_tier=not groups_present)
+        self.groups = GroupTable(num_groups=num_groups, present=groups_present, group_timeout=group_timeout)
+        self.clock = self.groups.clock  # the SSP vector clock
+        self.membership = TierMembership(shard_id=shard_id, shard=shard, groups=self.groups,
+                                         placement=Placement(ring, replication), cut_reader=cut_reader,
+                                         checkpoints=checkpoint_writer is not None,
+                                         joins_a_running_tier=not groups_present)
+        self.request_keys = RequestKeys(shard_id=shard_id, width=shard.width, max_keys=max_keys,
+                                        num_groups=num_groups, placement=lambda: self.membership.placement)
         self.stats = ServiceStats()
-        self._key_lists: dict[bytes, KeyListCache] = {}  # per connection: the key lists it asked us to keep
         self._deferred: list[_DeferredPull] = []
         self._checkpoint_writer = checkpoint_writer
         self._checkpoint_requests: dict[int, tuple[bytes, wire.Header]] = {}
         self._stop_request = stop_request
-        self.group_timeout = group_timeout
-        self._last_heard = np.full(num_groups, time.monotonic())
         self.stop_at: int | None = None
         self._running = False
         self._context = context or zmq.Context.instance()
@@ -137,7 +137,12 @@ class ShardService(TierMembership):
         largest_frame = int(1.01 * max_keys * max(8, 4 * shard.width)) + 65536
         self.socket, self.endpoint = bind_router(self._context, host, keys, max_message_bytes=largest_frame)
 
-    def __enter__(self) -> "ShardService":
+    @property
+    def placement(self) -> Placement:
+        """The ring and replicas this shard serves by now (minus the shards known dead)."""
+        return self.membership.placement
+
+    def __enter__(self) -> ShardService:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -153,17 +158,18 @@ class ShardService(TierMembership):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         started = time.monotonic()
-        self._last_heard[:] = started
-        poll_ms = min(_POLL_MS, int(self.group_timeout * 250) + 1) if self.group_timeout else _POLL_MS
+        self.groups.start()
+        group_timeout = self.groups.group_timeout
+        poll_ms = min(_POLL_MS, int(group_timeout * 250) + 1) if group_timeout else _POLL_MS
         log.info("shard %d serving at %s for %d groups", self.shard_id, self.endpoint, self.clock.num_groups)
         while self._running:
             if self._stop_request is not None and self._stop_request.requested:
                 self._choose_stop_clock(self._stop_request.signal_name)
-            if self.group_timeout:
+            if group_timeout:
                 self._drop_silent_groups()
-                if not self._joined_any and time.monotonic() - started > self.group_timeout:
+                if not self.groups.joined_any and time.monotonic() - started > group_timeout:
                     log.error("shard %d: no group joined within the group timeout (%gs); stopping",
-                              self.shard_id, self.group_timeout)
+                              self.shard_id, group_timeout)
                     break
             if not poller.poll(poll_ms):
                 continue
@@ -226,7 +232,8 @@ class ShardService(TierMembership):
         self._running = False
 
     def _on_evict(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        self._evict(header.clock)
+        if self.membership.evict(header.clock):  # this shard itself: a client declared it dead
+            self._running = False
 
     def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         self._join(identity, header)
@@ -236,7 +243,7 @@ class ShardService(TierMembership):
 
     def _on_pull(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Answer now, or (the SSP rule) hold the pull back until the slowest group catches up."""
-        keys = self._checked_keys(identity, body[1], header, primary=True)
+        keys = self.request_keys.checked(identity, body[1], header, primary=True)
         self.stats.keys_pulled += keys.size
         if self.clock.ready(header.clock, self.staleness):
             self._answer_pull(identity, header, keys)
@@ -252,7 +259,7 @@ class ShardService(TierMembership):
 
     def _on_push(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Apply the optimizer; with ``FLAG_CLOCK`` the group also finished its step (``clock + 1``)."""
-        keys = self._checked_keys(identity, body[1], header, primary=False)
+        keys = self.request_keys.checked(identity, body[1], header, primary=False)
         grads = wire.values_from_frame(body[2], header)
         clock = header.clock + 1 if header.flags & wire.FLAG_CLOCK else None
         if clock is not None:
@@ -270,19 +277,19 @@ class ShardService(TierMembership):
         self.clock.finish(header.group)
 
     def _on_bye(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        self.clock.finish(header.group)
-        self.left[header.group] = True
-        self._key_lists.pop(identity, None)
+        self.groups.leave(header.group)
+        self.request_keys.forget(identity)
         self._stop_when_every_group_is_gone()
 
     def _on_stop(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         self._choose_stop_clock(f"group {header.group}")
 
     def _on_view(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        self._handle_view(identity, header, body[1])
+        self._ack(identity, header, self.membership.view(body[1]))
 
     def _on_reshard(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        self._handle_reshard(identity, header, body[1])
+        self.membership.ask_reshard(identity, header, body[1])
+        self._maybe_reshard()
 
     def _on_checkpoint(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Note the group's request; the shard writes the cut once every group asked (then replies)."""
@@ -290,53 +297,6 @@ class ShardService(TierMembership):
             raise WireError("this shard was started without a checkpoint directory")
         self._checkpoint_requests[header.group] = (identity, header)
         self._maybe_checkpoint()
-
-    def _checked_keys(self, identity: bytes, frame: memoryview, header: wire.Header, primary: bool) -> np.ndarray:
-        """The request's keys (sent, or a kept list's), if this shard holds them all (pulls: as acting primary)."""
-        if header.width != self.shard.width:
-            raise WireError(f"width {header.width}, this shard holds width {self.shard.width}")
-        keys = self._keys_of(identity, frame, header)
-        stray = self.placement.first_stray(keys, self.shard_id, primary) if keys.size else None
-        if stray is not None:
-            raise WireError(stray[1])
-        return keys
-
-    def _keys_of(self, identity: bytes, frame: memoryview, header: wire.Header) -> np.ndarray:
-        """The keys frame, or the kept list it references; kept for later if the request asks."""
-        if header.flags & wire.FLAG_KEYS_BY_REF:
-            try:
-                sig, count, subset = parse_reference(frame)
-            except ValueError as e:
-                raise WireError(str(e)) from None
-            cache = self._key_list_cache(identity, create=False)
-            hit, keys = cache.recall(sig, count) if cache else (False, None)
-            if not hit:
-                raise KeyListMissError(f"{MISS}: signature {sig:#x} of {count} keys")
-            keys = keys if subset is None else keys[subset]
-            if keys.size != header.num_keys:
-                raise WireError(f"the referenced key list selects {keys.size} keys, the header says {header.num_keys}")
-            return keys
-        keys = wire.keys_from_frame(frame, header.num_keys, self.max_keys,
-                                    compressed=bool(header.flags & wire.FLAG_COMPRESSED_KEYS))
-        if header.flags & wire.FLAG_KEEP_KEYS:
-            self._key_list_cache(identity, create=True).remember(signature(keys), keys.size, keys.copy())
-        return keys
-
-    def _key_list_cache(self, identity: bytes, create: bool) -> KeyListCache | None:
-        """The key lists kept for a connection (made most recently used), or a new cache (``create``).
-
-        Connections that went away without BYE (a crashed leader, a restarted group) leave
-        their caches behind: beyond two per group slot, the least recently used is dropped
-        (its client, if alive, gets "key list not cached" and sends its keys again).
-        """
-        cache = self._key_lists.pop(identity, None)
-        if cache is None and create:
-            while len(self._key_lists) >= max(2 * self.clock.num_groups, 4):
-                del self._key_lists[next(iter(self._key_lists))]  # dicts keep insertion order: the oldest use
-            cache = KeyListCache()
-        if cache is not None:
-            self._key_lists[identity] = cache
-        return cache
 
     def _choose_stop_clock(self, why: str) -> None:
         """Pick the clock every group stops at (once): two past the fastest group.
@@ -347,7 +307,8 @@ class ShardService(TierMembership):
         """
         if self.stop_at is None:
             self.stop_at = int(self.clock.clocks.max()) + 2
-            log.warning("shard %d: stop requested (%s): every group stops at clock %d", self.shard_id, why, self.stop_at)
+            log.warning("shard %d: stop requested (%s): every group stops at clock %d", self.shard_id, why,
+                        self.stop_at)
 
     def _maybe_checkpoint(self) -> None:
         """Write the shard file once every group asked for the earliest requested cut (or finished, or was dropped).
@@ -360,12 +321,14 @@ class ShardService(TierMembership):
         target = min(header.clock for _, header in self._checkpoint_requests.values())
         for group in range(self.clock.num_groups):
             request = self._checkpoint_requests.get(group)
-            gone = self.left[group] or self.clock.dropped[group]
+            gone = self.groups.gone(group)
             if target == wire.FINAL_CLOCK and request is None and not gone:
                 return  # the after-training cut waits for every group's request (or departure)
             if not (self.clock.finished[group] or gone or (request and request[1].clock >= target)):
                 return
         cut = int(self.clock.clocks.max()) if target == wire.FINAL_CLOCK else target
+        writer = self._checkpoint_writer
+        assert writer is not None, "CHECKPOINT requests are refused without a writer"
         answered = {g: r for g, r in self._checkpoint_requests.items() if r[1].clock == target}
         for group in answered:
             del self._checkpoint_requests[group]
@@ -375,7 +338,7 @@ class ShardService(TierMembership):
             if self.placement.replication > 1:  # every range once: written by its acting primary
                 mine = self.placement.is_primary(keys, self.shard_id)
                 keys, values, state = keys[mine], values[mine], {k: v[mine] for k, v in state.items()}
-            self._checkpoint_writer((keys, values, state), self.clock, cut)
+            writer((keys, values, state), self.clock, cut)
             log.info("shard %d wrote checkpoint at clock %d in %.2fs", self.shard_id, cut, time.monotonic() - started)
         except Exception as e:
             log.exception("shard %d could not write checkpoint %d", self.shard_id, cut)
@@ -387,20 +350,15 @@ class ShardService(TierMembership):
 
     def _join(self, identity: bytes, header: wire.Header) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
-        self._last_heard[header.group] = time.monotonic()
-        self._joined_any = True
-        self._new_to_a_running_tier = False
-        self.left[header.group] = False
-        clock = self.clock.join(header.group)
+        clock = self.groups.join(header.group)
+        self.membership.joined()
         log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
         self._ack(identity, header, clock)
         self._release_deferred()  # a restarted group may have finished before: the others wait for it again
 
     def _heard_from(self, group: int, rejoin: bool = True) -> None:
-        self._last_heard[group] = time.monotonic()
-        self._joined_any = True
-        if rejoin and self.clock.dropped[group]:
-            clock = self.clock.rejoin(group)
+        clock = self.groups.heard_from(group, rejoin)
+        if clock is not None:
             log.warning("shard %d: group %d is back: it rejoins at clock %d", self.shard_id, group, clock)
 
     def _drop_silent_groups(self) -> None:
@@ -410,13 +368,12 @@ class ShardService(TierMembership):
         sends heartbeats at least every second, so silence means the group is gone, even
         when its last pull is still held back here.
         """
-        silent = ~self.clock.done & (time.monotonic() - self._last_heard > self.group_timeout)  # left = finished
-        if not silent.any():
+        dropped = self.groups.drop_silent()
+        if not dropped:
             return
-        for group in np.flatnonzero(silent).tolist():
-            self.clock.drop(group)
+        for group in dropped:
             log.warning("shard %d: no message from group %d for %gs: it no longer holds the others back "
-                        "(clock %d); it rejoins if it speaks again", self.shard_id, group, self.group_timeout,
+                        "(clock %d); it rejoins if it speaks again", self.shard_id, group, self.groups.group_timeout,
                         int(self.clock.clocks[group]))
         self._release_deferred()
         self._maybe_checkpoint()
@@ -425,7 +382,20 @@ class ShardService(TierMembership):
 
     def _stop_when_every_group_is_gone(self) -> None:
         """Stop serving once every group that joined has left (BYE) or was dropped."""
-        if self._joined_any and bool((self.left | self.clock.dropped).all()):
+        if self.groups.all_gone():
+            self._running = False
+
+    def _maybe_reshard(self) -> None:
+        """Switch to the tier's new shards once every running group asked, and answer them."""
+        done = self.membership.maybe_reshard()
+        if done is None:
+            return
+        for identity, header in done.requests:
+            if done.error is None:
+                self._ack(identity, header, done.cut)
+            else:
+                self._reply_error(identity, header, done.error)
+        if done.leaving:
             self._running = False
 
     def _release_deferred(self) -> None:
@@ -448,8 +418,9 @@ class ShardService(TierMembership):
     def _reply(self, identity: bytes, request: wire.Header, op: wire.Op) -> None:
         if _is_clock(request) and self.stop_at is not None:
             header = wire.Header(op, request.group, request.request_id, self.stop_at, flags=wire.FLAG_STOP)
-        elif _is_clock(request) and self.reshard_at is not None:
-            header = wire.Header(op, request.group, request.request_id, self.reshard_at, flags=wire.FLAG_RESHARD)
+        elif _is_clock(request) and self.membership.reshard_at is not None:
+            header = wire.Header(op, request.group, request.request_id, self.membership.reshard_at,
+                                 flags=wire.FLAG_RESHARD)
         else:
             header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())
         self._send(identity, [wire.encode_header(header)])
@@ -463,7 +434,7 @@ class ShardService(TierMembership):
                              flags=flags)
         self._send(identity, [wire.encode_header(header), text.encode("utf-8")[:4096]])
 
-    def _send(self, identity: bytes, frames: list[object]) -> None:
+    def _send(self, identity: bytes, frames: list[bytes | memoryview | np.ndarray]) -> None:
         try:
             send_frames(self.socket, [identity, *frames])
         except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY): nobody to answer

@@ -108,7 +108,7 @@ class FTRL(Optimizer):
         return {**super().hyperparameters(), "beta": self.beta}
 
 
-def optimizer_from_config(settings: "OptimizerConfig") -> Optimizer:
+def optimizer_from_config(settings: OptimizerConfig) -> Optimizer:
     """The optimizer a job's ``[optimizer]`` settings describe (what shards, and groups keeping rows, apply)."""
     return make_optimizer(settings.name, settings.learning_rate, settings.l1, settings.l2, settings.ftrl_beta)
 

@@ -45,7 +45,7 @@ class TierView:
                            "replication": self.replication}).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes | memoryview) -> "TierView":
+    def from_bytes(cls, raw: bytes | memoryview) -> TierView:
         """Parse ``to_bytes``' output.
 
         Raises:

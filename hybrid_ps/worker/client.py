@@ -15,10 +15,11 @@ promoted backups, and later requests avoid it. No mpi4py here.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import zmq
@@ -159,6 +160,7 @@ class PSClient:
 
     def _send_pull(self, ticket: Ticket, keys: np.ndarray, among: np.ndarray | None) -> None:
         """Ask the acting primaries for ``keys`` (``among``: their positions in the ticket's keys; None = all)."""
+        assert ticket.keys is not None, "a pull's ticket carries its keys"
         parts = self.routing.pull_parts(keys)
         if ticket.values is None and (among is not None or len(parts) != 1 or parts[0][1] is not None):
             ticket.values = np.empty((ticket.keys.size, self.width), dtype=np.float32)  # else: the reply is used
@@ -341,16 +343,15 @@ class PSClient:
         self.failovers.append((shard, silent))
         self.routing.without(shard)
         evict = wire.encode_header(wire.Header(wire.Op.EVICT, self.group, 0, shard))
-        try:
+        with contextlib.suppress(zmq.Again):  # zmq.Again: its queue is full, it has not read anything for a long time
             self._sockets[shard].send(evict, zmq.NOBLOCK)  # fencing: if it is alive after all, it stops
-        except zmq.Again:
-            pass  # its queue is full: it has not read anything for a long time
         self._disconnect(shard, linger_ms=100)
         for other in self.routing.live_shards:
             self._send(other, Ticket(wire.Op.EVICT, f"eviction of shard {shard}"), wire.Op.EVICT, shard, [], 0)
         for request_id, ticket in self.requests.orphans_of(shard):
             ticket.lost_shard = True
             if ticket.op is wire.Op.PULL:
+                assert ticket.keys is not None, "a pull's ticket carries its keys"
                 among = ticket.placement.pop(request_id)
                 among = np.arange(among) if isinstance(among, int) else among
                 self._send_pull(ticket, np.take(ticket.keys, among), among)

@@ -99,7 +99,7 @@ class PushFilter:
         """Keys and wire-encoded values to push now for ``grads`` (``[n, width]``) of sorted ``keys``."""
         grads = np.asarray(grads, dtype=np.float32).reshape(keys.size, self.width)
         self._count_in(keys.size)
-        if not self.active:
+        if self.residual is None:  # not active (see __init__)
             self._count_out(keys.size, grads.dtype.itemsize)
             return keys, grads
         owed = self.residual.take(keys)
@@ -127,7 +127,7 @@ class PushFilter:
             send &= size >= (self.threshold * np.abs(weights) if self.relative else self.threshold)
         if self.kkt_l1 > 0:
             send &= ~((weights == 0) & (size <= self.kkt_l1))
-        return send.any(axis=1)
+        return np.any(send, axis=1)
 
     def _count_in(self, entries: int) -> None:
         self.stats.entries_in += entries

@@ -23,7 +23,7 @@ _PULLED_CLOCKS = 4
 pulled at its own clock, which with prefetching is not the latest pull."""
 
 
-def _size(frame: object) -> int:
+def _size(frame: np.ndarray | bytes | memoryview) -> int:
     return frame.nbytes if isinstance(frame, np.ndarray) else len(frame)
 
 
@@ -94,7 +94,8 @@ class RequestFraming:
         return [everything[inside], everything[~inside]]
 
     def _pulled_at(self, shard: int, clock: int) -> tuple[int, np.ndarray | None]:
-        return self._pulled.get(shard, {}).get(clock, (0, None))
+        pulled = self._pulled.get(shard)
+        return (0, None) if pulled is None else pulled.get(clock, (0, None))
 
     def _keys_or_reference(self, shard: int, op: wire.Op, clock: int, arrays: list,
                            by_reference: bool) -> tuple[int, list]:

@@ -87,13 +87,17 @@ class WorkerGroup:
             return None
         return unique_sorted(received)
 
-    def broadcast_pulled(self, keys: np.ndarray | None, values: np.ndarray | None, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def broadcast_pulled(self, keys: np.ndarray | None, values: np.ndarray | None,
+                         width: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Leader sends the pulled ``keys``/``values`` to every member (``None`` = stop).
 
         Members wait without spinning while the leader is still pulling.
         """
         if self.size == 1:  # a group of one: nothing to send
-            return None if keys is None else (keys, values)
+            if keys is None:
+                return None
+            assert values is not None, "the leader's pulled values come with its keys"
+            return keys, values
         size = np.array([_STOP if keys is None else keys.size], dtype=np.int64)
         wait_quietly(self.comm.Ibcast(size, root=0), self.leader_timeout,
                      f"the leader's pulled values (group rank {self.rank}; the leader waits on the PS or died)")
@@ -102,6 +106,7 @@ class WorkerGroup:
         if not self.is_leader:
             keys = np.empty(int(size[0]), dtype=np.uint64)
             values = np.empty((int(size[0]), width), dtype=np.float32)
+        assert keys is not None and values is not None, "the leader's pulled values come with its keys"
         wait_quietly(self.comm.Ibcast(keys, root=0))
         wait_quietly(self.comm.Ibcast(values, root=0))
         return keys, values

@@ -6,7 +6,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 

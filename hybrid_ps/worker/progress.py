@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class ProgressReport:
         then, before = self._mark
         now = self._traffic()
         self._mark = (clock, now)
-        window = dict(zip(TRAFFIC_FIELDS, ((now - before) / max(clock - then, 1)).tolist()))
+        window = dict(zip(TRAFFIC_FIELDS, ((now - before) / max(clock - then, 1)).tolist(), strict=True))
         share = lambda part, whole: 100 * part / whole if whole else 100.0  # noqa: E731
         log.info("step %d | %.0f samples/s (group %d) | train logloss %.4f | clock gap %d | PS out %.0f kB/step, "
                  "in %.0f (pushes %.0f%% after filters, keys %.0f%% after cache and compression)", clock, rate,

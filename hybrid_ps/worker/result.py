@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +43,8 @@ class GroupResult:
         if array.size != len(_NUMBERS) + len(TRAFFIC_FIELDS):
             raise ValueError(f"a group result has {len(_NUMBERS) + len(TRAFFIC_FIELDS)} numbers, got {array.size}")
         kinds = {f.name: f.type for f in fields(cls)}
-        values = {}
-        for name, number in zip(_NUMBERS, array[: len(_NUMBERS)].tolist()):
+        values: dict[str, Any] = {}  # int, bool or float, as the field's type says
+        for name, number in zip(_NUMBERS, array[: len(_NUMBERS)].tolist(), strict=True):
             kind = kinds[name]
             values[name] = int(number) if kind == "int" else bool(number) if kind == "bool" else float(number)
         return cls(**values, traffic=np.array(array[len(_NUMBERS):], dtype=np.float64))

@@ -805,7 +805,7 @@ def test_connections_gone_without_bye_leave_a_bounded_number_of_key_caches(threa
         sock.close(0)
         header, _ = shard.request(survivor, _pull(keys, flags=wire.FLAG_KEYS_BY_REF)[:1] + [reference])
         assert header.op is wire.Op.PULL_REPLY  # a connection in use keeps its lists
-    assert len(shard.service._key_lists) <= 4
+    assert len(shard.service.request_keys._key_lists) <= 4
     # a client whose lists were dropped is told so, and (PSClient) sends its keys again
     client = PSClient([shard.service.endpoint], 0, 2, shard.ring, timeout=30, context=shard.context, key_cache=True)
     try:

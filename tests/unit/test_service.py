@@ -609,7 +609,7 @@ def test_bye_from_every_group_stops_serve(make_cluster):
         stats = cluster.results[index]
         assert stats is service.stats, stats
         assert stats.requests["BYE"] == 2 and stats.errors == 0
-        assert service.left.all() and service.clock.finished.all()
+        assert service.groups.left.all() and service.clock.finished.all()
 
 
 def test_bye_releases_a_final_clock_pull_of_the_other_group(make_cluster):
@@ -806,7 +806,7 @@ def test_repeated_key_lists_travel_as_references_and_a_forgotten_one_is_sent_aga
     assert cached.traffic.sent < 0.45 * plain.traffic.sent, "after the first pull and push only references go"
     assert cached.traffic.keys_after_cache < 0.25 * cached.traffic.keys_in == 0.25 * plain.traffic.keys_in
     for service in cluster.services:
-        service._key_lists.clear()  # the shards forget: the client must notice and send the keys again
+        service.request_keys._key_lists.clear()  # the shards forget: the client must notice and send the keys again
     assert np.array_equal(cached.wait(cached.pull(keys, 6)), -10 * np.ones((keys.size, 1), np.float32))
     cached.wait(cached.push(keys, grads, 6))
     assert np.array_equal(plain.wait(plain.pull(keys, 7)), -11 * np.ones((keys.size, 1), np.float32))

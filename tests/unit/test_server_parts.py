@@ -1,0 +1,87 @@
+"""The parts of a shard's service: GroupTable (who is present), RequestKeys (a request's keys), TierMembership."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from hybrid_ps.errors import KeyListMissError, WireError
+from hybrid_ps.placement.replicas import Placement
+from hybrid_ps.placement.ring import HashRing
+from hybrid_ps.protocol import wire
+from hybrid_ps.protocol.keycache import reference_frame, signature
+from hybrid_ps.server.groups import GroupTable
+from hybrid_ps.server.membership import TierMembership
+from hybrid_ps.server.request_keys import RequestKeys
+from hybrid_ps.server.shard import Shard
+from hybrid_ps.tables.optimizers import make_optimizer
+from hybrid_ps.tier import TierView
+
+
+def test_groups_of_a_tier_are_absent_until_they_join_and_gone_once_they_leave():
+    groups = GroupTable(num_groups=2, present=False)
+    assert groups.clock.dropped.all() and not groups.joined_any and not groups.all_gone()
+    assert groups.join(0) == 0 and groups.joined_any and not groups.gone(0) and groups.gone(1)
+    assert groups.waiting().tolist() == [True, False]
+    groups.leave(0)
+    assert groups.gone(0) and groups.clock.finished[0] and groups.all_gone()
+
+
+def test_a_silent_group_is_dropped_and_rejoins_when_it_speaks():
+    groups = GroupTable(num_groups=2, group_timeout=0.05)
+    groups.clock.advance(1, 7)
+    groups.start()
+    time.sleep(0.08)
+    groups.heard_from(1)
+    assert groups.drop_silent() == [0] and groups.clock.dropped.tolist() == [True, False]
+    assert groups.drop_silent() == []  # dropped once
+    assert groups.heard_from(0) == 7  # back at the slowest running group's clock
+    assert groups.heard_from(1) is None
+    assert GroupTable(num_groups=1).drop_silent() == []  # no timeout: never
+
+
+def _keys(ring: HashRing, shard: int, count: int) -> np.ndarray:
+    candidates = np.arange(1, 100 * count, dtype=np.uint64)
+    return np.sort(candidates[ring.shard_of(candidates) == shard][:count])
+
+
+def _header(op, keys, flags=0, width=1):
+    return wire.Header(op, 0, 1, 0, keys.size if keys is not None else 2, width, flags=flags)
+
+
+def test_request_keys_are_checked_kept_referenced_and_forgotten():
+    ring = HashRing(range(2), 16)
+    checker = RequestKeys(shard_id=0, width=1, max_keys=1000, num_groups=1, placement=lambda: Placement(ring))
+    mine, theirs = _keys(ring, 0, 5), _keys(ring, 1, 5)
+    frame = memoryview(mine).cast("B")
+    np.testing.assert_array_equal(checker.checked(b"a", frame, _header(wire.Op.PULL, mine), True), mine)
+    with pytest.raises(WireError, match="width 2"):
+        checker.checked(b"a", frame, _header(wire.Op.PULL, mine, width=2), True)
+    with pytest.raises(WireError):
+        checker.checked(b"a", memoryview(theirs).cast("B"), _header(wire.Op.PULL, theirs), True)
+    checker.checked(b"a", frame, _header(wire.Op.PULL, mine, wire.FLAG_KEEP_KEYS), True)
+    reference = memoryview(reference_frame(signature(mine), mine.size))
+    by_ref = wire.Header(wire.Op.PULL, 0, 2, 0, mine.size, 1, flags=wire.FLAG_KEYS_BY_REF)
+    np.testing.assert_array_equal(checker.checked(b"a", reference, by_ref, True), mine)
+    with pytest.raises(KeyListMissError):
+        checker.checked(b"b", reference, by_ref, True)  # another connection kept nothing
+    checker.forget(b"a")
+    with pytest.raises(KeyListMissError):
+        checker.checked(b"a", reference, by_ref, True)
+
+
+def test_membership_serves_a_dead_shards_ranges_and_stops_when_declared_dead_itself():
+    ring = HashRing(range(3), 16)
+    membership = TierMembership(shard_id=0, shard=Shard(1, make_optimizer("sgd", 0.1)),
+                                groups=GroupTable(num_groups=1), placement=Placement(ring, 2))
+    assert membership.evict(7) is False and not membership.placement.dead  # not on the ring: ignored
+    assert membership.evict(2) is False and membership.placement.dead == {2}
+    assert membership.evict(0) is True  # this shard: stop serving
+    with pytest.raises(WireError, match="not a tier view"):
+        membership.view(memoryview(b"{}"))
+    view = memoryview(TierView({0: "tcp://a:1", 1: "tcp://b:1"}, 1).to_bytes())
+    with pytest.raises(WireError, match="needs checkpoints"):
+        membership.view(view)
+    assert membership.maybe_reshard() is None
