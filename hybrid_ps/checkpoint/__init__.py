@@ -24,7 +24,7 @@ from .files import (
 )
 from .publishing import publish
 from .read import (
-    Model,
+    SavedModel,
     check_resumable,
     checkpoint_info,
     cut_parts,
@@ -42,7 +42,7 @@ __all__ = [
     "read_shard_file",
     "publish",
     "resolve_checkpoint",
-    "Model",
+    "SavedModel",
     "load_model",
     "checkpoint_info",
     "check_resumable",

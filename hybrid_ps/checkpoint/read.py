@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import CheckpointError
 from .files import LATEST, ShardState, _check_format, _open, read_shard_file
 
-__all__ = ["resolve_checkpoint", "Model", "load_model", "checkpoint_info", "check_resumable", "restore_shard",
+__all__ = ["resolve_checkpoint", "SavedModel", "load_model", "checkpoint_info", "check_resumable", "restore_shard",
            "cut_parts", "resume_clocks"]
 
 
@@ -41,7 +41,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 @dataclass
-class Model:
+class SavedModel:
     """A checkpointed model, loaded for evaluation: sorted keys and their values."""
 
     keys: np.ndarray
@@ -52,7 +52,7 @@ class Model:
     model_attrs: dict[str, Any]  # the model's kind, width and shape settings (``Model.attrs``)
 
 
-def load_model(path: str | Path) -> Model:
+def load_model(path: str | Path) -> SavedModel:
     """Load ``model.h5`` (through its virtual datasets), keys sorted for lookup.
 
     Raises:
@@ -71,7 +71,7 @@ def load_model(path: str | Path) -> Model:
         model_attrs = {k: _plain(v) for k, v in f["model"].attrs.items()}
         attrs = dict(f.attrs)
     order = np.argsort(keys, kind="stable")
-    return Model(keys[order], values[order], str(model_attrs.get("kind", "")), int(attrs["clock"]), attrs,
+    return SavedModel(keys[order], values[order], str(model_attrs.get("kind", "")), int(attrs["clock"]), attrs,
                  model_attrs)
 
 

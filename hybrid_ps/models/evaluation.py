@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import Model, load_model, resolve_checkpoint
+from ..checkpoint import SavedModel, load_model, resolve_checkpoint
 from ..data.batch import Batch
 from ..errors import CheckpointError
 from ..metrics import StreamingAUC
@@ -16,7 +16,7 @@ from . import model_from_checkpoint
 __all__ = ["evaluate_model"]
 
 
-def _weights_for(model: Model, keys: np.ndarray) -> tuple[np.ndarray, int]:
+def _weights_for(model: SavedModel, keys: np.ndarray) -> tuple[np.ndarray, int]:
     """Checkpoint values for sorted ``keys``; keys unseen in training weigh zero."""
     position = np.minimum(np.searchsorted(model.keys, keys), max(model.keys.size - 1, 0))
     found = model.keys[position] == keys if model.keys.size else np.zeros(keys.size, bool)

@@ -169,7 +169,10 @@ def test_range_errors_name_the_field_and_quote_the_value(name, value, rule):
 @pytest.mark.parametrize("name, value", [("cluster.servers", "0"), ("train.max_steps", "0"), ("optimizer.l2", "0"),
                                          ("cluster.vnodes", "1"), ("train.keep", "1"), ("train.delay_seconds", "0")])
 def test_boundary_values_are_accepted(name, value):
-    _load("--set", f"{name}={value}")
+    config = _load("--set", f"{name}={value}")
+    section, key = name.split(".")
+    assert getattr(getattr(config, section), key) == float(value)  # taken as given, not clamped
+    assert config.validate() is config
 
 
 def test_every_range_check_is_reachable_from_validate():
