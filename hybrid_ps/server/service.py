@@ -21,7 +21,7 @@ from ..placement.replicas import Placement
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
 from ..protocol import wire
-from ..protocol.staleness import VectorClock
+from .cuts import CheckpointWriter, Cuts
 from .groups import GroupTable
 from .membership import CutReader, TierMembership
 from .request_keys import RequestKeys
@@ -57,11 +57,6 @@ class _DeferredPull:
     identity: bytes
     header: wire.Header
     keys: np.ndarray
-
-
-CheckpointWriter = Callable[[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]], VectorClock, int], None]
-"""Writes ``(keys, values, state)`` of the keys this shard is acting primary for, for the cut at the given clock
-(called inside the shard's loop)."""
 
 
 class ShardService:
@@ -126,8 +121,8 @@ class ShardService:
                                         num_groups=num_groups, placement=lambda: self.membership.placement)
         self.stats = ServiceStats()
         self._deferred: list[_DeferredPull] = []
-        self._checkpoint_writer = checkpoint_writer
-        self._checkpoint_requests: dict[int, tuple[bytes, wire.Header]] = {}
+        self.cuts = Cuts(shard_id=shard_id, shard=shard, groups=self.groups, placement=lambda: self.placement,
+                         writer=checkpoint_writer)
         self._stop_request = stop_request
         self.stop_at: int | None = None
         self._running = False
@@ -293,9 +288,7 @@ class ShardService:
 
     def _on_checkpoint(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Note the group's request; the shard writes the cut once every group asked (then replies)."""
-        if self._checkpoint_writer is None:
-            raise WireError("this shard was started without a checkpoint directory")
-        self._checkpoint_requests[header.group] = (identity, header)
+        self.cuts.ask(identity, header)
         self._maybe_checkpoint()
 
     def _choose_stop_clock(self, why: str) -> None:
@@ -311,42 +304,15 @@ class ShardService:
                         self.stop_at)
 
     def _maybe_checkpoint(self) -> None:
-        """Write the shard file once every group asked for the earliest requested cut (or finished, or was dropped).
-
-        Groups that asked are blocked waiting for the answer and their pushes
-        arrived before their request, so the state written is a consistent cut.
-        """
-        if not self._checkpoint_requests:
+        """Write this shard's part of a cut once every group asked for it, and answer them."""
+        done = self.cuts.maybe_write()
+        if done is None:
             return
-        target = min(header.clock for _, header in self._checkpoint_requests.values())
-        for group in range(self.clock.num_groups):
-            request = self._checkpoint_requests.get(group)
-            gone = self.groups.gone(group)
-            if target == wire.FINAL_CLOCK and request is None and not gone:
-                return  # the after-training cut waits for every group's request (or departure)
-            if not (self.clock.finished[group] or gone or (request and request[1].clock >= target)):
-                return
-        cut = int(self.clock.clocks.max()) if target == wire.FINAL_CLOCK else target
-        writer = self._checkpoint_writer
-        assert writer is not None, "CHECKPOINT requests are refused without a writer"
-        answered = {g: r for g, r in self._checkpoint_requests.items() if r[1].clock == target}
-        for group in answered:
-            del self._checkpoint_requests[group]
-        try:
-            started = time.monotonic()
-            keys, values, state = self.shard.export()
-            if self.placement.replication > 1:  # every range once: written by its acting primary
-                mine = self.placement.is_primary(keys, self.shard_id)
-                keys, values, state = keys[mine], values[mine], {k: v[mine] for k, v in state.items()}
-            writer((keys, values, state), self.clock, cut)
-            log.info("shard %d wrote checkpoint at clock %d in %.2fs", self.shard_id, cut, time.monotonic() - started)
-        except Exception as e:
-            log.exception("shard %d could not write checkpoint %d", self.shard_id, cut)
-            for identity, header in answered.values():
-                self._reply_error(identity, header, f"checkpoint at clock {cut} failed: {type(e).__name__}: {e}")
-            return
-        for identity, header in answered.values():
-            self._ack(identity, header, cut)
+        for identity, header in done.requests:
+            if done.error is None:
+                self._ack(identity, header, done.cut)
+            else:
+                self._reply_error(identity, header, done.error)
 
     def _join(self, identity: bytes, header: wire.Header) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""

@@ -12,6 +12,7 @@ from hybrid_ps.placement.replicas import Placement
 from hybrid_ps.placement.ring import HashRing
 from hybrid_ps.protocol import wire
 from hybrid_ps.protocol.keycache import reference_frame, signature
+from hybrid_ps.server.cuts import Cuts
 from hybrid_ps.server.groups import GroupTable
 from hybrid_ps.server.membership import TierMembership
 from hybrid_ps.server.request_keys import RequestKeys
@@ -85,3 +86,27 @@ def test_membership_serves_a_dead_shards_ranges_and_stops_when_declared_dead_its
     with pytest.raises(WireError, match="needs checkpoints"):
         membership.view(view)
     assert membership.maybe_reshard() is None
+
+
+def test_a_cut_is_written_once_every_group_asked_and_refused_without_a_writer():
+    ring = HashRing(range(1), 16)
+    shard = Shard(1, make_optimizer("sgd", 0.1))
+    shard.push(np.array([3, 5], np.uint64), np.ones((2, 1), np.float32))
+    groups = GroupTable(num_groups=2)
+    written = []
+    cuts = Cuts(shard_id=0, shard=shard, groups=groups, placement=lambda: Placement(ring),
+                writer=lambda part, clock, cut: written.append((part[0].tolist(), cut)))
+    cuts.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 4))
+    assert cuts.maybe_write() is None and not written  # group 1 has not asked
+    cuts.ask(b"g1", wire.Header(wire.Op.CHECKPOINT, 1, 2, 4))
+    done = cuts.maybe_write()
+    assert done is not None and done.cut == 4 and done.error is None
+    assert [identity for identity, _ in done.requests] == [b"g0", b"g1"]
+    assert written == [([3, 5], 4)] and cuts.maybe_write() is None
+    failing = Cuts(shard_id=0, shard=shard, groups=GroupTable(num_groups=1), placement=lambda: Placement(ring),
+                   writer=lambda part, clock, cut: 1 / 0)
+    failing.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 2))
+    assert "ZeroDivisionError" in failing.maybe_write().error
+    with pytest.raises(WireError, match="without a checkpoint directory"):
+        Cuts(shard_id=0, shard=shard, groups=groups, placement=lambda: Placement(ring), writer=None).ask(
+            b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 2))
