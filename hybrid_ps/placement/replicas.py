@@ -98,10 +98,7 @@ class Placement:
         Raises:
             RangeLostError: some key has no live replica.
         """
-        points = self.ring.point_of(keys)
-        if self.dead and points.size and self._primary_slot[points].min() < 0:
-            self.check_complete()
-        return self._parts(points, self._pull_owners)
+        return self._parts(self._served_points(keys), self._pull_owners)
 
     def push_parts(self, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """``(shard, positions)`` of ``keys`` for every live replica: each key goes to all of its live replicas.
@@ -109,10 +106,14 @@ class Placement:
         Raises:
             RangeLostError: some key has no live replica.
         """
+        return self._parts(self._served_points(keys), self._push_owners)
+
+    def _served_points(self, keys: np.ndarray) -> np.ndarray:
+        """The ring points of ``keys``, checked to have a live replica each (else ``RangeLostError``)."""
         points = self.ring.point_of(keys)
         if self.dead and points.size and self._primary_slot[points].min() < 0:
             self.check_complete()
-        return self._parts(points, self._push_owners)
+        return points
 
     def _parts(self, points: np.ndarray, owners: np.ndarray) -> list[tuple[int, np.ndarray]]:
         positions, bounds = group_by_owner(points.reshape(-1), owners, self.ring.num_shards)

@@ -17,7 +17,7 @@ from ..protocol.staleness import VectorClock
 from .groups import GroupTable
 from .shard import Shard
 
-__all__ = ["CheckpointWriter", "Cuts", "WrittenCut"]
+__all__ = ["CheckpointWriter", "CutReplies", "Cuts"]
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ CheckpointWriter = Callable[[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]
 
 
 @dataclass
-class WrittenCut:
-    """A cut that was written (or failed): the requests to answer, and how."""
+class CutReplies:
+    """The requests that waited on a cut (its writing, or a reshard through it) and their answer."""
 
     requests: list[tuple[bytes, wire.Header]]
     cut: int
@@ -66,7 +66,7 @@ class Cuts:
             raise WireError("this shard was started without a checkpoint directory")
         self._requests[header.group] = (identity, header)
 
-    def maybe_write(self) -> WrittenCut | None:
+    def maybe_write(self) -> CutReplies | None:
         """Write the shard file once every group asked for the earliest requested cut (or finished, or is gone);
         ``None`` while some group has not.
 
@@ -99,5 +99,5 @@ class Cuts:
             log.info("shard %d wrote checkpoint at clock %d in %.2fs", self.shard_id, cut, time.monotonic() - started)
         except Exception as e:
             log.exception("shard %d could not write checkpoint %d", self.shard_id, cut)
-            return WrittenCut(answered, cut, error=f"checkpoint at clock {cut} failed: {type(e).__name__}: {e}")
-        return WrittenCut(answered, cut)
+            return CutReplies(answered, cut, error=f"checkpoint at clock {cut} failed: {type(e).__name__}: {e}")
+        return CutReplies(answered, cut)

@@ -23,6 +23,7 @@ from ..placement.replicas import Placement
 from ..placement.ring import HashRing
 from ..protocol import wire
 from ..tier import TierView
+from .cuts import CutReplies
 from .groups import GroupTable
 from .shard import Shard
 
@@ -40,12 +41,9 @@ _NEEDS_CHECKPOINTS = "changing the tier's shards needs checkpoints: the ranges m
 
 
 @dataclass
-class Reshard:
-    """A reshard that happened (or failed): the requests to answer, and how."""
+class Reshard(CutReplies):
+    """A reshard that happened (or failed) through its cut: the requests to answer, and how."""
 
-    requests: list[tuple[bytes, wire.Header]]
-    cut: int
-    error: str | None = None  # the requests get this error instead of an ACK of ``cut``
     leaving: bool = False  # the new tier has no place for this shard: it stops serving
 
 

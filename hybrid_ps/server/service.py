@@ -21,7 +21,7 @@ from ..placement.replicas import Placement
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
 from ..protocol import wire
-from .cuts import CheckpointWriter, Cuts
+from .cuts import CheckpointWriter, CutReplies, Cuts
 from .groups import GroupTable
 from .membership import CutReader, TierMembership
 from .request_keys import RequestKeys
@@ -305,14 +305,9 @@ class ShardService:
 
     def _maybe_checkpoint(self) -> None:
         """Write this shard's part of a cut once every group asked for it, and answer them."""
-        done = self.cuts.maybe_write()
-        if done is None:
-            return
-        for identity, header in done.requests:
-            if done.error is None:
-                self._ack(identity, header, done.cut)
-            else:
-                self._reply_error(identity, header, done.error)
+        written = self.cuts.maybe_write()
+        if written is not None:
+            self._answer(written)
 
     def _join(self, identity: bytes, header: wire.Header) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
@@ -356,13 +351,17 @@ class ShardService:
         done = self.membership.maybe_reshard()
         if done is None:
             return
-        for identity, header in done.requests:
-            if done.error is None:
-                self._ack(identity, header, done.cut)
-            else:
-                self._reply_error(identity, header, done.error)
+        self._answer(done)
         if done.leaving:
             self._running = False
+
+    def _answer(self, replies: CutReplies) -> None:
+        """Answer the requests that waited on a cut: an ACK of the cut, or its error."""
+        for identity, header in replies.requests:
+            if replies.error is None:
+                self._ack(identity, header, replies.cut)
+            else:
+                self._reply_error(identity, header, replies.error)
 
     def _release_deferred(self) -> None:
         waiting = []
