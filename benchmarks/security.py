@@ -39,7 +39,7 @@ def _serve_shard(keys: dict | None, capacity: int, conn) -> None:
     shard = Shard(WIDTH, make_optimizer("adagrad", 0.05), capacity=capacity)
     context = zmq.Context()
     service = ShardService(shard, 0, HashRing([0]), 1, math.inf, "127.0.0.1", context=context,
-                           keys=JobKeys.from_dict(keys) if keys else None)
+                           curve_keys=JobKeys.from_dict(keys) if keys else None)
     conn.send(service.endpoint)
     conn.close()
     with service:
@@ -60,7 +60,7 @@ def measure(sizes: list[int]) -> list[dict]:
         shard, endpoint = start(_serve_shard, job_keys and job_keys.to_dict(), 2 * largest)
         raw, raw_endpoint = start(serve_raw, largest * WIDTH, 1, job_keys and job_keys.to_dict())
         processes += [shard, raw]
-        clients[mode] = PSClient([endpoint], 0, 1, HashRing([0]), WIDTH, timeout=120, context=context, keys=job_keys)
+        clients[mode] = PSClient([endpoint], 0, 1, HashRing([0]), WIDTH, timeout=120, context=context, curve_keys=job_keys)
         raws[mode] = RawClient(context, [raw_endpoint], job_keys)
     rows = []
     rng = np.random.default_rng(0)

@@ -69,10 +69,10 @@ class TierSupervisor:
         self.shards: dict[int, ShardProcess] = {}  # every shard started, members or not
         self.members: list[int] = []  # the shards of the current view (a removed one may still be leaving)
         self.codes: dict[int, int] = {}
-        self.keys = JobKeys.generate() if config.cluster.security == "curve" else None
+        self.curve_keys = JobKeys.generate() if config.cluster.security == "curve" else None
         self._context = zmq.Context()
         self.control, self.control_endpoint = bind_router(self._context, resolve_bind_host(config.cluster.bind_host),
-                                                          self.keys, linger_ms=0, kind=zmq.REP)
+                                                          self.curve_keys, linger_ms=0, kind=zmq.REP)
         ids = list(range(config.cluster.servers))
         for shard_id in ids:
             self._start_shard(shard_id, ids)
@@ -80,7 +80,7 @@ class TierSupervisor:
 
     def _start_shard(self, shard_id: int, shard_ids: list[int]) -> None:
         spec = ShardSpec(self.config, shard_id, shard_ids, self.config.cluster.groups, self.width,
-                         coordinator=shard_id == shard_ids[0], groups_present=False, keys=self.keys)
+                         coordinator=shard_id == shard_ids[0], groups_present=False, curve_keys=self.curve_keys)
         self.shards[shard_id] = ShardProcess(spec, self.debug, label=self.tier_file)
         self.members.append(shard_id)
 
@@ -93,7 +93,7 @@ class TierSupervisor:
     def _publish(self, view: TierView | None = None) -> None:
         """Write the tier file for ``view`` (default: the running shards)."""
         tier = TierInfo((view or self.view).endpoints, self.config.cluster.groups, self.config.to_json_dict(),
-                        os.path.abspath(self.config.checkpoint_root), self.control_endpoint, self.keys)
+                        os.path.abspath(self.config.checkpoint_root), self.control_endpoint, self.curve_keys)
         write_tier_file(self.tier_file, tier)
 
     def run(self, stop: StopRequest | None = None) -> dict[int, int]:
@@ -113,7 +113,7 @@ class TierSupervisor:
         Path(self.tier_file).unlink(missing_ok=True)
         for shard in self.shards.values():
             shard.__exit__()
-        close_router(self._context, self.control, self.keys)
+        close_router(self._context, self.control, self.curve_keys)
         self._context.term()
 
     def _serve_control(self) -> None:
@@ -157,7 +157,7 @@ class TierSupervisor:
 
     def _announce(self, old: TierView, new: TierView) -> int:
         """Ask the coordinating shard (the lowest running one) for the clock every group reshards at."""
-        sock = connect_dealer(self._context, old.endpoints[old.shard_ids[0]], self.keys, linger_ms=0)
+        sock = connect_dealer(self._context, old.endpoints[old.shard_ids[0]], self.curve_keys, linger_ms=0)
         try:
             sock.send_multipart([wire.encode_header(wire.Header(wire.Op.VIEW, request_id=1)), new.to_bytes()])
             if not sock.poll(_COORDINATOR_TIMEOUT_MS):

@@ -46,7 +46,7 @@ def _request(args: argparse.Namespace) -> int:
     if not tier.control:
         raise HybridPSError(f"{args.tier_file}: the tier has no control endpoint")
     context = zmq.Context()
-    sock = connect_dealer(context, tier.control, tier.keys, linger_ms=0, kind=zmq.REQ)
+    sock = connect_dealer(context, tier.control, tier.curve_keys, linger_ms=0, kind=zmq.REQ)
     try:
         sock.send(json.dumps({"op": args.op, "shard": args.shard}).encode())
         if not sock.poll(_TIMEOUT_MS):

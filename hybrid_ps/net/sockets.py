@@ -40,12 +40,12 @@ def _configure(sock: zmq.Socket, linger_ms: int) -> None:
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
 
 
-def bind_router(context: zmq.Context, host: str, keys: JobKeys | None = None, linger_ms: int = 1000,
+def bind_router(context: zmq.Context, host: str, curve_keys: JobKeys | None = None, linger_ms: int = 1000,
                 max_message_bytes: int = -1, kind: int = zmq.ROUTER) -> tuple[zmq.Socket, str]:
     """Bind a ROUTER (or ``kind``) socket to a random port on ``host``.
 
     Args:
-        keys: serve with CURVE and admit only the job's clients (``None``: plain TCP).
+        curve_keys: serve with CURVE and admit only the job's clients (``None``: plain TCP).
         max_message_bytes: peers sending a larger frame are disconnected (-1: no limit).
 
     Returns:
@@ -60,37 +60,38 @@ def bind_router(context: zmq.Context, host: str, keys: JobKeys | None = None, li
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     if kind == zmq.ROUTER:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    if keys is not None:
-        AUTHENTICATORS.acquire(context, keys)
-        keys.serve(sock)
+    if curve_keys is not None:
+        AUTHENTICATORS.acquire(context, curve_keys)
+        curve_keys.serve(sock)
     try:
         port = sock.bind_to_random_port(f"tcp://{host}")
     except zmq.ZMQError as e:
-        close_router(context, sock, keys, 0)
+        close_router(context, sock, curve_keys, 0)
         raise ConfigError(f"cluster.bind_host: cannot bind tcp://{host}: {e}") from e
     return sock, f"tcp://{host}:{port}"
 
 
-def close_router(context: zmq.Context, sock: zmq.Socket, keys: JobKeys | None, linger_ms: int | None = None) -> None:
+def close_router(context: zmq.Context, sock: zmq.Socket, curve_keys: JobKeys | None,
+                 linger_ms: int | None = None) -> None:
     """Close a socket from ``bind_router`` (and release its ZAP handler)."""
     if sock.closed:
         return
     sock.close(linger_ms)
-    if keys is not None:
+    if curve_keys is not None:
         AUTHENTICATORS.release(context)
 
 
-def connect_dealer(context: zmq.Context, endpoint: str, keys: JobKeys | None = None, linger_ms: int = 1000,
+def connect_dealer(context: zmq.Context, endpoint: str, curve_keys: JobKeys | None = None, linger_ms: int = 1000,
                    kind: int = zmq.DEALER) -> zmq.Socket:
-    """Connect a DEALER (or ``kind``) socket to ``endpoint``, as a CURVE client with ``keys``.
+    """Connect a DEALER (or ``kind``) socket to ``endpoint``, as a CURVE client with ``curve_keys``.
 
     Raises:
         ConfigError: a bad address (the message names it).
     """
     sock = context.socket(kind)
     _configure(sock, linger_ms)
-    if keys is not None:
-        keys.connect_as_client(sock)
+    if curve_keys is not None:
+        curve_keys.connect_as_client(sock)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as e:

@@ -32,8 +32,9 @@ Requests and the frames they carry:
     STOP       header             (to the lowest live shard) a preemption signal: stop every group
                                   at one clock
     PING       header             a heartbeat: answered at once, whatever SSP holds back
-    EVICT      header             shard ``clock`` is dead: stop routing to it (a shard told that it
-                                  is dead itself stops serving: a falsely suspected shard fences itself)
+    EVICT      header shard       the shard named by ``shard`` (``encode_shard_id``) is dead: stop routing
+                                  to it (a shard told that it is dead itself stops serving: a falsely
+                                  suspected shard fences itself)
     JOIN       header             group ``group`` starts (or restarts): the ACK carries the clock it
                                   continues at (the slowest running group's, if it was away)
     VIEW       header view        (admin, to the coordinating shard) the tier's shards change to
@@ -90,10 +91,12 @@ __all__ = [
     "decode_values",
     "ENCODINGS",
     "error_text",
+    "encode_shard_id",
+    "decode_shard_id",
 ]
 
 MAGIC = b"HP"
-VERSION = 1
+VERSION = 2  # 2: EVICT names the dead shard in a frame of its own, not in the clock field
 HEADER_FORMAT = "<2sBBBBIQqQI"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 FLAG_STOP = 1
@@ -159,7 +162,7 @@ _FRAMES_FOR_OP = {
     Op.CHECKPOINT: 1,
     Op.STOP: 1,
     Op.PING: 1,
-    Op.EVICT: 1,
+    Op.EVICT: 2,
     Op.JOIN: 1,
     Op.VIEW: 2,
     Op.RESHARD: 2,
@@ -327,6 +330,25 @@ def decode_values(encoded: np.ndarray) -> np.ndarray:
     if encoded.dtype == DTYPES[3]:
         return (encoded.astype(np.uint16) << np.uint16(8)).view(np.float16).astype(np.float32)
     return (encoded.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+_SHARD_ID = struct.Struct("<I")
+
+
+def encode_shard_id(shard: int) -> bytes:
+    """The frame of an EVICT: the dead shard's id."""
+    return _SHARD_ID.pack(shard)
+
+
+def decode_shard_id(frame: memoryview | bytes) -> int:
+    """The dead shard's id from an EVICT's frame.
+
+    Raises:
+        WireError: the frame is not one uint32.
+    """
+    if len(frame) != _SHARD_ID.size:
+        raise WireError(f"an EVICT's shard frame is {_SHARD_ID.size} bytes, got {len(frame)}")
+    return int(_SHARD_ID.unpack(frame)[0])
 
 
 def error_text(frame: memoryview | bytes) -> str:

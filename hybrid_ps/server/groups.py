@@ -28,6 +28,7 @@ class GroupTable:
         self.left = np.zeros(num_groups, dtype=bool)  # said BYE
         self.joined_any = present  # some group joined (or spoke) at least once
         self.group_timeout = group_timeout
+        self.stop_at: int | None = None  # the clock every group stops at (a preemption), once chosen
         self._last_heard = np.full(num_groups, time.monotonic())
 
     @property
@@ -65,6 +66,18 @@ class GroupTable:
     def waiting(self) -> np.ndarray:
         """Groups still training (a cut or a reshard waits for them): not finished, dropped or left."""
         return ~self.clock.done & ~self.left
+
+    def choose_stop_clock(self) -> bool:
+        """Pick the clock every group stops at, once: two past the fastest group. Whether it was picked now.
+
+        Leaders read the stop clock from the acknowledgement of the clock before their
+        last one (they do not wait for the newest), so one clock of margin keeps every
+        group from passing the stop clock before it learns it.
+        """
+        if self.stop_at is not None:
+            return False
+        self.stop_at = int(self.clock.clocks.max()) + 2
+        return True
 
     def drop_silent(self) -> list[int]:
         """Drop the running groups silent longer than ``group_timeout`` (crashed, or cut off): their ids."""

@@ -55,7 +55,7 @@ class ShardSpec:
     width: int
     coordinator: bool = False  # picks the stop clock on its own preemption signal
     groups_present: bool = True  # False: a tier of its own, group slots absent until they JOIN
-    keys: JobKeys | None = None  # the job's CURVE keys (None: plain TCP)
+    curve_keys: JobKeys | None = None  # the job's CURVE keys (None: plain TCP)
     parent_pid: int = field(default_factory=os.getpid)
 
     def to_json(self) -> str:
@@ -64,7 +64,7 @@ class ShardSpec:
             "config": self.config.to_json_dict(), "shard_id": self.shard_id, "shard_ids": self.shard_ids,
             "num_groups": self.num_groups, "width": self.width, "coordinator": self.coordinator,
             "groups_present": self.groups_present, "parent_pid": self.parent_pid,
-            "keys": self.keys.to_dict() if self.keys else None,
+            "curve_keys": self.curve_keys.to_dict() if self.curve_keys else None,
         })
 
     @classmethod
@@ -77,7 +77,7 @@ class ShardSpec:
         data = json.loads(text)
         return cls(Config.from_dict(data["config"]), int(data["shard_id"]), [int(s) for s in data["shard_ids"]],
                    int(data["num_groups"]), int(data["width"]), bool(data["coordinator"]),
-                   bool(data["groups_present"]), JobKeys.from_dict(data["keys"]) if data["keys"] else None,
+                   bool(data["groups_present"]), JobKeys.from_dict(data["curve_keys"]) if data["curve_keys"] else None,
                    int(data["parent_pid"]))
 
     @property
@@ -102,17 +102,17 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
         ))
 
     host = resolve_bind_host(config.cluster.bind_host)
-    if spec.keys is None:
+    if spec.curve_keys is None:
         check_plaintext_host(host)
     service = ShardService(
         Shard(spec.width, optimizer), spec.shard_id, ring, spec.num_groups, config.cluster.staleness,
-        host, config.cluster.max_keys_per_message,
+        host, max_keys=config.cluster.max_keys_per_message,
         checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
         stop_request=stop if spec.coordinator else None,
         group_timeout=config.cluster.group_timeout, replication=spec.replication,
         groups_present=spec.groups_present,
         cut_reader=lambda cut, owned: checkpoint.cut_parts(checkpoint.partial_dir(root, cut), owned, optimizer.name),
-        keys=spec.keys,
+        curve_keys=spec.curve_keys,
     )
     if config.train.resume:
         _restore(service, spec)

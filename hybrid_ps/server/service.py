@@ -16,14 +16,16 @@ import zmq
 
 from ..errors import KeyListMissError, NonFiniteError, WireError
 from ..net.curve import JobKeys
-from ..net.sockets import bind_router, close_router, recv_frames, send_frames
+from ..net.sockets import bind_router, close_router, recv_frames
 from ..placement.replicas import Placement
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
 from ..protocol import wire
-from .cuts import CheckpointWriter, CutReplies, Cuts
+from .cuts import CheckpointWriter, Cuts
 from .groups import GroupTable
+from .held_pulls import HeldPulls
 from .membership import CutReader, TierMembership
+from .replies import Announcement, Replies, is_clock
 from .request_keys import RequestKeys
 from .shard import Shard
 
@@ -34,8 +36,6 @@ log = logging.getLogger(__name__)
 _POLL_MS = 1000
 _MAX_BATCH = 256  # messages handled per wake-up before deferred pulls are re-checked
 _MAX_CLOCK = 1 << 62  # the largest clock a CLOCK may carry: the stop and reshard clocks (two past it) stay int64
-_MAX_HELD_PULLS = 64  # pulls one connection may have held back by the SSP rule (a leader has one or two) ...
-_MAX_HELD_KEYS = 4  # ... holding at most this many messages' worth of keys (max_keys each)
 
 
 @dataclass
@@ -50,13 +50,6 @@ class ServiceStats:
 
     def count(self, op: wire.Op) -> None:
         self.requests[op.name] = self.requests.get(op.name, 0) + 1
-
-
-@dataclass
-class _DeferredPull:
-    identity: bytes
-    header: wire.Header
-    keys: np.ndarray
 
 
 class ShardService:
@@ -86,7 +79,7 @@ class ShardService:
         groups_present: every group trains from the start (an MPI job's own shards);
             ``False`` (a PS tier of its own): group slots are absent until their group
             sends JOIN, and the shard stops once every group that joined has left.
-        keys: serve with CURVE, admitting only these keys' clients (``None``: plain TCP).
+        curve_keys: serve with CURVE, admitting only these keys' clients (``None``: plain TCP).
     """
 
     def __init__(
@@ -97,6 +90,7 @@ class ShardService:
         num_groups: int,
         staleness: float,
         host: str = "127.0.0.1",
+        *,
         max_keys: int = 1 << 24,
         context: zmq.Context | None = None,
         checkpoint_writer: CheckpointWriter | None = None,
@@ -105,7 +99,7 @@ class ShardService:
         replication: int = 1,
         groups_present: bool = True,
         cut_reader: CutReader | None = None,
-        keys: JobKeys | None = None,
+        curve_keys: JobKeys | None = None,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -120,17 +114,17 @@ class ShardService:
         self.request_keys = RequestKeys(shard_id=shard_id, width=shard.width, max_keys=max_keys,
                                         num_groups=num_groups, placement=lambda: self.membership.placement)
         self.stats = ServiceStats()
-        self._deferred: list[_DeferredPull] = []
+        self.held_pulls = HeldPulls(max_keys=max_keys)
         self.cuts = Cuts(shard_id=shard_id, shard=shard, groups=self.groups, placement=lambda: self.placement,
                          writer=checkpoint_writer)
         self._stop_request = stop_request
-        self.stop_at: int | None = None
         self._running = False
         self._context = context or zmq.Context.instance()
-        self._keys = keys
+        self._curve_keys = curve_keys
         # keys or float32 values (zstd may add a little), or a tier view; a peer sending more is disconnected
         largest_frame = int(1.01 * max_keys * max(8, 4 * shard.width)) + 65536
-        self.socket, self.endpoint = bind_router(self._context, host, keys, max_message_bytes=largest_frame)
+        self.socket, self.endpoint = bind_router(self._context, host, curve_keys, max_message_bytes=largest_frame)
+        self.replies = Replies(socket=self.socket, shard_id=shard_id, clock=self.clock, announcement=self._announced)
 
     @property
     def placement(self) -> Placement:
@@ -145,7 +139,7 @@ class ShardService:
 
     def close(self) -> None:
         """Close the socket (pending replies get the socket's linger time)."""
-        close_router(self._context, self.socket, self._keys)
+        close_router(self._context, self.socket, self._curve_keys)
 
     def serve(self) -> ServiceStats:
         """Handle requests until all groups left or SHUTDOWN; returns the counters."""
@@ -197,11 +191,11 @@ class ShardService:
             self.stats.errors += 1
             log.warning("shard %d rejected a message: %s", self.shard_id, e)
             missed = wire.FLAG_KEYS_MISSED if isinstance(e, KeyListMissError) else 0
-            self._reply_error(identity, header, str(e), missed)
+            self.replies.error(identity, header, str(e), missed)
         except Exception as e:  # a bug must not take the shard down with it
             self.stats.errors += 1
             log.exception("shard %d failed on a message", self.shard_id)
-            self._reply_error(identity, header, f"internal error: {type(e).__name__}: {e}")
+            self.replies.error(identity, header, f"internal error: {type(e).__name__}: {e}")
 
     def _dispatch(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Route a request to its handler (``_ROUTES``), check and note its group first, ACK it after."""
@@ -215,11 +209,15 @@ class ShardService:
                 self._heard_from(header.group, rejoin=header.op is not wire.Op.RESHARD)
         route.handler(self, identity, header, body)
         if route.acked:
-            self._reply(identity, header, wire.Op.ACK)
-        if route.ends_a_step or _is_clock(header):  # a group moved on: held pulls, cuts and reshards may be due
-            self._release_deferred()
-            self._maybe_checkpoint()
-            self._maybe_reshard()
+            self.replies.ack(identity, header)
+        if route.ends_a_step or is_clock(header):
+            self._after_a_group_moved()
+
+    def _after_a_group_moved(self) -> None:
+        """A group moved on (or is gone): held pulls, a cut and a reshard may be due."""
+        self._release_deferred()
+        self._maybe_checkpoint()
+        self._maybe_reshard()
 
     # -- one handler per request (see _ROUTES below the class) ---------------------------------------
 
@@ -227,11 +225,16 @@ class ShardService:
         self._running = False
 
     def _on_evict(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        if self.membership.evict(header.clock):  # this shard itself: a client declared it dead
+        if self.membership.evict(wire.decode_shard_id(body[1])):  # this shard itself: a client declared it dead
             self._running = False
 
     def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        self._join(identity, header)
+        """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
+        clock = self.groups.join(header.group)
+        self.membership.joined()
+        log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
+        self.replies.ack_with(identity, header, clock)
+        self._release_deferred()  # a restarted group may have finished before: the others wait for it again
 
     def _on_ping(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         pass  # _dispatch heard from the group and ACKs
@@ -243,14 +246,8 @@ class ShardService:
         if self.clock.ready(header.clock, self.staleness):
             self._answer_pull(identity, header, keys)
             return
-        held = [pull.keys.size for pull in self._deferred if pull.identity == identity]
-        if len(held) >= _MAX_HELD_PULLS or sum(held) + keys.size > _MAX_HELD_KEYS * self.max_keys:
-            # each holds its keys: the memory one connection can pin is bounded
-            raise WireError(f"{len(held)} pulls ({sum(held)} keys) of this connection are held back already "
-                            f"(the SSP rule): at most {_MAX_HELD_PULLS}, with {_MAX_HELD_KEYS} * "
-                            f"{self.max_keys} keys")
+        self.held_pulls.hold(identity, header, keys)
         self.stats.deferred_pulls += 1
-        self._deferred.append(_DeferredPull(identity, header, keys))
 
     def _on_push(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Apply the optimizer; with ``FLAG_CLOCK`` the group also finished its step (``clock + 1``)."""
@@ -280,7 +277,7 @@ class ShardService:
         self._choose_stop_clock(f"group {header.group}")
 
     def _on_view(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        self._ack(identity, header, self.membership.view(body[1]))
+        self.replies.ack_with(identity, header, self.membership.view(body[1]))
 
     def _on_reshard(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         self.membership.ask_reshard(identity, header, body[1])
@@ -292,30 +289,15 @@ class ShardService:
         self._maybe_checkpoint()
 
     def _choose_stop_clock(self, why: str) -> None:
-        """Pick the clock every group stops at (once): two past the fastest group.
-
-        Leaders read the stop clock from the acknowledgement of the clock before their
-        last one (they do not wait for the newest), so one clock of margin keeps every
-        group from passing the stop clock before it learns it.
-        """
-        if self.stop_at is None:
-            self.stop_at = int(self.clock.clocks.max()) + 2
+        if self.groups.choose_stop_clock():
             log.warning("shard %d: stop requested (%s): every group stops at clock %d", self.shard_id, why,
-                        self.stop_at)
+                        self.groups.stop_at)
 
     def _maybe_checkpoint(self) -> None:
         """Write this shard's part of a cut once every group asked for it, and answer them."""
         written = self.cuts.maybe_write()
         if written is not None:
-            self._answer(written)
-
-    def _join(self, identity: bytes, header: wire.Header) -> None:
-        """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
-        clock = self.groups.join(header.group)
-        self.membership.joined()
-        log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
-        self._ack(identity, header, clock)
-        self._release_deferred()  # a restarted group may have finished before: the others wait for it again
+            self.replies.answer(written)
 
     def _heard_from(self, group: int, rejoin: bool = True) -> None:
         clock = self.groups.heard_from(group, rejoin)
@@ -336,9 +318,7 @@ class ShardService:
             log.warning("shard %d: no message from group %d for %gs: it no longer holds the others back "
                         "(clock %d); it rejoins if it speaks again", self.shard_id, group, self.groups.group_timeout,
                         int(self.clock.clocks[group]))
-        self._release_deferred()
-        self._maybe_checkpoint()
-        self._maybe_reshard()
+        self._after_a_group_moved()
         self._stop_when_every_group_is_gone()
 
     def _stop_when_every_group_is_gone(self) -> None:
@@ -351,64 +331,24 @@ class ShardService:
         done = self.membership.maybe_reshard()
         if done is None:
             return
-        self._answer(done)
+        self.replies.answer(done)
         if done.leaving:
             self._running = False
 
-    def _answer(self, replies: CutReplies) -> None:
-        """Answer the requests that waited on a cut: an ACK of the cut, or its error."""
-        for identity, header in replies.requests:
-            if replies.error is None:
-                self._ack(identity, header, replies.cut)
-            else:
-                self._reply_error(identity, header, replies.error)
+    def _announced(self) -> Announcement:
+        """What the ACK of a group's clock announces: the stop clock, else a reshard clock."""
+        if self.groups.stop_at is not None:
+            return wire.FLAG_STOP, self.groups.stop_at
+        if self.membership.reshard_at is not None:
+            return wire.FLAG_RESHARD, self.membership.reshard_at
+        return None
 
     def _release_deferred(self) -> None:
-        waiting = []
-        for pull in self._deferred:
-            if self.clock.ready(pull.header.clock, self.staleness):
-                self._answer_pull(pull.identity, pull.header, pull.keys)
-            else:
-                waiting.append(pull)
-        self._deferred = waiting
+        for pull in self.held_pulls.release(lambda clock: self.clock.ready(clock, self.staleness)):
+            self._answer_pull(pull.identity, pull.header, pull.keys)
 
     def _answer_pull(self, identity: bytes, request: wire.Header, keys: np.ndarray) -> None:
-        values = self.shard.pull(keys)
-        header = wire.Header(
-            wire.Op.PULL_REPLY, request.group, request.request_id, self.clock.min_clock(),
-            keys.size, self.shard.width,
-        )
-        self._send(identity, [wire.encode_header(header), values, self.clock.effective()])
-
-    def _reply(self, identity: bytes, request: wire.Header, op: wire.Op) -> None:
-        if _is_clock(request) and self.stop_at is not None:
-            header = wire.Header(op, request.group, request.request_id, self.stop_at, flags=wire.FLAG_STOP)
-        elif _is_clock(request) and self.membership.reshard_at is not None:
-            header = wire.Header(op, request.group, request.request_id, self.membership.reshard_at,
-                                 flags=wire.FLAG_RESHARD)
-        else:
-            header = wire.Header(op, request.group, request.request_id, self.clock.min_clock())
-        self._send(identity, [wire.encode_header(header)])
-
-    def _ack(self, identity: bytes, request: wire.Header, clock: int) -> None:
-        """An ACK of ``request`` carrying ``clock`` (a cut, a join or reshard clock)."""
-        self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, request.group, request.request_id, clock))])
-
-    def _reply_error(self, identity: bytes, request: wire.Header | None, text: str, flags: int = 0) -> None:
-        header = wire.Header(wire.Op.ERROR, request.group if request else 0, request.request_id if request else 0,
-                             flags=flags)
-        self._send(identity, [wire.encode_header(header), text.encode("utf-8")[:4096]])
-
-    def _send(self, identity: bytes, frames: list[bytes | memoryview | np.ndarray]) -> None:
-        try:
-            send_frames(self.socket, [identity, *frames])
-        except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY): nobody to answer
-            log.warning("shard %d could not reply to a departed client: %s", self.shard_id, e)
-
-
-def _is_clock(request: wire.Header) -> bool:
-    """Whether ``request`` tells this group's clock: a CLOCK, or a PUSH with ``FLAG_CLOCK``."""
-    return request.op is wire.Op.CLOCK or (request.op is wire.Op.PUSH and bool(request.flags & wire.FLAG_CLOCK))
+        self.replies.values(identity, request, self.shard.pull(keys))
 
 
 def _check_clock(clock: int) -> None:

@@ -70,7 +70,7 @@ class TierInfo:
     config: dict[str, dict[str, Any]]  # the tier's settings (Config.to_json_dict)
     checkpoint_root: str  # absolute: where the shards write, and leaders publish
     control: str = ""  # hybrid_ps.serve's control endpoint (hybrid_ps.tierctl)
-    keys: JobKeys | None = None  # the tier's CURVE keys (None: plain TCP on loopback)
+    curve_keys: JobKeys | None = None  # the tier's CURVE keys (None: plain TCP on loopback)
 
 
 def write_tier_file(path: str | Path, tier: TierInfo) -> None:
@@ -78,7 +78,8 @@ def write_tier_file(path: str | Path, tier: TierInfo) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {**tier.__dict__, "endpoints": {str(k): v for k, v in tier.endpoints.items()},
-                "keys": tier.keys.to_dict() if tier.keys else None}
+                "keys": tier.curve_keys.to_dict() if tier.curve_keys else None}  # "keys" in the file, as before
+    del document["curve_keys"]
     with atomic_write(path, permissions=0o600) as handle:  # it holds the tier's CURVE keys
         json.dump({"kind": "hybrid_ps tier", **document}, handle, indent=1)
 

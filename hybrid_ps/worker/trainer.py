@@ -7,8 +7,8 @@ One step of group ``g`` at clock ``c`` (docs/architecture.md, "How a step works"
 4. every rank computes its gradient on the union; one ``Allreduce`` sums them;
 5. the leader pushes the mean gradient without waiting and sends ``clock(c + 1)``.
 
-What only the leader does is in ``leader.py``; fault injection in ``faults.py``; the progress
-line in ``progress.py``; the result in ``result.py``.
+Steps 2-3 are ``exchange.py``; what only the leader does is ``leader.py``; the evaluation pass
+``eval_pass.py``; fault injection ``faults.py``; the progress line ``progress.py``; the result ``result.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +29,9 @@ from ..protocol.numerics import all_finite
 from ..protocol.wire import FINAL_CLOCK
 from ..tables.optimizers import optimizer_from_config
 from ..tier import TierView
-from .client import PSClient, Ticket
+from .client import PSClient
+from .eval_pass import evaluate_pass
+from .exchange import KeyExchange, PendingExchange, StepStats
 from .faults import FaultInjector
 from .filters import PushFilter
 from .group import WorkerGroup
@@ -42,36 +43,6 @@ from .result import TRAFFIC_FIELDS, GroupResult
 __all__ = ["GroupTrainer", "GroupResult", "StepStats", "TRAFFIC_FIELDS"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepStats:
-    """The numbers a step's (or an evaluation batch's) Allreduce sums after the gradient rows."""
-
-    loss: float = 0.0
-    rows: float = 0.0
-    correct: float = 0.0  # evaluation: correct predictions
-    stop: float = 0.0  # members whose process was asked to stop (preemption)
-
-    SIZE = 4
-    """Slots they take at the end of the Allreduce buffer."""
-
-    def write(self, tail: np.ndarray) -> None:
-        tail[:] = (self.loss, self.rows, self.correct, self.stop)
-
-    @classmethod
-    def read(cls, tail: np.ndarray) -> StepStats:
-        loss, rows, correct, stop = tail.tolist()
-        return cls(loss, rows, correct, stop)
-
-
-@dataclass
-class _Exchange:
-    """A step's input on its way: the rank's prepared batch, the leader's key union and its pull in flight."""
-
-    batch: PreparedBatch | None
-    union: np.ndarray | None
-    ticket: Ticket | None
 
 
 class GroupTrainer:
@@ -122,7 +93,6 @@ class GroupTrainer:
         self.meter = RateMeter()
         # at s = 0 a prefetched pull waits for this group's own next clock anyway: nothing to overlap
         self._prefetch = config.train.prefetch and config.cluster.staleness >= 1
-        self._prepared: dict[int, PreparedBatch] = {}  # preloaded data: id(batch) -> its prepared form
         self._stopping = False  # the stop clock is reached (the leader knows it first, then broadcasts it)
         self.group_rows = None  # model.dense_in_group: the dense blocks kept on every member (group_rows.py)
         if config.model.dense_in_group and model.dense_keys().size:
@@ -141,6 +111,8 @@ class GroupTrainer:
                 self.progress = ProgressReport(metrics=metrics, interval=config.train.log_interval,
                                                group_id=group_id, meter=self.meter, traffic=self.leader.traffic,
                                                shard_clocks=lambda: client.shard_clocks)
+        self.exchange = KeyExchange(group=group, model=model, leader=self.leader, faults=self.faults,
+                                    group_rows=self.group_rows, preload=config.data.preload)
 
     def run(self) -> GroupResult:
         """Train, evaluate if configured, and leave the PS tier; returns the group's sums."""
@@ -176,7 +148,8 @@ class GroupTrainer:
         max_steps = self.config.train.max_steps
         batches = itertools.islice(self._epochs(), self.skip_batches, None)  # resume where the cut was
         more_steps = lambda clock: not max_steps or clock < max_steps  # noqa: E731
-        upcoming = self._start_exchange(next(batches, None), self.clock) if more_steps(self.clock) else None
+        start = self.exchange.start
+        upcoming = start(next(batches, None), self.clock) if more_steps(self.clock) else None
         while upcoming is not None:
             current = upcoming
             pulled = self._finish_exchange(current, result)
@@ -184,10 +157,10 @@ class GroupTrainer:
                 break
             upcoming = None
             if self._prefetch and more_steps(self.clock + 1):
-                upcoming = self._start_exchange(next(batches, None), self.clock + 1)
+                upcoming = start(next(batches, None), self.clock + 1)
             self._step(current.batch, *pulled, result)
             if not self._prefetch and more_steps(self.clock):
-                upcoming = self._start_exchange(next(batches, None), self.clock)
+                upcoming = start(next(batches, None), self.clock)
         result.train_seconds = self.meter.elapsed
         if self.leader is not None:
             result.ps_seconds, result.traffic = self.leader.ps_seconds, self.leader.traffic()
@@ -196,44 +169,12 @@ class GroupTrainer:
         for _ in range(self.config.train.epochs):
             yield from self.batches()
 
-    def _start_exchange(self, batch: Batch | None, clock: int) -> _Exchange:
-        """Steps 2-3a: union of the members' keys; the leader sends the pull for ``clock`` (not waited for)."""
-        prepared = self._prepare(batch) if batch is not None else None
-        union = self.group.gather_keys(prepared.keys if prepared is not None else None)
-        ticket = None
-        if self.leader is not None and union is not None:
-            union, ticket = self.leader.pull(union, clock)
-        return _Exchange(prepared, union, ticket)
-
-    def _prepare(self, batch: Batch) -> PreparedBatch:
-        """The model's view of ``batch``; with preloaded data (the same batches every pass) worked out once."""
-        if not self.config.data.preload:
-            return self.model.prepare(batch)
-        prepared = self._prepared.get(id(batch))
-        if prepared is None or prepared.batch is not batch:
-            prepared = self._prepared[id(batch)] = self.model.prepare(batch)
-        return prepared
-
-    def _finish_exchange(self, exchange: _Exchange, result: GroupResult | None = None
-                         ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Step 3b: the leader waits for the pulled values and broadcasts them; ``None`` = stop (everybody).
-
-        With ``result`` (training, not evaluation) the leader first checks whether the group reached
-        the announced stop clock (and moves the tier's ranges if a reshard is due now).
-        """
-        values = None
+    def _finish_exchange(self, pending: PendingExchange, result: GroupResult) -> tuple[np.ndarray, np.ndarray] | None:
+        """Step 3b; ``None`` = stop (everybody). The leader first checks whether the group reached the
+        announced stop clock (and moves the tier's ranges if a reshard is due now)."""
         if self.leader is not None:
-            if exchange.union is not None:
-                self.faults.delay_pull()  # the members wait in a quiet broadcast meanwhile, not a spinning Allreduce
-            if result is not None:
-                self._stopping = self.leader.must_stop(self.clock, result)
-            if exchange.ticket is not None and not self._stopping:
-                values = self.leader.wait(exchange.ticket)
-        union = None if self._stopping else exchange.union
-        pulled = self.group.broadcast_pulled(union, values, self.model.width)
-        if pulled is not None and self.group_rows is not None:
-            pulled = self.group_rows.merged(*pulled)
-        return pulled
+            self._stopping = self.leader.must_stop(self.clock, result)
+        return self.exchange.finish(pending, stopping=self._stopping)
 
     def _step(self, batch: PreparedBatch | None, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
         """Steps 4-5: gradient, one Allreduce (gradient + stats), the leader's push and clock."""
@@ -307,24 +248,8 @@ class GroupTrainer:
 
     def _evaluate(self, result: GroupResult) -> None:
         """One pass over the data with the final model (pulls wait until every group finished)."""
-        for batch in self.batches():
-            exchange = self._start_exchange(batch, FINAL_CLOCK)
-            self._accumulate_eval(exchange.batch, self._finish_exchange(exchange), result)
-        while (pulled := self._finish_exchange(self._start_exchange(None, FINAL_CLOCK))) is not None:
-            self._accumulate_eval(None, pulled, result)  # other members still have rows
-
-    def _accumulate_eval(self, batch: PreparedBatch | None, pulled: tuple[np.ndarray, np.ndarray] | None,
-                         result: GroupResult) -> None:
-        totals = np.zeros(StepStats.SIZE, dtype=np.float64)
-        stats = StepStats()
-        if batch is not None and batch.batch.num_rows and pulled is not None:
-            keys, values = pulled
-            stats.loss, _, probability = self.model.loss_and_gradient(batch, keys, values)
-            stats.correct = float(np.sum((probability > 0.5) == (batch.batch.labels > 0.5)))
-            stats.rows = batch.batch.num_rows
-        stats.write(totals)
-        self.group.allreduce_sum(totals)
-        summed = StepStats.read(totals)
-        result.eval_loss_sum += summed.loss
-        result.eval_rows += int(summed.rows)
-        result.eval_correct += summed.correct
+        sums = evaluate_pass(exchange=self.exchange, group=self.group, model=self.model, batches=self.batches(),
+                             clock=FINAL_CLOCK)
+        result.eval_loss_sum += sums.loss
+        result.eval_rows += sums.rows
+        result.eval_correct += sums.correct

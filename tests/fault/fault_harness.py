@@ -40,8 +40,8 @@ class Tier:
         self.config.train.checkpoint = False
         self.config.validate()
         self.groups = groups
-        self.keys = JobKeys.generate()
-        self.shards = [ShardProcess(ShardSpec(self.config, i, list(range(servers)), groups, 1, keys=self.keys))
+        self.curve_keys = JobKeys.generate()
+        self.shards = [ShardProcess(ShardSpec(self.config, i, list(range(servers)), groups, 1, curve_keys=self.curve_keys))
                        for i in range(servers)]
         self.ring = HashRing(range(servers), self.config.cluster.vnodes)
         self.replication = default_replication(self.config.cluster.replication, servers)
@@ -51,7 +51,7 @@ class Tier:
     def client(self, group: int, failover_timeout: float = 1.5, timeout: float = 60.0) -> PSClient:
         client = PSClient([s.endpoint for s in self.shards], group, self.groups, self.ring, timeout=timeout,
                           context=self.context, replication=self.replication, failover_timeout=failover_timeout,
-                          heartbeat_interval=failover_timeout / 4, keys=self.keys)
+                          heartbeat_interval=failover_timeout / 4, curve_keys=self.curve_keys)
         self._clients.append(client)
         return client
 

@@ -17,7 +17,7 @@ from hybrid_ps.config import Config
 from hybrid_ps.placement.ring import HashRing
 from hybrid_ps.serve import TierSupervisor
 from hybrid_ps.tier import TierView, read_tier_file
-from hybrid_ps.worker.client import PSClient
+from hybrid_ps.worker.client import Announcement, PSClient
 
 pytestmark = pytest.mark.fault
 
@@ -43,7 +43,7 @@ def test_shards_join_and_leave_while_a_group_trains_and_no_update_is_lost(tmp_pa
     view = lambda: TierView(read_tier_file(tier_file).endpoints, replication)  # noqa: E731
     context = zmq.Context()
     client = PSClient(view().endpoints, 0, 1, HashRing(view().shard_ids), context=context, replication=replication,
-                      timeout=30, keys=read_tier_file(tier_file).keys)
+                      timeout=30, curve_keys=read_tier_file(tier_file).curve_keys)
     rng = np.random.default_rng(replication)
     acked = np.zeros(UNIVERSE.size, dtype=np.int64)
     changes = {10: ["add"], 25: ["remove", "1"], 40: ["add"]}
@@ -51,7 +51,7 @@ def test_shards_join_and_leave_while_a_group_trains_and_no_update_is_lost(tmp_pa
     try:
         client.wait(client.push(UNIVERSE, np.zeros((UNIVERSE.size, 1), np.float32), clock))  # every key exists
         for step in range(60):
-            if client.reshard_at == clock:  # what GroupTrainer does at the announced clock
+            if client.announced(clock) is Announcement.RESHARD:  # what GroupTrainer does at the announced clock
                 assert client.checkpoint(clock) == clock
                 client.reshard(clock, view())
             keys = np.sort(rng.choice(UNIVERSE, 2000, replace=False))

@@ -86,7 +86,7 @@ def test_a_primary_killed_at_a_random_moment_loses_no_acknowledged_push(tier, se
     for p in pushers:
         assert p.error is None, f"{type(p.error).__name__}: {p.error}"
         assert p.completed == p.steps
-        assert [shard for shard, _ in p.client.failovers] == [victim]
+        assert [shard for shard, _ in p.client.channel.failovers] == [victim]
     applied = _counters_hold(t, pushers)
     assert applied.sum() >= sum(p.acked.sum() for p in pushers)
     stall = max(b - a for p in pushers for a, b in zip([killed_at] + p.step_ends, p.step_ends) if b > killed_at)
@@ -103,7 +103,7 @@ def test_surviving_shards_answer_pulls_for_the_dead_shards_ranges(tier):
     t.kill(1)
     reader = t.client(0)
     assert np.array_equal(reader.wait(reader.pull(UNIVERSE, 0)), -values)  # SGD, lr 1: value = -gradient
-    assert reader.dead_shards == [1]
+    assert sorted(reader.placement.dead) == [1]
 
 
 def test_losing_every_replica_of_a_range_stops_with_a_clear_error(tier):
@@ -136,7 +136,7 @@ def test_a_frozen_shard_is_declared_dead_and_fences_itself_when_it_wakes(tier):
     t.kill(2, signal.SIGSTOP)  # alive but silent: indistinguishable from dead for the client
     try:
         assert np.array_equal(client.wait(client.pull(UNIVERSE, 0)), -np.ones((UNIVERSE.size, 1)))
-        assert client.dead_shards == [2]
+        assert sorted(client.placement.dead) == [2]
     finally:
         t.kill(2, signal.SIGCONT)
     assert t.shards[2].process.wait(timeout=10) == 0, "a shard told it is dead stops serving"
@@ -155,7 +155,7 @@ def test_shard_processes_admit_only_the_jobs_curve_keys(tier):
     push = [wire.encode_header(wire.Header(wire.Op.PUSH, num_keys=keys.size, request_id=5)), keys.tobytes(),
             np.full(keys.size, -100.0, np.float32).tobytes()]
     stranger = JobKeys.generate()
-    for keys_of_peer in (None, JobKeys(t.keys.server_public, "", stranger.client_public, stranger.client_secret)):
+    for keys_of_peer in (None, JobKeys(t.curve_keys.server_public, "", stranger.client_public, stranger.client_secret)):
         sock = t.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if keys_of_peer is not None:

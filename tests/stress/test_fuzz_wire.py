@@ -276,6 +276,8 @@ def control_messages(draw) -> list[bytes]:
         view = TierView({s: f"tcp://127.0.0.1:{9000 + s}" for s in shard_ids}, draw(st.integers(0, 3)))
         frames.append(draw(st.one_of(st.just(view.to_bytes()), blobs, st.just(b"{}"),
                                      st.just(b'{"endpoints": {"x": 1}, "replication": 1}'))))
+    elif op is wire.Op.EVICT:  # a shard id (0: this shard, on a ring of 0 and 1) or not one
+        frames.append(draw(st.one_of(st.integers(0, 2**32 - 1).map(wire.encode_shard_id), blobs)))
     return frames
 
 
@@ -348,7 +350,8 @@ def invalid_pushes_of_known_keys(draw, known: np.ndarray) -> tuple[list[bytes], 
     if how == "magic":
         frames[0] = b"PH" + frames[0][2:]
     elif how == "version":
-        frames[0] = frames[0][:2] + bytes([draw(st.sampled_from([0, 2, 255]))]) + frames[0][3:]
+        version = draw(st.sampled_from([0, wire.VERSION - 1, wire.VERSION + 1, 255]))
+        frames[0] = frames[0][:2] + bytes([version]) + frames[0][3:]
     elif how == "no values":
         frames = frames[:2]
     elif how == "extra frame":
@@ -367,7 +370,7 @@ def _disruptive(frames: list[bytes]) -> bool:
         header = wire.decode_header(frames)
     except WireError:
         return False
-    return (header.op is wire.Op.SHUTDOWN or (header.op is wire.Op.EVICT and header.clock == 0)
+    return (header.op is wire.Op.SHUTDOWN or (header.op is wire.Op.EVICT and frames[1:] == [wire.encode_shard_id(0)])
             or (header.op is wire.Op.BYE and header.group == 0))
 
 
@@ -749,12 +752,13 @@ def test_evictions_of_shards_not_on_the_ring_are_ignored(thread_shard):
     """Each EVICT of a new id grew the shard's dead set and rebuilt its placement (O(dead) each time)."""
     shard = thread_shard(groups=1, shard_ids=(0, 1), replication=2)
     sock = shard.dealer()
-    for request_id, victim in enumerate([*range(2, 300), -5, 2**63 - 1]):
-        sock.send(wire.encode_header(wire.Header(wire.Op.EVICT, 0, request_id, victim)))
+    for request_id, victim in enumerate([*range(2, 300), 2**31, 2**32 - 1]):
+        sock.send_multipart([wire.encode_header(wire.Header(wire.Op.EVICT, 0, request_id)),
+                             wire.encode_shard_id(victim)])
     replies = shard.sync(sock)
     assert len(replies) == 300 and all(h.op is wire.Op.ACK for h in replies)
     assert shard.service.placement.dead == frozenset()
-    assert shard.request(sock, [wire.encode_header(wire.Header(wire.Op.EVICT, 0, 1, 1))])[0].op is wire.Op.ACK
+    assert shard.request(sock, [wire.encode_header(wire.Header(wire.Op.EVICT, 0, 1)), wire.encode_shard_id(1)])[0].op is wire.Op.ACK
     assert shard.service.placement.dead == {1}  # a shard of the ring: its backup ranges are served here now
 
 
@@ -773,7 +777,7 @@ def test_a_connection_cannot_hold_back_pulls_without_bound(thread_shard):
         sock.send_multipart(_pull(keys, request_id, clock=5))  # group 1 is at clock 0: held back
     refused = shard.sync(sock)
     assert len(refused) == 36 and all(h.op is wire.Op.ERROR for h in refused)
-    assert len(shard.service._deferred) == 64
+    assert len(shard.service.held_pulls) == 64
     assert "64 pulls (64000 keys) of this connection are held back already" in _text_of(shard, sock, keys)
     other = shard.dealer()  # another connection is not refused because of the first one
     other.send_multipart(_pull(keys, 500, clock=5))
@@ -782,7 +786,7 @@ def test_a_connection_cannot_hold_back_pulls_without_bound(thread_shard):
     sock.send(wire.encode_header(wire.Header(wire.Op.FINISH, 1, 601)))
     released = shard.sync(sock)
     assert sum(h.op is wire.Op.PULL_REPLY for h in released) == 64
-    assert [h.request_id for h in shard.sync(other)] == [500] and not shard.service._deferred
+    assert [h.request_id for h in shard.sync(other)] == [500] and not shard.service.held_pulls
     # and at most four messages' worth of keys
     small = thread_shard(groups=2, staleness=0, max_keys=1000)
     sock = small.dealer()

@@ -196,13 +196,13 @@ def test_32_leaders_push_and_pull_at_once_and_nothing_is_lost(replication, stale
                 dead = 1 - survivor
                 admin = context.socket(zmq.DEALER)
                 admin.connect(endpoints[survivor])
-                admin.send(wire.encode_header(wire.Header(wire.Op.EVICT, 0, 1, dead)))
+                admin.send_multipart([wire.encode_header(wire.Header(wire.Op.EVICT, 0, 1)), wire.encode_shard_id(dead)])
                 assert admin.poll(30_000)
                 assert wire.decode_header(admin.recv_multipart()).op is wire.Op.ACK
                 admin.close(0)
                 reader = PSClient({survivor: endpoints[survivor]}, 0, GROUPS, ring, timeout=120, context=context,
                                   replication=replication)
-                reader.routing.without(dead)  # this reader knows the shard is gone
+                reader.channel.routing.without(dead)  # this reader knows the shard is gone
                 np.testing.assert_array_equal(reader.wait(reader.pull(universe, 0)), expected,
                                               err_msg=f"shard {survivor}'s copy")
                 reader.close()

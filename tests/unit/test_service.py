@@ -36,9 +36,9 @@ class Cluster:
     def __init__(self, shards: int = 2, groups: int = 1, staleness: float = 0, width: int = 1,
                  optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24,
                  group_timeout: float = 0.0, checkpoint_writer=None, replication: int = 1,
-                 groups_present: bool = True, keys: JobKeys | None = None) -> None:
+                 groups_present: bool = True, curve_keys: JobKeys | None = None) -> None:
         self.context = zmq.Context()
-        self.keys = keys
+        self.curve_keys = curve_keys
         self.ring = HashRing(range(shards), vnodes=64)
         self.groups = groups
         self.width = width
@@ -48,7 +48,7 @@ class Cluster:
             ShardService(Shard(width, make_optimizer(optimizer, learning_rate), capacity=16), shard, self.ring,
                          groups, staleness, max_keys=max_keys, context=self.context, group_timeout=group_timeout,
                          checkpoint_writer=checkpoint_writer, replication=replication, groups_present=groups_present,
-                         keys=keys)
+                         curve_keys=curve_keys)
             for shard in range(shards)
         ]
         self.results: dict[int, object] = {}
@@ -72,17 +72,17 @@ class Cluster:
         kwargs.setdefault("width", self.width)
         kwargs.setdefault("heartbeat_interval", 0.1)
         kwargs.setdefault("replication", self.replication)  # well below the group timeouts used here
-        kwargs.setdefault("keys", self.keys)
+        kwargs.setdefault("curve_keys", self.curve_keys)
         client = PSClient(self.endpoints, group, self.groups, self.ring, timeout=timeout, context=self.context,
                           **kwargs)
         self._clients.append(client)
         return client
 
-    def dealer(self, shard: int, keys: JobKeys | None = None) -> zmq.Socket:
+    def dealer(self, shard: int, curve_keys: JobKeys | None = None) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        if keys := keys or self.keys:
-            keys.connect_as_client(sock)
+        if curve_keys := curve_keys or self.curve_keys:
+            curve_keys.connect_as_client(sock)
         sock.connect(self.endpoints[shard])
         self._sockets.append(sock)
         return sock
@@ -134,7 +134,7 @@ def _random_keys(count: int, seed: int) -> np.ndarray:
 
 def _answered_within(client: PSClient, ticket, seconds: float) -> bool:
     """Wait for ``ticket`` at most ``seconds``; the ticket stays usable when it times out."""
-    saved, client.timeout = client.timeout, seconds
+    saved, client.channel.timeout = client.channel.timeout, seconds
     try:
         client.wait(ticket)
         return True
@@ -142,7 +142,7 @@ def _answered_within(client: PSClient, ticket, seconds: float) -> bool:
         assert "no reply in" in str(e), e
         return False
     finally:
-        client.timeout = saved
+        client.channel.timeout = saved
 
 
 def _request(sock: zmq.Socket, frames: list) -> list[bytes]:
@@ -492,7 +492,7 @@ def test_an_error_reply_surfaces_as_shard_unavailable_with_the_shards_text(make_
 def test_a_client_of_an_unknown_group_is_refused(make_cluster):
     cluster = make_cluster(shards=1, groups=2)
     client = cluster.client(0)
-    client.group = 7  # a misconfigured leader
+    client.channel.group = 7  # a misconfigured leader
     with pytest.raises(ShardUnavailableError, match=r"rejected the clock 1: group 7 out of range \(job has 2\)"):
         client.wait(client.clock(1))
     assert cluster.services[0].clock.clocks.tolist() == [0, 0]
@@ -747,10 +747,10 @@ def test_evict_promotes_the_backup_and_an_evicted_shard_stops(make_cluster):
     sock = cluster.dealer(2)
     request = [_header(wire.Op.PULL, num_keys=backup_keys.size), _u64(backup_keys)]
     assert wire.decode_header(_request(sock, request)).op is wire.Op.ERROR, "a backup does not serve pulls"
-    assert wire.decode_header(_request(sock, [_header(wire.Op.EVICT, clock=primary)])).op is wire.Op.ACK
+    assert wire.decode_header(_request(sock, [_header(wire.Op.EVICT), wire.encode_shard_id(primary)])).op is wire.Op.ACK
     reply = _request(sock, request)
     assert np.array_equal(np.frombuffer(reply[1], np.float32), -np.ones(backup_keys.size, np.float32))
-    _request(sock, [_header(wire.Op.EVICT, clock=2)])
+    _request(sock, [_header(wire.Op.EVICT), wire.encode_shard_id(2)])
     cluster.threads[2].join(timeout=5)
     assert not cluster.threads[2].is_alive(), "told that it is dead, a shard stops serving"
 
@@ -861,8 +861,8 @@ def test_a_push_after_a_prefetched_pull_refers_to_the_list_pulled_at_its_own_clo
 
 
 def test_with_the_jobs_keys_a_client_trains_and_without_them_nothing_reaches_the_shard(make_cluster, caplog):
-    keys = JobKeys.generate()
-    cluster = make_cluster(shards=1, staleness=math.inf, keys=keys)
+    curve_keys = JobKeys.generate()
+    cluster = make_cluster(shards=1, staleness=math.inf, curve_keys=curve_keys)
     client = cluster.client(0)
     known = _random_keys(100, seed=21)
     client.wait(client.push(known, np.ones((known.size, 1), np.float32), 0))
@@ -873,7 +873,7 @@ def test_with_the_jobs_keys_a_client_trains_and_without_them_nothing_reaches_the
         "another job's client keys": cluster.context.socket(zmq.DEALER),
         "a wrong server key": cluster.context.socket(zmq.DEALER),
     }
-    other_keys = JobKeys(keys.server_public, keys.server_secret, stranger.client_public, stranger.client_secret)
+    other_keys = JobKeys(curve_keys.server_public, curve_keys.server_secret, stranger.client_public, stranger.client_secret)
     other_keys.connect_as_client(impostors["another job's client keys"])
     stranger.connect_as_client(impostors["a wrong server key"])
     push = [_header(wire.Op.PUSH, num_keys=known.size), _u64(known), np.full(known.size, 5.0, np.float32).tobytes()]

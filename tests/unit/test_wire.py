@@ -21,7 +21,7 @@ FRAMES = {
     wire.Op.CHECKPOINT: 1,
     wire.Op.STOP: 1,
     wire.Op.PING: 1,
-    wire.Op.EVICT: 1,
+    wire.Op.EVICT: 2,
     wire.Op.JOIN: 1,
     wire.Op.VIEW: 2,
     wire.Op.RESHARD: 2,
@@ -118,7 +118,7 @@ def test_bad_magic(magic):
         wire.decode_header([_raw_header(magic=magic)])
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
 def test_bad_version(version):
     with pytest.raises(WireError, match=f"wire version {version}, this build speaks {wire.VERSION}"):
         wire.decode_header([_raw_header(version=version)])
@@ -345,3 +345,12 @@ def test_encoded_push_values_decode_to_float32_and_are_checked(encoding):
            "float8": np.array([[0x7C], [0]], dtype=np.uint8)}[encoding]  # 0x7C: e5m2 +inf
     with pytest.raises(WireError, match="NaN or Inf"):
         wire.values_from_frame(bad.tobytes(), decoded_header)
+
+
+def test_an_evict_names_its_shard_in_a_frame_of_its_own():
+    frames = [wire.encode_header(wire.Header(wire.Op.EVICT, 0, 1, clock=99)), wire.encode_shard_id(7)]
+    assert wire.decode_header(frames).clock == 99 and wire.decode_shard_id(frames[1]) == 7
+    with pytest.raises(WireError, match="an EVICT's shard frame is 4 bytes, got 8"):
+        wire.decode_shard_id(b"\x00" * 8)
+    with pytest.raises(WireError, match="EVICT needs 2 frames, got 1"):
+        wire.decode_header(frames[:1])

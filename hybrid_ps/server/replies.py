@@ -1,0 +1,84 @@
+"""Every reply a shard sends, on its ROUTER socket: ACKs, pulled values and errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import zmq
+
+from ..net.sockets import send_frames
+from ..protocol import wire
+from ..protocol.staleness import VectorClock
+from .cuts import CutReplies
+
+__all__ = ["Replies"]
+
+log = logging.getLogger(__name__)
+
+Announcement = tuple[int, int] | None
+"""``(flag, clock)`` the ACK of a group's clock carries (``FLAG_STOP`` or ``FLAG_RESHARD``), or nothing."""
+
+
+class Replies:
+    """Replies to requests: each carries the request's group and id.
+
+    Args:
+        socket: the shard's ROUTER socket.
+        shard_id: for the log.
+        clock: the SSP vector clock (an ACK carries its slowest clock, a pull reply every group's).
+        announcement: what the ACK of a group's clock announces now.
+    """
+
+    def __init__(self, *, socket: zmq.Socket, shard_id: int, clock: VectorClock,
+                 announcement: Callable[[], Announcement]) -> None:
+        self.socket = socket
+        self.shard_id = shard_id
+        self.clock = clock
+        self._announcement = announcement
+
+    def ack(self, identity: bytes, request: wire.Header) -> None:
+        """The ACK of ``request``: with a stop or reshard clock if it told the group's clock and one is due."""
+        announced = self._announcement() if is_clock(request) else None
+        if announced is not None:
+            flag, clock = announced
+            header = wire.Header(wire.Op.ACK, request.group, request.request_id, clock, flags=flag)
+        else:
+            header = wire.Header(wire.Op.ACK, request.group, request.request_id, self.clock.min_clock())
+        self._send(identity, [wire.encode_header(header)])
+
+    def ack_with(self, identity: bytes, request: wire.Header, clock: int) -> None:
+        """An ACK of ``request`` carrying ``clock`` (a cut, a join or reshard clock)."""
+        self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, request.group, request.request_id, clock))])
+
+    def values(self, identity: bytes, request: wire.Header, values: np.ndarray) -> None:
+        """The PULL_REPLY of ``request``: ``values`` (``[keys, width]``) and every group's clock."""
+        num_keys, width = values.shape
+        header = wire.Header(wire.Op.PULL_REPLY, request.group, request.request_id, self.clock.min_clock(),
+                             num_keys, width)
+        self._send(identity, [wire.encode_header(header), values, self.clock.effective()])
+
+    def error(self, identity: bytes, request: wire.Header | None, text: str, flags: int = 0) -> None:
+        header = wire.Header(wire.Op.ERROR, request.group if request else 0, request.request_id if request else 0,
+                             flags=flags)
+        self._send(identity, [wire.encode_header(header), text.encode("utf-8")[:4096]])
+
+    def answer(self, replies: CutReplies) -> None:
+        """Answer the requests that waited on a cut: an ACK of the cut, or its error."""
+        for identity, header in replies.requests:
+            if replies.error is None:
+                self.ack_with(identity, header, replies.cut)
+            else:
+                self.error(identity, header, replies.error)
+
+    def _send(self, identity: bytes, frames: list[bytes | memoryview | np.ndarray]) -> None:
+        try:
+            send_frames(self.socket, [identity, *frames])
+        except zmq.ZMQError as e:  # peer gone (ROUTER_MANDATORY): nobody to answer
+            log.warning("shard %d could not reply to a departed client: %s", self.shard_id, e)
+
+
+def is_clock(request: wire.Header) -> bool:
+    """Whether ``request`` tells this group's clock: a CLOCK, or a PUSH with ``FLAG_CLOCK``."""
+    return request.op is wire.Op.CLOCK or (request.op is wire.Op.PUSH and bool(request.flags & wire.FLAG_CLOCK))

@@ -1,0 +1,226 @@
+"""The requests between one worker group and the shards: sending, waiting for replies, heartbeats and failover.
+
+``PSClient`` (client.py) is the operations on top; this is the machinery under them,
+as ps-lite's ``Customer`` and ``Van`` are under its ``KVWorker``. Replies are matched
+by request id whenever the client waits, so push acknowledgements never sit on the
+critical path. While it waits, the channel pings every shard quiet for
+``heartbeat_interval``; a shard silent for ``failover_timeout`` while a reply is
+awaited is declared dead: the other shards (and the suspect, which then stops) are
+told, its pending pulls go again to the promoted backups, later requests avoid it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import zmq
+
+from ..errors import ShardUnavailableError
+from ..net.curve import JobKeys
+from ..placement.ring import HashRing
+from ..protocol import wire
+from .framing import RequestFraming
+from .links import ShardLinks
+from .liveness import Liveness
+from .requests import RequestBook, Ticket, place_pull_reply
+from .routing import Routing
+
+__all__ = ["ShardChannel"]
+
+log = logging.getLogger(__name__)
+
+
+class ShardChannel:
+    """Requests to the shards on behalf of one group, and their replies.
+
+    Args:
+        endpoints: ``tcp://`` endpoint by shard id.
+        group: this worker group's id.
+        num_groups: groups in the job (size of the vector clock in pull replies).
+        ring: the key -> shard ring shared with the shards.
+        width: values per key.
+        timeout: seconds to wait for any reply before giving up.
+        replication: replicas per key range (as the shards were started with).
+        heartbeat_interval, failover_timeout: see ``Liveness``.
+        framing: the key-cache and compression stages (``RequestFraming``).
+        context: ZeroMQ context.
+        curve_keys: the job's CURVE keys (``None``: plain TCP).
+    """
+
+    def __init__(self, endpoints: dict[int, str], *, group: int, num_groups: int, ring: HashRing, width: int,
+                 timeout: float, replication: int, heartbeat_interval: float, failover_timeout: float,
+                 framing: RequestFraming, context: zmq.Context, curve_keys: JobKeys | None) -> None:
+        self.group = group
+        self.width = width
+        self.timeout = timeout
+        self.routing = Routing(ring=ring, replication=replication)
+        self.liveness = Liveness(heartbeat_interval=heartbeat_interval, failover_timeout=failover_timeout)
+        self.requests = RequestBook()
+        self.framing = framing
+        self.links = ShardLinks(context=context, curve_keys=curve_keys)
+        self.shard_clocks = np.zeros(num_groups, dtype=np.int64)  # every group's clock, as the shards last said
+        self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
+        self.stop_at: int | None = None  # the stop clock the coordinating shard announced (preemption)
+        self.reshard_at: int | None = None  # the clock at which it announced the tier's shards change
+        for shard, endpoint in endpoints.items():
+            self.connect(shard, endpoint)
+
+    def connect(self, shard: int, endpoint: str) -> None:
+        self.links.connect(shard, endpoint)
+        self.requests.outstanding[shard] = 0
+        self.liveness.track(shard)
+        self.framing.connected(shard)
+
+    def disconnect(self, shard: int, linger_ms: int = 1000) -> None:
+        self.links.disconnect(shard, linger_ms)
+        self.requests.outstanding[shard] = 0
+
+    def send(self, shard: int, ticket: Ticket, op: wire.Op, clock: int, arrays: list, num_keys: int,
+             *, by_reference: bool = True, extra_flags: int = 0) -> int:
+        """Send one request on ``ticket`` (keys and values through the framing stages); its request id."""
+        owed_before = self.requests.outstanding[shard]
+        request_id = self.requests.open(shard, ticket)
+        dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
+        flags, frames = 0, arrays
+        if op in (wire.Op.PULL, wire.Op.PUSH):
+            flags, frames = self.framing.frames(shard, op, clock, arrays, by_reference)
+            if flags & wire.FLAG_KEYS_BY_REF:  # what to send if the shard has forgotten the list
+                self.requests.keep_for_resend(request_id, op, clock, arrays, num_keys, extra_flags)
+        header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags | extra_flags)
+        self.links.send(shard, [wire.encode_header(header), *frames])
+        self.framing.traffic.count_request(frames)
+        self.liveness.awaiting(shard, owed_before)  # silence counts only while a reply is awaited
+        return request_id
+
+    def send_pull(self, ticket: Ticket, keys: np.ndarray, among: np.ndarray | None = None) -> None:
+        """Ask the acting primaries for ``keys`` (``among``: their positions in the ticket's keys; None = all)."""
+        assert ticket.keys is not None, "a pull's ticket carries its keys"
+        parts = self.routing.pull_parts(keys)
+        if ticket.values is None and (among is not None or len(parts) != 1 or parts[0][1] is not None):
+            ticket.values = np.empty((ticket.keys.size, self.width), dtype=np.float32)  # else: the reply is used
+        for shard, positions in parts:
+            part = np.ascontiguousarray(keys) if positions is None else np.take(keys, positions)
+            request_id = self.send(shard, ticket, wire.Op.PULL, ticket.clock, [part], part.size)
+            if among is not None:
+                positions = among if positions is None else among[positions]
+            ticket.placement[request_id] = part.size if positions is None else positions
+
+    def broadcast(self, op: wire.Op, clock: int, what: str) -> Ticket:
+        """Send ``op`` without keys to every live shard, on one ticket."""
+        ticket = Ticket(op, what)
+        for shard in self.routing.live_shards:
+            self.send(shard, ticket, op, clock, [], 0)
+        return ticket
+
+    def wait(self, ticket: Ticket) -> np.ndarray | None:
+        """Block (without spinning) until ``ticket`` completes; returns pulled values.
+
+        Raises:
+            ShardUnavailableError: a shard replied with an error, or no reply
+                arrived for ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + self.timeout
+        if ticket.error:
+            raise ShardUnavailableError(ticket.error)
+        while not ticket.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                shards = self.requests.shards_awaited(ticket)
+                named = ", ".join(f"{s} ({self.links.endpoints[s]})" for s in shards)
+                raise ShardUnavailableError(f"group {self.group}: no reply in {self.timeout:g}s to the "
+                                            f"{ticket.what} from shard(s) {named}")
+            for shard, frames in self.links.receive(int(min(remaining, self.liveness.heartbeat_interval) * 1000) + 1):
+                self.liveness.heard(shard)
+                self.framing.traffic.received += sum(len(frame) for frame in frames)
+                self._on_reply(shard, frames)
+            self._check_heartbeats()
+        return ticket.values
+
+    def drain(self) -> None:
+        """Wait until every request sent so far has been answered."""
+        for ticket in self.requests.open_tickets():
+            self.wait(ticket)
+
+    def _check_heartbeats(self) -> None:
+        """Ping every shard quiet for ``heartbeat_interval`` (so shards know this group is alive);
+        declare dead a shard silent past ``failover_timeout`` while a reply is awaited."""
+        ping, dead = self.liveness.check(self.requests.outstanding, self.routing.live_shards)
+        for shard, silent in dead:
+            self._declare_dead(shard, silent)
+        for shard in ping:
+            if shard in self.routing.live_shards:
+                self.send(shard, Ticket(wire.Op.PING, "heartbeat"), wire.Op.PING, 0, [], 0)
+
+    def _declare_dead(self, shard: int, silent: float) -> None:
+        """Stop using ``shard``: tell every shard, then send its pending pulls (and a stop request) elsewhere.
+
+        Raises:
+            RangeLostError: some key range has no live replica left.
+        """
+        log.warning("group %d: %s did not answer for %.1fs: it is dead to this job; its backups take over its "
+                    "key ranges", self.group, self.links.where(shard), silent)
+        self.failovers.append((shard, silent))
+        self.routing.without(shard)
+        evicted = wire.encode_shard_id(shard)
+        fence = wire.encode_header(wire.Header(wire.Op.EVICT, self.group, 0, 0))
+        self.links.send_if_room(shard, [fence, evicted])  # fencing: if it is alive after all, it stops
+        self.disconnect(shard, linger_ms=100)
+        for other in self.routing.live_shards:
+            self.send(other, Ticket(wire.Op.EVICT, f"eviction of shard {shard}"), wire.Op.EVICT, 0, [evicted], 0)
+        for request_id, ticket in self.requests.orphans_of(shard):
+            ticket.lost_shard = True
+            if ticket.op is wire.Op.PULL:
+                assert ticket.keys is not None, "a pull's ticket carries its keys"
+                among = ticket.placement.pop(request_id)
+                among = np.arange(among) if isinstance(among, int) else among
+                self.send_pull(ticket, np.take(ticket.keys, among), among)
+            elif ticket.op is wire.Op.STOP:
+                self.send(self.routing.coordinator, ticket, wire.Op.STOP, 0, [], 0)
+            # pushes: the other replicas have them; clocks, finish, bye, pings: nothing to do
+
+    def _send_again_with_keys(self, shard: int, ticket: Ticket | None, request_id: int) -> bool:
+        """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""
+        request = self.requests.take_resend(request_id)
+        if request is None or ticket is None:
+            return False
+        ticket.pending.discard(request_id)
+        again = self.send(shard, ticket, request.op, request.clock, request.arrays, request.num_keys,
+                          by_reference=False, extra_flags=request.extra_flags)
+        if request.op is wire.Op.PULL:
+            ticket.placement[again] = ticket.placement.pop(request_id)
+        log.debug("group %d: shard %d had forgotten a key list; sent the keys again", self.group, shard)
+        return True
+
+    def _on_reply(self, shard: int, frames: list[memoryview]) -> None:
+        where = self.links.where(shard)
+        try:
+            header = wire.decode_header(frames)
+        except Exception as e:
+            raise ShardUnavailableError(f"{where} sent a bad reply: {e}") from e
+        ticket = self.requests.answered(header.request_id, shard)
+        if header.op is wire.Op.ERROR:
+            if header.flags & wire.FLAG_KEYS_MISSED and self._send_again_with_keys(shard, ticket, header.request_id):
+                return
+            what = ticket.what if ticket else f"request {header.request_id}"
+            message = f"{where} rejected the {what}: {wire.error_text(frames[1])}"
+            if ticket is not None:
+                ticket.pending.discard(header.request_id)
+                ticket.error = message
+            raise ShardUnavailableError(message)
+        if ticket is None:
+            log.warning("reply from %s to unknown request %d ignored", where, header.request_id)
+            return
+        self.requests.close(header.request_id, ticket)
+        ticket.reply_clock = max(ticket.reply_clock, header.clock)
+        if header.flags & wire.FLAG_STOP:
+            self.stop_at = header.clock
+        elif header.flags & wire.FLAG_RESHARD:
+            self.reshard_at = header.clock
+        if header.op is wire.Op.PULL_REPLY:
+            clocks = place_pull_reply(ticket, header.request_id, header, frames, self.width, where)
+            if clocks.size != self.shard_clocks.size:
+                raise ShardUnavailableError(f"{where} tracks {clocks.size} groups, this job has "
+                                            f"{self.shard_clocks.size}")
+            np.maximum(self.shard_clocks, clocks, out=self.shard_clocks)

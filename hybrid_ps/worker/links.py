@@ -1,0 +1,77 @@
+"""One DEALER socket per shard, and the poller that waits on all of them: transport only, no requests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import zmq
+
+from ..net.curve import JobKeys
+from ..net.sockets import connect_dealer, recv_frames, send_frames
+
+__all__ = ["ShardLinks"]
+
+
+class ShardLinks:
+    """The sockets of one client, by shard id.
+
+    Args:
+        context: ZeroMQ context.
+        curve_keys: the job's CURVE keys (``None``: plain TCP).
+    """
+
+    def __init__(self, *, context: zmq.Context, curve_keys: JobKeys | None = None) -> None:
+        self.endpoints: dict[int, str] = {}
+        self._context = context
+        self._curve_keys = curve_keys
+        self._poller = zmq.Poller()
+        self._sockets: dict[int, zmq.Socket] = {}
+        self._shard_of_socket: dict[zmq.Socket, int] = {}
+
+    def connect(self, shard: int, endpoint: str) -> None:
+        sock = connect_dealer(self._context, endpoint, self._curve_keys)
+        self._poller.register(sock, zmq.POLLIN)
+        self._sockets[shard], self._shard_of_socket[sock] = sock, shard
+        self.endpoints[shard] = endpoint
+
+    def connected(self, shard: int) -> bool:
+        return shard in self._sockets and not self._sockets[shard].closed
+
+    def disconnect(self, shard: int, linger_ms: int = 1000) -> None:
+        sock = self._sockets[shard]
+        self._poller.unregister(sock)
+        sock.close(linger=linger_ms)
+
+    def close(self) -> None:
+        """Close every socket."""
+        for sock in self._sockets.values():
+            if not sock.closed:
+                sock.close()
+
+    def send(self, shard: int, frames: Sequence[bytes | memoryview]) -> None:
+        send_frames(self._sockets[shard], frames)
+
+    def send_if_room(self, shard: int, frames: Sequence[bytes]) -> None:
+        """Send without blocking; dropped if the shard's queue is full (it has read nothing for a long time)."""
+        with contextlib.suppress(zmq.Again):
+            self._sockets[shard].send_multipart(frames, zmq.NOBLOCK)
+
+    def receive(self, timeout_ms: int) -> Iterator[tuple[int, list[memoryview]]]:
+        """Wait up to ``timeout_ms`` for replies; yield every ``(shard, frames)`` that arrived."""
+        for sock, _ in self._poller.poll(timeout_ms):
+            while True:
+                try:
+                    frames = recv_frames(sock, zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                yield self._shard_of_socket[sock], frames
+
+    def where(self, shard: int) -> str:
+        """``shard N (endpoint)``, for messages."""
+        return f"shard {shard} ({self.endpoints[shard]})"
+
+
+def endpoints_by_shard(endpoints: Sequence[str] | Mapping[int, str]) -> dict[int, str]:
+    """A list indexed by shard id, or a dict by shard id, as a dict."""
+    return dict(endpoints) if isinstance(endpoints, Mapping) else dict(enumerate(endpoints))
