@@ -16,15 +16,16 @@ import zmq
 __all__ = ["serve_raw", "start", "connect_raw", "stop"]
 
 
-def serve_raw(max_keys: int, groups: int, keys: dict | None, conn) -> None:
-    """Serve on 127.0.0.1 (as a CURVE server with ``keys``, ``JobKeys.to_dict()``); sends the endpoint on ``conn``."""
+def serve_raw(max_keys: int, groups: int, curve_keys: dict | None, conn) -> None:
+    """Serve on 127.0.0.1 (as a CURVE server with ``curve_keys``, ``JobKeys.to_dict()``); sends the endpoint on ``conn``."""
     from hybrid_ps.protocol import wire
 
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 1000)
-    if keys:
-        sock.curve_secretkey, sock.curve_publickey = keys["server_secret"].encode(), keys["server_public"].encode()
+    if curve_keys:
+        sock.curve_secretkey = curve_keys["server_secret"].encode()
+        sock.curve_publickey = curve_keys["server_public"].encode()
         sock.curve_server = True
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     conn.send(f"tcp://127.0.0.1:{port}")
@@ -43,12 +44,12 @@ def serve_raw(max_keys: int, groups: int, keys: dict | None, conn) -> None:
     context.term()
 
 
-def connect_raw(context: zmq.Context, endpoint: str, keys=None) -> zmq.Socket:
-    """A DEALER to ``endpoint`` with no linger (a CURVE client with ``keys``, a ``JobKeys``)."""
+def connect_raw(context: zmq.Context, endpoint: str, curve_keys=None) -> zmq.Socket:
+    """A DEALER to ``endpoint`` with no linger (a CURVE client with ``curve_keys``, a ``JobKeys``)."""
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    if keys is not None:
-        keys.connect_as_client(sock)
+    if curve_keys is not None:
+        curve_keys.connect_as_client(sock)
     sock.connect(endpoint)
     return sock
 

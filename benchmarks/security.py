@@ -27,8 +27,8 @@ from .transport import WIDTH, RawClient
 SIZES = [1_000, 10_000, 100_000]
 
 
-def _serve_shard(keys: dict | None, capacity: int, conn) -> None:
-    """A ShardService on 127.0.0.1 (CURVE if ``keys``); sends its endpoint back."""
+def _serve_shard(curve_keys: dict | None, capacity: int, conn) -> None:
+    """A ShardService on 127.0.0.1 (CURVE if ``curve_keys``); sends its endpoint back."""
     logging.basicConfig(level=logging.WARNING)
     from hybrid_ps.net.curve import JobKeys
     from hybrid_ps.placement.ring import HashRing
@@ -39,7 +39,7 @@ def _serve_shard(keys: dict | None, capacity: int, conn) -> None:
     shard = Shard(WIDTH, make_optimizer("adagrad", 0.05), capacity=capacity)
     context = zmq.Context()
     service = ShardService(shard, 0, HashRing([0]), 1, math.inf, "127.0.0.1", context=context,
-                           curve_keys=JobKeys.from_dict(keys) if keys else None)
+                           curve_keys=JobKeys.from_dict(curve_keys) if curve_keys else None)
     conn.send(service.endpoint)
     conn.close()
     with service:
@@ -52,15 +52,16 @@ def measure(sizes: list[int]) -> list[dict]:
     from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.worker.client import PSClient
 
-    keys = JobKeys.generate()
+    curve_keys = JobKeys.generate()
     largest = max(sizes)
     context = zmq.Context()
     clients, raws, processes = {}, {}, []
-    for mode, job_keys in (("plain", None), ("curve", keys)):
+    for mode, job_keys in (("plain", None), ("curve", curve_keys)):
         shard, endpoint = start(_serve_shard, job_keys and job_keys.to_dict(), 2 * largest)
         raw, raw_endpoint = start(serve_raw, largest * WIDTH, 1, job_keys and job_keys.to_dict())
         processes += [shard, raw]
-        clients[mode] = PSClient([endpoint], 0, 1, HashRing([0]), WIDTH, timeout=120, context=context, curve_keys=job_keys)
+        clients[mode] = PSClient([endpoint], 0, 1, HashRing([0]), WIDTH, timeout=120, context=context,
+                                 curve_keys=job_keys)
         raws[mode] = RawClient(context, [raw_endpoint], job_keys)
     rows = []
     rng = np.random.default_rng(0)

@@ -92,10 +92,10 @@ def _serve_shard(shard_id: int, num_shards: int, capacity: int, null: bool, conn
 class RawClient:
     """DEALER sockets to the raw servers; a round trip sends every part at once, then takes every reply."""
 
-    def __init__(self, context: zmq.Context, endpoints: list[str], keys=None) -> None:
+    def __init__(self, context: zmq.Context, endpoints: list[str], curve_keys=None) -> None:
         from hybrid_ps.protocol import wire
 
-        self.sockets = [connect_raw(context, endpoint, keys) for endpoint in endpoints]
+        self.sockets = [connect_raw(context, endpoint, curve_keys) for endpoint in endpoints]
         self.header = wire.encode_header(wire.Header(wire.Op.PULL))
 
     def round_trip(self, parts: list[list[np.ndarray]]) -> None:

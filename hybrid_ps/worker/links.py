@@ -10,7 +10,7 @@ import zmq
 from ..net.curve import JobKeys
 from ..net.sockets import connect_dealer, recv_frames, send_frames
 
-__all__ = ["ShardLinks"]
+__all__ = ["ShardLinks", "endpoints_by_shard"]
 
 
 class ShardLinks:
