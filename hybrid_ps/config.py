@@ -180,7 +180,30 @@ class Config:
         Raises:
             ConfigError: naming the first bad field and its value.
         """
-        checks = [
+        for name, ok, rule in self._ranges():
+            if not ok:
+                section, key = name.split(".")
+                raise ConfigError(f"{name} must be {rule}, got {getattr(getattr(self, section), key)!r}")
+        if not all(part.strip().isdigit() and int(part) >= 1 for part in self.model.hidden.split(",") if part.strip()):
+            raise ConfigError(f"model.hidden must be comma-separated sizes >= 1, got {self.model.hidden!r}")
+        if self.comm.kkt and self.optimizer.l1 <= 0:
+            raise ConfigError("comm.kkt needs optimizer.l1 > 0 (the KKT filter works on the L1 band)")
+        if self.optimizer.l1 > 0 and self.optimizer.name != "ftrl":
+            raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got {self.optimizer.name!r}")
+        if self.data.path and not Path(self.data.path).is_file():
+            if Path(self.data.path).is_dir():
+                raise ConfigError(f"data.path: {self.data.path!r} is a directory, not a data file")
+            raise ConfigError(f"data.path: no such file {self.data.path!r}")
+        if self.cluster.security == "none" and not self.cluster.ps_tier:
+            check_plaintext_host(resolve_bind_host(self.cluster.bind_host))
+        if self.cluster.ps_tier and not Path(self.cluster.ps_tier).is_file():
+            raise ConfigError(f"cluster.ps_tier: no such tier file {self.cluster.ps_tier!r} "
+                              "(python -m hybrid_ps.serve writes it once its shards are up)")
+        return self
+
+    def _ranges(self) -> list[tuple[str, bool, str]]:
+        """``(field, within its range, the range)`` for every field with a range."""
+        return [
             ("cluster.servers", self.cluster.servers >= 0, ">= 0"),
             ("cluster.groups", self.cluster.groups >= 0, ">= 0"),
             ("cluster.ps_timeout", self.cluster.ps_timeout > 0, "> 0"),
@@ -215,26 +238,6 @@ class Config:
             ("train.keep", self.train.keep >= 1, ">= 1"),
             ("comm.filter_threshold", self.comm.filter_threshold >= 0, ">= 0"),
         ]
-        for name, ok, rule in checks:
-            if not ok:
-                section, key = name.split(".")
-                raise ConfigError(f"{name} must be {rule}, got {getattr(getattr(self, section), key)!r}")
-        if not all(part.strip().isdigit() and int(part) >= 1 for part in self.model.hidden.split(",") if part.strip()):
-            raise ConfigError(f"model.hidden must be comma-separated sizes >= 1, got {self.model.hidden!r}")
-        if self.comm.kkt and self.optimizer.l1 <= 0:
-            raise ConfigError("comm.kkt needs optimizer.l1 > 0 (the KKT filter works on the L1 band)")
-        if self.optimizer.l1 > 0 and self.optimizer.name != "ftrl":
-            raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got {self.optimizer.name!r}")
-        if self.data.path and not Path(self.data.path).is_file():
-            if Path(self.data.path).is_dir():
-                raise ConfigError(f"data.path: {self.data.path!r} is a directory, not a data file")
-            raise ConfigError(f"data.path: no such file {self.data.path!r}")
-        if self.cluster.security == "none" and not self.cluster.ps_tier:
-            check_plaintext_host(resolve_bind_host(self.cluster.bind_host))
-        if self.cluster.ps_tier and not Path(self.cluster.ps_tier).is_file():
-            raise ConfigError(f"cluster.ps_tier: no such tier file {self.cluster.ps_tier!r} "
-                              "(python -m hybrid_ps.serve writes it once its shards are up)")
-        return self
 
     @property
     def resume_path(self) -> str:
