@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import math
 import tomllib
 import typing
@@ -64,7 +65,16 @@ class ClusterConfig:
 class DataConfig:
     """Where the training rows come from."""
 
-    path: str = _option("", "libsvm/svmlight file to train on (empty = built-in synthetic data)", "--data")
+    path: str = _option("", "data to train on: a file, a directory of part files or a glob, each plain or gzip, "
+                        "bz2, xz or zstd compressed (empty = built-in synthetic data)", "--data")
+    eval_path: str = _option("", "held-out data evaluated while training (every train.eval_every clocks and after "
+                             "every epoch; same forms as data.path; empty = none)", "--eval-data")
+    feature_scaling: str = _option(
+        "maxabs", "divide each feature whose values go beyond [-1, 1] by its largest |value| in the training data "
+        "(computed before training, kept in the checkpoint; none = use the values as they are)",
+        "--feature-scaling", ("maxabs", "none"))
+    format: str = _option("libsvm", "line format of the data files (auto: criteo for .tsv names and names with "
+                          "'criteo' or 'day_', else libsvm)", "--format", ("libsvm", "criteo", "auto"))
     rows: int = _option(200_000, "synthetic data: number of rows", "--rows")
     features: int = _option(100_000, "synthetic data: distinct hashed features", "--features")
     nnz_per_row: int = _option(20, "synthetic data: features per row", "--nnz-per-row")
@@ -114,12 +124,20 @@ class TrainConfig:
     epochs: int = _option(2, "passes over the data", "--epochs")
     batch_size: int = _option(256, "rows per rank per step", "--batch-size")
     max_steps: int = _option(0, "stop after this many steps per group (0 = no limit)", "--max-steps")
+    stop_on_divergence: bool = _option(
+        True, "stop the job (exit 1, naming the likely cause) once the training logloss has run far above a "
+        "constant prediction's for three windows of 20,000 rows", "--stop-on-divergence")
     on_nonfinite: str = _option(
         "stop", "a NaN/Inf gradient: stop (the job fails, naming group, ranks and step) or skip (that step, "
         "with a warning)", "--on-nonfinite", ("stop", "skip"))
     log_interval: float = _option(5.0, "seconds between progress lines", "--log-interval")
     output_dir: str = _option("runs/latest", "directory for metrics.jsonl and run outputs", "--output-dir")
     final_eval: bool = _option(True, "evaluate the final model on the training data after training", "--final-eval")
+    eval_every: int = _option(0, "with data.eval_path: also evaluate it every N clocks (0 = after every epoch only)",
+                              "--eval-every")
+    early_stopping: int = _option(
+        0, "stop once the validation logloss has not improved for K evaluations at eval_every cuts, keeping the "
+        "best cut as checkpoint 'best' (0 = never; needs data.eval_path and eval_every)", "--early-stopping")
     checkpoint: bool = _option(
         True, "write HDF5 checkpoints (after training and every checkpoint_every clocks)", "--checkpoint")
     checkpoint_every: int = _option(0, "also checkpoint every N clocks (0 = only after training)", "--checkpoint-every")
@@ -190,10 +208,12 @@ class Config:
             raise ConfigError("comm.kkt needs optimizer.l1 > 0 (the KKT filter works on the L1 band)")
         if self.optimizer.l1 > 0 and self.optimizer.name != "ftrl":
             raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got {self.optimizer.name!r}")
-        if self.data.path and not Path(self.data.path).is_file():
-            if Path(self.data.path).is_dir():
-                raise ConfigError(f"data.path: {self.data.path!r} is a directory, not a data file")
-            raise ConfigError(f"data.path: no such file {self.data.path!r}")
+        for name, path in (("data.path", self.data.path), ("data.eval_path", self.data.eval_path)):
+            if path and not _data_exists(path):
+                raise ConfigError(f"{name}: no such file or directory, and no file matches {path!r}")
+        if self.train.early_stopping and not (self.data.eval_path and self.train.eval_every):
+            raise ConfigError("train.early_stopping needs data.eval_path (--eval-data) and train.eval_every "
+                              "(--eval-every): it counts the evaluations at those cuts")
         if self.cluster.security == "none" and not self.cluster.ps_tier:
             check_plaintext_host(resolve_bind_host(self.cluster.bind_host))
         if self.cluster.ps_tier and not Path(self.cluster.ps_tier).is_file():
@@ -236,6 +256,8 @@ class Config:
             ("train.straggle_probability", 0 <= self.train.straggle_probability <= 1, "in [0, 1]"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 0, ">= 0"),
             ("train.keep", self.train.keep >= 1, ">= 1"),
+            ("train.eval_every", self.train.eval_every >= 0, ">= 0"),
+            ("train.early_stopping", self.train.early_stopping >= 0, ">= 0"),
             ("comm.filter_threshold", self.comm.filter_threshold >= 0, ">= 0"),
         ]
 
@@ -274,6 +296,11 @@ class Config:
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _data_exists(path: str) -> bool:
+    """A data path names something: a file or directory, or a glob some file matches."""
+    return bool(glob.glob(path)) if glob.has_magic(path) else Path(path).exists()
 
 
 def _section_types() -> dict[str, type]:

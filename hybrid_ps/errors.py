@@ -11,7 +11,10 @@ __all__ = [
     "ShardUnavailableError",
     "RangeLostError",
     "CheckpointError",
+    "NonFiniteError",
+    "KeyListMissError",
     "WaitTimeoutError",
+    "DivergenceError",
 ]
 
 
@@ -57,3 +60,7 @@ class NonFiniteError(HybridPSError):
 
 class WaitTimeoutError(HybridPSError):
     """A blocking wait ran out of time; the message names what it waited for."""
+
+
+class DivergenceError(HybridPSError):
+    """Training diverged: the loss ran far above a constant prediction's; the message names the likely cause."""

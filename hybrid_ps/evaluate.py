@@ -16,28 +16,11 @@ import sys
 from .checkpoint import checkpoint_info
 from .cli import plain_logging, run_main
 from .config import OneLineErrorParser
-from .errors import CheckpointError, ConfigError, DataError, HybridPSError
+from .errors import DataError, HybridPSError
 
 __all__ = ["main"]
 
 log = logging.getLogger("hybrid_ps.evaluate")
-
-
-def _batches(data: str, checkpoint: str, batch_rows: int):
-    if data == "synthetic":
-        from .data.synthetic import SyntheticShard, SyntheticSpec
-
-        recorded = checkpoint_info(checkpoint)["data"]
-        if recorded.get("source") != "synthetic":
-            raise ConfigError(f"--data synthetic: {checkpoint} was trained on {recorded.get('source')!r}")
-        try:
-            spec = SyntheticSpec.from_record(recorded, origin=checkpoint)
-        except CheckpointError as e:  # a field is missing
-            raise CheckpointError(f"--data synthetic: {e}; give --data FILE") from None
-        return SyntheticShard(spec).batches(batch_rows)
-    from .data.libsvm import LibsvmShard
-
-    return LibsvmShard(data).batches(batch_rows)
 
 
 def _print(result: dict, fmt: str) -> None:
@@ -58,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m hybrid_ps.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="ckpt-<clock> directory, its model.h5, or a checkpoint root")
-    parser.add_argument("--data", help="libsvm/svmlight file to evaluate on, or 'synthetic'")
+    parser.add_argument("--data", help="data to evaluate on (a file, a directory of parts or a glob, plain or "
+                        "compressed), or 'synthetic'")
+    parser.add_argument("--data-format", choices=("libsvm", "criteo", "auto"),
+                        help="line format of the data (default: the format the model was trained on)")
     parser.add_argument("--info", action="store_true", help="print what the checkpoint holds instead")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     parser.add_argument("--batch-rows", type=int, default=65536, help="rows read at a time (memory bound)")
@@ -77,9 +63,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.info:
         result = checkpoint_info(args.checkpoint)
     else:
-        from .models.evaluation import evaluate_model
+        from .models.evaluation import data_batches, evaluate_model
 
-        result = evaluate_model(args.checkpoint, _batches(args.data, args.checkpoint, args.batch_rows))
+        result = evaluate_model(args.checkpoint, data_batches(args.data, args.checkpoint, args.batch_rows,
+                                                                        args.data_format))
         if not result["rows"]:
             raise DataError(f"{args.data}: no data rows (only blank lines and comments)")
     _print(result, args.format)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["logloss", "auc", "accuracy", "StreamingAUC", "MetricsWriter", "RateMeter"]
+__all__ = ["logloss", "auc", "accuracy", "StreamingAUC", "auc_from_histograms", "MetricsWriter", "RateMeter"]
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,18 @@ class StreamingAUC:
 
     def value(self) -> float:
         """The AUC so far (NaN while one class is missing)."""
-        positives, negatives = int(self._positive.sum()), int(self._negative.sum())
-        if positives == 0 or negatives == 0:
-            return math.nan
-        negatives_below = np.cumsum(self._negative) - self._negative
-        wins = np.sum(self._positive * (negatives_below + 0.5 * self._negative))
-        return float(wins / (positives * negatives))
+        return auc_from_histograms(self._positive, self._negative)
+
+
+def auc_from_histograms(positive: np.ndarray, negative: np.ndarray) -> float:
+    """The AUC of per-class counts of scores in equal-width bins (ties within a bin count half); NaN while a
+    class is missing."""
+    positives, negatives = float(positive.sum()), float(negative.sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    negatives_below = np.cumsum(negative) - negative
+    wins = np.sum(positive * (negatives_below + 0.5 * negative))
+    return float(wins / (positives * negatives))
 
 
 class RateMeter:

@@ -16,34 +16,41 @@ The format is a contract, described in docs/checkpoints.md.
 """
 
 from .files import (
+    BEST,
     FORMAT_VERSION,
+    LATEST,
     ShardState,
     partial_dir,
     read_shard_file,
     write_shard_file,
 )
-from .publishing import publish
+from .publishing import mark_best, publish
 from .read import (
     SavedModel,
     check_resumable,
     checkpoint_info,
     cut_parts,
-    load_model,
+    load_saved_model,
+    read_feature_scales,
     resolve_checkpoint,
     restore_shard,
     resume_clocks,
 )
 
 __all__ = [
+    "BEST",
     "FORMAT_VERSION",
+    "LATEST",
     "ShardState",
     "partial_dir",
     "write_shard_file",
     "read_shard_file",
     "publish",
+    "mark_best",
     "resolve_checkpoint",
     "SavedModel",
-    "load_model",
+    "load_saved_model",
+    "read_feature_scales",
     "checkpoint_info",
     "check_resumable",
     "restore_shard",

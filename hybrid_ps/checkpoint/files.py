@@ -16,6 +16,7 @@ __all__ = ["FORMAT_VERSION", "ShardState", "partial_dir", "write_shard_file", "r
 
 FORMAT_VERSION = 1
 LATEST = "latest"
+BEST = "best"  # a pointer like latest: the cut whose validation logloss was lowest (train.early_stopping)
 
 
 @dataclass(kw_only=True)

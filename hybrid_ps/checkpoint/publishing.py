@@ -15,9 +15,9 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_path, atomic_write, fsync_dir
 from ..errors import CheckpointError
-from .files import FORMAT_VERSION, LATEST, _open, partial_dir
+from .files import BEST, FORMAT_VERSION, LATEST, _open, partial_dir
 
-__all__ = ["publish"]
+__all__ = ["publish", "mark_best"]
 
 
 def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -> Path | None:
@@ -27,7 +27,8 @@ def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -
         root: the checkpoint root.
         clock: the cut's clock (names the directory).
         info: ``config`` (dict), ``model`` (dict: kind, width, ...), ``metrics``
-            (dict of numbers) and ``data`` (dict) recorded in ``model.h5``.
+            (dict of numbers) and ``data`` (dict) recorded in ``model.h5``; ``feature_scales``
+            (``(keys, scales)`` arrays, optional) as ``/model/scale_keys`` and ``/model/scales``.
         keep: how many published checkpoints to keep (older ones are removed).
 
     Returns:
@@ -61,6 +62,14 @@ def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -
     return final
 
 
+def mark_best(root: str | Path, clock: int) -> None:
+    """Point ``best`` at the cut at ``clock`` (published, or being published by another leader); pruning
+    keeps it."""
+    root = Path(root)
+    with atomic_write(root / BEST) as handle:
+        handle.write(f"ckpt-{clock}\n")
+
+
 def _write_model_file(path: Path, clock: int, shards: list, info: dict[str, Any]) -> None:
     total = sum(count for _, count, _, _, _ in shards)
     width = shards[0][2]
@@ -85,6 +94,11 @@ def _write_model_file(path: Path, clock: int, shards: list, info: dict[str, Any]
         model.create_virtual_dataset("values", values, fillvalue=0)
         model["keys"].attrs["description"] = "uint64 feature keys of every shard, joined (virtual dataset)"
         model["values"].attrs["description"] = "float32 [keys, width] values matching /model/keys"
+        scale_keys, scales = info.get("feature_scales") or (np.zeros(0, np.uint64), np.zeros(0, np.float32))
+        model.create_dataset("scale_keys", data=np.asarray(scale_keys, dtype=np.uint64))
+        model.create_dataset("scales", data=np.asarray(scales, dtype=np.float32))
+        model["scales"].attrs["description"] = ("float32 divisors of the feature values of /model/scale_keys "
+                                                "(sorted uint64), applied before the model (data.feature_scaling)")
         group = f.create_group("shards")
         for name, _, _, _, _ in shards:
             group[name.removesuffix(".h5")] = h5py.ExternalLink(name, "/")
@@ -105,8 +119,9 @@ def _attrs(mapping: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prune(root: Path, keep: int) -> None:
+    best = (root / BEST).read_text().strip() if (root / BEST).is_file() else None
     published = sorted(
-        (p for p in root.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".partial")),
+        (p for p in root.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".partial") and p.name != best),
         key=lambda p: int(p.name.split("-")[1]),
     )
     for old in published[: max(len(published) - keep, 0)]:

@@ -12,14 +12,16 @@ import h5py
 import numpy as np
 
 from ..errors import CheckpointError
-from .files import LATEST, ShardState, _check_format, _open, read_shard_file
+from .files import BEST, LATEST, ShardState, _check_format, _open, read_shard_file
 
-__all__ = ["resolve_checkpoint", "SavedModel", "load_model", "checkpoint_info", "check_resumable", "restore_shard",
-           "cut_parts", "resume_clocks"]
+__all__ = ["resolve_checkpoint", "SavedModel", "load_saved_model", "read_feature_scales", "checkpoint_info",
+           "check_resumable",
+           "restore_shard", "cut_parts", "resume_clocks"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a path: a ``ckpt-*`` directory, its ``model.h5``, or a root (uses ``latest``).
+    """A checkpoint directory from a path: a ``ckpt-*`` directory, its ``model.h5``, a root (uses ``latest``),
+    or a root's ``latest`` or ``best`` pointer.
 
     Raises:
         CheckpointError: nothing published there.
@@ -29,15 +31,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"{path}: not a checkpoint: no such file or directory")
     if path.is_file() and path.name == "model.h5":
         return path.parent
+    if path.is_file() and path.name in (LATEST, BEST):
+        return _follow(path)
     if (path / "model.h5").is_file():
         return path
-    latest = path / LATEST
-    if latest.is_file():
-        target = path / latest.read_text().strip()
-        if (target / "model.h5").is_file():
-            return target
-        raise CheckpointError(f"{latest} points to {target.name}, which has no model.h5")
+    if (path / LATEST).is_file():
+        return _follow(path / LATEST)
     raise CheckpointError(f"{path}: not a checkpoint (no model.h5) and no 'latest' pointer")
+
+
+def _follow(pointer: Path) -> Path:
+    target = pointer.parent / pointer.read_text().strip()
+    if (target / "model.h5").is_file():
+        return target
+    raise CheckpointError(f"{pointer} points to {target.name}, which has no model.h5")
 
 
 @dataclass
@@ -50,9 +57,11 @@ class SavedModel:
     clock: int
     attrs: dict[str, Any]
     model_attrs: dict[str, Any]  # the model's kind, width and shape settings (``Model.attrs``)
+    scale_keys: np.ndarray  # sorted keys whose feature values are divided by ``scales`` (data.feature_scaling)
+    scales: np.ndarray
 
 
-def load_model(path: str | Path) -> SavedModel:
+def load_saved_model(path: str | Path) -> SavedModel:
     """Load ``model.h5`` (through its virtual datasets), keys sorted for lookup.
 
     Raises:
@@ -70,9 +79,28 @@ def load_model(path: str | Path) -> SavedModel:
             raise CheckpointError(f"{model_path}: cannot read the model's keys and values: {e}") from None
         model_attrs = {k: _plain(v) for k, v in f["model"].attrs.items()}
         attrs = dict(f.attrs)
+        scale_keys, scales = _feature_scales(f)
     order = np.argsort(keys, kind="stable")
     return SavedModel(keys[order], values[order], str(model_attrs.get("kind", "")), int(attrs["clock"]), attrs,
-                 model_attrs)
+                      model_attrs, scale_keys, scales)
+
+
+def read_feature_scales(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A checkpoint's feature scales, ``(sorted keys, divisors)`` (empty for a checkpoint without them).
+
+    Raises:
+        CheckpointError: no readable checkpoint there.
+    """
+    model_path = resolve_checkpoint(path) / "model.h5"
+    with _open(model_path) as f:
+        _check_format(f, model_path, "hybrid_ps model")
+        return _feature_scales(f)
+
+
+def _feature_scales(f: h5py.File) -> tuple[np.ndarray, np.ndarray]:
+    if "model/scales" not in f:  # written before feature scaling existed
+        return np.zeros(0, np.uint64), np.zeros(0, np.float32)
+    return f["model/scale_keys"][()].astype(np.uint64), f["model/scales"][()].astype(np.float32)
 
 
 def _check_shard_files(f: h5py.File, directory: Path) -> list[Path]:

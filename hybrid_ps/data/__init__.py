@@ -1,4 +1,4 @@
-"""Data sources: the libsvm reader (sharded by rank) and the synthetic default."""
+"""Data sources: the file reader (parts, compression, line formats; sharded by rank) and the synthetic default."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..config import DataConfig
     from .batch import Batch
-    from .libsvm import LibsvmShard
+    from .reader import DataShard
     from .synthetic import SyntheticShard
 
 __all__ = ["open_data_shard", "batch_source"]
@@ -18,12 +18,12 @@ __all__ = ["open_data_shard", "batch_source"]
 log = logging.getLogger(__name__)
 
 
-def open_data_shard(config: DataConfig, rank: int, num_ranks: int) -> LibsvmShard | SyntheticShard:
-    """This rank's share of the configured data: a libsvm file if ``path`` is set, else synthetic rows."""
+def open_data_shard(config: DataConfig, rank: int, num_ranks: int) -> DataShard | SyntheticShard:
+    """This rank's share of the configured data: the files of ``path`` if it is set, else synthetic rows."""
     if config.path:
-        from .libsvm import LibsvmShard
+        from .reader import DataShard
 
-        return LibsvmShard(config.path, rank, num_ranks)
+        return DataShard(config.path, rank, num_ranks, format=config.format)
     from .synthetic import SyntheticShard, SyntheticSpec
 
     spec = SyntheticSpec.from_config(config)

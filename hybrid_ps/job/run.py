@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,8 @@ import numpy as np
 from .. import checkpoint
 from ..config import Config
 from ..data import batch_source
+from ..data.batch import Batch
+from ..data.scaling import FeatureScales, scaled
 from ..logs import configure_logging
 from ..metrics import MetricsWriter
 from ..models import Model, build_model
@@ -58,6 +62,10 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
                  config.cluster.staleness, plan.replication, config.optimizer.name)
     ring = HashRing(plan.shard_ids, config.cluster.vnodes)
     model = build_model(config.model)
+    batches = None
+    if topology.role == "worker":  # (preloaded: read now)
+        batches = batch_source(config.data, config.train.batch_size, *plan.data_position(topology))
+    scales = _feature_scales(config, topology, batches)
     metrics = None
     if topology.rank == 0:
         metrics = MetricsWriter(f"{config.train.output_dir}/metrics.jsonl")
@@ -66,7 +74,9 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
         if topology.role == "server":
             totals = _run_server(topology, config, model.width, stop, debug, curve_keys)
         else:
-            totals = _run_worker(topology, plan, config, ring, model, metrics, stop, curve_keys)
+            assert batches is not None
+            totals = _run_worker(topology, plan, config, ring, model, metrics, stop, curve_keys,
+                                 scaled(batches, scales, config.data.preload), scales)
         return summarise(topology, config, totals, metrics)
     finally:
         if metrics is not None:
@@ -97,11 +107,11 @@ def _run_server(topology: Topology, config: Config, width: int, stop: StopReques
 def _run_worker(
     topology: Topology, plan: JobPlan, config: Config, ring: HashRing, model: Model,
     metrics: MetricsWriter | None, stop: StopRequest | None, curve_keys: JobKeys | None,
+    batches: Callable[[], Iterable[Batch]], scales: FeatureScales,
 ) -> np.ndarray:
     endpoints = plan.tier.endpoints if plan.tier else exchange_endpoints(topology, None)
     # a leader blocks at most a few PS waits (checkpoint, drain, reshard) between two broadcasts
     group = WorkerGroup(topology.group_comm, leader_timeout=4 * config.cluster.ps_timeout)
-    batches = batch_source(config.data, config.train.batch_size, *plan.data_position(topology))
     client = None
     if topology.is_leader:
         log.info("leader of group %d runs as pid %d", topology.group, os.getpid())
@@ -111,7 +121,7 @@ def _run_worker(
                           key_cache=config.comm.key_cache, compression=config.comm.compression,
                           compress_values=config.comm.compress_values, curve_keys=curve_keys)
     try:
-        publish = _publisher(config, topology, model) if config.train.checkpoint and client else None
+        publish = _publisher(config, topology, model, scales) if config.train.checkpoint and client else None
         start = group.broadcast_int(client.join() if client else 0)  # its own clock; after a failure, the others'
         if topology.is_leader and start:
             log.info("group %d continues at clock %d", topology.group, start)
@@ -120,9 +130,12 @@ def _run_worker(
         skip = start if config.train.resume or not plan.tier else 0  # a group joining a tier trains all its data
         tier_view = (lambda: TierView(read_tier_file(config.cluster.ps_tier).endpoints, plan.replication)) \
             if plan.tier else None
+        evaluates = bool(config.data.eval_path) and topology.group == plan.layout.first_group
         trainer = GroupTrainer(config=config, group=group, group_id=topology.group, model=model, batches=batches,
                                client=client, metrics=metrics, publish=publish, start_clock=start,
-                               stop_request=stop, skip_batches=skip, tier_view=tier_view)
+                               stop_request=stop, skip_batches=skip, tier_view=tier_view,
+                               validation_data=_validation_data(config, group, scales) if evaluates else None,
+                               mark_best=_best_marker(config) if evaluates and publish else None)
         result = trainer.run()
     finally:
         if client is not None:
@@ -140,7 +153,36 @@ def _warn_if_positions_differ(config: Config, topology: Topology) -> None:
                     "batches as were trained, so data positions are approximate", changed)
 
 
-def _publisher(config: Config, topology: Topology, model: Model):
+def _validation_data(config: Config, group: WorkerGroup, scales: FeatureScales) -> Callable[[], Iterable[Batch]]:
+    """This member's share of the held-out rows (the evaluating group's members divide them), scaled."""
+    held_out = dataclasses.replace(config.data, path=config.data.eval_path)
+    source = batch_source(held_out, config.train.batch_size, group.rank, group.size)
+    return scaled(source, scales, config.data.preload)
+
+
+def _feature_scales(config: Config, topology: Topology,
+                    batches: Callable[[], Iterable[Batch]] | None) -> FeatureScales:
+    """The job's feature scales (``data/scaling.py``): a resumed run's from its checkpoint, else every worker
+    rank's largest magnitudes, joined (collective over the world; servers add none)."""
+    if config.data.feature_scaling == "none" or not config.data.path:  # synthetic values are all 1
+        return FeatureScales.empty()
+    if config.train.resume:
+        return FeatureScales(*checkpoint.read_feature_scales(config.resume_path))
+    local = FeatureScales.of(batches()) if batches is not None else FeatureScales.empty()
+    tables = topology.world.allgather((local.keys, local.scales))
+    scales = FeatureScales.merged([FeatureScales(keys, values) for keys, values in tables])
+    if topology.rank == 0 and len(scales):
+        log.info("feature scaling: %d key(s) with values beyond [-1, 1] are divided by their largest |value| "
+                 "(up to %.3g)", len(scales), float(scales.scales.max()))
+    return scales
+
+
+def _best_marker(config: Config) -> Callable[[int], None]:
+    """The evaluating leader's callback that points checkpoint ``best`` at a cut."""
+    return lambda clock: checkpoint.mark_best(config.checkpoint_root, clock)
+
+
+def _publisher(config: Config, topology: Topology, model: Model, scales: FeatureScales):
     """A leader's callback that publishes a written cut (whichever leader comes first does it)."""
     from ..data.synthetic import SyntheticSpec
 
@@ -154,9 +196,10 @@ def _publisher(config: Config, topology: Topology, model: Model):
                 "group_samples": result.samples,
                 "group_train_logloss_progressive": result.train_loss_sum / max(result.samples, 1),
             },
-            "data": {"source": config.data.path or "synthetic", "worker_ranks": topology.layout.num_workers,
-                     "batch_size": config.train.batch_size,
+            "data": {"source": config.data.path or "synthetic", "format": config.data.format,
+                     "worker_ranks": topology.layout.num_workers, "batch_size": config.train.batch_size,
                      **({} if config.data.path else SyntheticSpec.from_config(config.data).to_record())},
+            "feature_scales": (scales.keys, scales.scales),
         }
         published = checkpoint.publish(config.checkpoint_root, cut, info, config.train.keep)
         if published is not None:

@@ -48,9 +48,17 @@ def summarise(topology: Topology, config: Config, local: np.ndarray, metrics: Me
         ps_bytes_received_per_step=traffic["received"],
         traffic_per_step=traffic,
     )
+    if config.data.eval_path:
+        summary.update(validation_logloss=total.validation_logloss, early_stopped=total.early_stopped)
+        if config.train.early_stopping:
+            summary.update(best_clock=total.best_clock, best_logloss=total.best_logloss)
     if metrics is not None:
         metrics.write("summary", **summary)
-        if summary["preempted"]:
+        if summary.get("early_stopped"):
+            log.info("early stopping: %d samples in %.1fs (%.0f samples/s); the best validation logloss, %.4f, is "
+                     "the cut at clock %d (checkpoint 'best')", summary["samples"], wall, summary["samples_per_s"],
+                     summary["best_logloss"], summary["best_clock"])
+        elif summary["preempted"]:
             log.info("preempted: %d samples in %.1fs (%.0f samples/s), progressive logloss %.4f; "
                      "the checkpoint holds the cut", summary["samples"], wall, summary["samples_per_s"],
                      summary["train_logloss_progressive"])

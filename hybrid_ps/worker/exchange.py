@@ -27,17 +27,21 @@ class StepStats:
     rows: float = 0.0
     correct: float = 0.0  # evaluation: correct predictions
     stop: float = 0.0  # members whose process was asked to stop (preemption)
+    epoch_end: float = 0.0  # 1 if the group's rank 0 finished an epoch of its data with this step's batch
+    positives: float = 0.0  # rows labelled 1
+    largest_value: float = 0.0  # the largest |feature value| in the batch of the group's rank 0 (only it adds)
 
-    SIZE = 4
+    SIZE = 7
     """Slots they take at the end of the Allreduce buffer."""
 
     def write(self, tail: np.ndarray) -> None:
-        tail[:] = (self.loss, self.rows, self.correct, self.stop)
+        tail[:] = (self.loss, self.rows, self.correct, self.stop, self.epoch_end, self.positives, self.largest_value)
 
     @classmethod
     def read(cls, tail: np.ndarray) -> StepStats:
-        loss, rows, correct, stop = tail.tolist()
-        return cls(loss, rows, correct, stop)
+        if tail.size != cls.SIZE:
+            raise ValueError(f"step stats take {cls.SIZE} slots, got {tail.size}")
+        return cls(*tail.tolist())
 
 
 @dataclass
@@ -47,6 +51,7 @@ class PendingExchange:
     batch: PreparedBatch | None
     union: np.ndarray | None
     ticket: Ticket | None
+    ends_epoch: bool = False  # the batch is the last of an epoch of this rank's data
 
 
 class KeyExchange:

@@ -30,6 +30,10 @@ class GroupResult:
     preempted: bool = False
     train_seconds: float = 0.0
     ps_seconds: float = 0.0  # the leader's time blocked on the PS tier during training
+    early_stopped: bool = False  # the evaluating group's leader asked to stop (train.early_stopping)
+    validation_logloss: float = 0.0  # the evaluating group's: the last held-out logloss
+    best_clock: int = 0  # ... the cut with the lowest held-out logloss (train.early_stopping)
+    best_logloss: float = 0.0  # ... and that logloss
     traffic: np.ndarray = field(default_factory=lambda: np.zeros(len(TRAFFIC_FIELDS)))  # bytes, TRAFFIC_FIELDS
 
     def as_array(self) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -23,13 +24,14 @@ from ..config import Config
 from ..data.batch import Batch
 from ..errors import NonFiniteError
 from ..metrics import MetricsWriter, RateMeter
-from ..models.base import Model, PreparedBatch
+from ..models.base import Model
 from ..preemption import StopRequest
 from ..protocol.numerics import all_finite
 from ..protocol.wire import FINAL_CLOCK
 from ..tables.optimizers import optimizer_from_config
 from ..tier import TierView
 from .client import PSClient
+from .divergence import DivergenceGuard
 from .eval_pass import evaluate_pass
 from .exchange import KeyExchange, PendingExchange, StepStats
 from .faults import FaultInjector
@@ -39,6 +41,7 @@ from .group_rows import GroupRows
 from .leader import Leader
 from .progress import ProgressReport
 from .result import TRAFFIC_FIELDS, GroupResult
+from .validation import Validation, ValidationSchedule
 
 __all__ = ["GroupTrainer", "GroupResult", "StepStats", "TRAFFIC_FIELDS"]
 
@@ -64,6 +67,9 @@ class GroupTrainer:
         tier_view: reads the tier's current shards (when the tier announces a change).
         stop_request: this process's preemption flag; any rank's flag stops the
             whole job at one clock, with a checkpoint.
+        validation_data: on the evaluating group's members: one pass over this member's share of the
+            held-out rows (``validation.py``).
+        mark_best: the evaluating group's leader: points checkpoint ``best`` at a cut's clock.
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class GroupTrainer:
         stop_request: StopRequest | None = None,
         skip_batches: int | None = None,
         tier_view: Callable[[], TierView] | None = None,
+        validation_data: Callable[[], Iterable[Batch]] | None = None,
+        mark_best: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.group = group
@@ -113,6 +121,13 @@ class GroupTrainer:
                                                shard_clocks=lambda: client.shard_clocks)
         self.exchange = KeyExchange(group=group, model=model, leader=self.leader, faults=self.faults,
                                     group_rows=self.group_rows, preload=config.data.preload)
+        self.divergence = (DivergenceGuard(group_id=group_id, learning_rate=config.optimizer.learning_rate)
+                           if config.train.stop_on_divergence else None)
+        self.schedule = ValidationSchedule(every=config.train.eval_every, early_stopping=config.train.early_stopping)
+        self.validation = None
+        if validation_data is not None:
+            self.validation = Validation(schedule=self.schedule, batches=validation_data, exchange=self.exchange,
+                                         group=group, model=model, metrics=metrics, mark_best=mark_best)
 
     def run(self) -> GroupResult:
         """Train, evaluate if configured, and leave the PS tier; returns the group's sums."""
@@ -122,7 +137,8 @@ class GroupTrainer:
         if result.preempted:
             if self.leader is not None:
                 self.leader.checkpoint(self.clock, result, self.clock)
-                log.warning("preempted: stopped at clock %d%s", self.clock,
+                why = "early stopping or preempted" if self.config.train.early_stopping else "preempted"
+                log.warning("%s: stopped at clock %d%s", why, self.clock,
                             "; resume with --resume latest" if self.leader.publish else "")
         else:
             if self.leader is not None:
@@ -148,8 +164,7 @@ class GroupTrainer:
         max_steps = self.config.train.max_steps
         batches = itertools.islice(self._epochs(), self.skip_batches, None)  # resume where the cut was
         more_steps = lambda clock: not max_steps or clock < max_steps  # noqa: E731
-        start = self.exchange.start
-        upcoming = start(next(batches, None), self.clock) if more_steps(self.clock) else None
+        upcoming = self._start(batches, self.clock) if more_steps(self.clock) else None
         while upcoming is not None:
             current = upcoming
             pulled = self._finish_exchange(current, result)
@@ -157,17 +172,31 @@ class GroupTrainer:
                 break
             upcoming = None
             if self._prefetch and more_steps(self.clock + 1):
-                upcoming = start(next(batches, None), self.clock + 1)
-            self._step(current.batch, *pulled, result)
+                upcoming = self._start(batches, self.clock + 1)
+            self._step(current, *pulled, result)
             if not self._prefetch and more_steps(self.clock):
-                upcoming = start(next(batches, None), self.clock)
+                upcoming = self._start(batches, self.clock)
         result.train_seconds = self.meter.elapsed
         if self.leader is not None:
             result.ps_seconds, result.traffic = self.leader.ps_seconds, self.leader.traffic()
 
-    def _epochs(self) -> Iterator[Batch]:
+    def _epochs(self) -> Iterator[tuple[Batch, bool]]:
+        """Every epoch's batches, each with whether it is the last of its epoch (read one batch ahead)."""
         for _ in range(self.config.train.epochs):
-            yield from self.batches()
+            previous = None
+            for batch in self.batches():
+                if previous is not None:
+                    yield previous, False
+                previous = batch
+            if previous is not None:
+                yield previous, True
+
+    def _start(self, batches: Iterator[tuple[Batch, bool]], clock: int) -> PendingExchange:
+        """Steps 1-3a for ``clock``: this rank's next batch (if any) into the key exchange."""
+        batch, ends_epoch = next(batches, (None, False))
+        pending = self.exchange.start(batch, clock)
+        pending.ends_epoch = ends_epoch
+        return pending
 
     def _finish_exchange(self, pending: PendingExchange, result: GroupResult) -> tuple[np.ndarray, np.ndarray] | None:
         """Step 3b; ``None`` = stop (everybody). The leader first checks whether the group reached the
@@ -176,16 +205,22 @@ class GroupTrainer:
             self._stopping = self.leader.must_stop(self.clock, result)
         return self.exchange.finish(pending, stopping=self._stopping)
 
-    def _step(self, batch: PreparedBatch | None, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
-        """Steps 4-5: gradient, one Allreduce (gradient + stats), the leader's push and clock."""
+    def _step(self, pending: PendingExchange, keys: np.ndarray, values: np.ndarray, result: GroupResult) -> None:
+        """Steps 4-5: gradient, one Allreduce (gradient + stats), the leader's push and clock; then a cut, a
+        validation and a progress line if due."""
+        batch = pending.batch
         size = keys.size * self.model.width
         totals = self.group.reduce_buffer(size + StepStats.SIZE)  # [gradient rows..., StepStats]
-        stats = StepStats(stop=self.stop_request.requested)
+        stats = StepStats(stop=self.stop_request.requested,
+                          epoch_end=float(pending.ends_epoch and self.group.rank == 0))
         if batch is not None and batch.batch.num_rows:
             stats.loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
             with np.errstate(over="ignore"):  # beyond float32 it becomes Inf, handled below
                 totals[:size] = grad.reshape(-1)
             stats.rows = batch.batch.num_rows
+            stats.positives = float(np.count_nonzero(batch.batch.labels > 0.5))
+            if self.group.rank == 0 and batch.batch.values.size:
+                stats.largest_value = float(np.max(np.abs(batch.batch.values)))
         else:
             totals[:size] = 0.0
         stats.write(totals[size:])
@@ -196,6 +231,9 @@ class GroupTrainer:
         if not all_finite(totals):  # the same sum on every member: they all take this branch
             self._non_finite_gradient(local_finite)
             loss_sum, rows = 0.0, 0  # the step is skipped: no push, no samples counted
+        if self.divergence is not None:
+            self.divergence.add(clock=self.clock, loss_sum=loss_sum, rows=rows, positives=summed.positives,
+                                largest_value=summed.largest_value)
         kept = None  # positions of the rows the group keeps itself (model.dense_in_group), not pushed every step
         if rows and self.group_rows is not None:  # every member updates its copy of them
             kept = np.searchsorted(keys, self.group_rows.keys)
@@ -208,10 +246,23 @@ class GroupTrainer:
         result.train_loss_sum += loss_sum
         if self.leader is not None:
             every = self.config.train.checkpoint_every
-            if every and self.clock % every == 0:
+            if (every and self.clock % every == 0) or self.schedule.cut_due(self.clock):
                 self.leader.checkpoint(self.clock, result, self.clock)
-            if self.progress is not None:
-                self.progress.maybe_report(self.clock)
+        if self.validation is not None and self.validation.due(self.clock, summed.epoch_end > 0):
+            self._validate(result, summed.epoch_end > 0)
+        if self.progress is not None:
+            self.progress.maybe_report(self.clock)
+
+    def _validate(self, result: GroupResult, epoch_ended: bool) -> None:
+        """Evaluate the held-out rows now (every member); the leader asks for the stop early stopping calls for."""
+        assert self.validation is not None
+        stop = self.validation.run(self.clock, epoch_ended)
+        result.validation_logloss = self.validation.last.logloss if self.validation.last else math.nan
+        if self.validation.best_clock >= 0:
+            result.best_clock, result.best_logloss = self.validation.best_clock, self.validation.best_logloss
+        if stop and self.leader is not None:
+            result.early_stopped = True
+            self.leader.request_stop()
 
     def _lead_step(self, keys: np.ndarray, values: np.ndarray, gradient_sum: np.ndarray, rows: int,
                    kept: np.ndarray | None, stop_asked: bool) -> None:
@@ -240,7 +291,10 @@ class GroupTrainer:
                  else "in the sum over the group (float32 overflow)")
         message = f"group {self.group_id}, step {self.clock}: NaN or Inf gradient {where}"
         if self.config.train.on_nonfinite == "stop":
-            raise NonFiniteError(f"{message}; stopped (train.on_nonfinite = \"skip\" skips such steps)")
+            raise NonFiniteError(f"{message}; stopped: usually feature values of large magnitude "
+                                 f"(--feature-scaling maxabs) or too high a learning rate "
+                                 f"(--lr {self.config.optimizer.learning_rate:g}); train.on_nonfinite = "
+                                 f"\"skip\" skips such steps")
         if self.leader is not None:
             log.warning("%s; step skipped (nothing pushed)", message)
 

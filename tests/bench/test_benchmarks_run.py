@@ -135,3 +135,11 @@ def test_models_benchmark(tmp_path):
     results = json.loads((tmp_path / "models.json").read_text())["results"]
     assert set(results) == {"logistic_regression", "factorization_machine", "wide_deep", "wide_deep, MLP in the group"}
     assert all(r["samples_per_s"] > 0 for r in results.values())
+
+
+def test_data_read_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.data_read", "--rows", "5000")
+    assert "criteo" in out and "sklearn" in out
+    results = json.loads((tmp_path / "data_read.json").read_text())["results"]
+    assert {"criteo_plain", "criteo_gzip", "criteo_zstd", "libsvm_plain", "libsvm_gzip", "libsvm_zstd"} <= set(results)
+    assert all(r["rows_per_s"] > 0 for key, r in results.items() if isinstance(r, dict))

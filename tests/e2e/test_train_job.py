@@ -129,7 +129,7 @@ def test_a_non_finite_gradient_is_skipped_with_a_warning_and_never_reaches_a_sha
     assert job.returncode == 0, job.stderr[-3000:]
     assert "group 0, step 0: NaN or Inf gradient from group rank(s) 0; step skipped" in job.stderr
     assert "rejected" not in job.stderr and math.isfinite(job.summary["final_logloss"])
-    model = checkpoint.load_model(job.output_dir / "checkpoints")
+    model = checkpoint.load_saved_model(job.output_dir / "checkpoints")
     assert model.values.size and np.isfinite(model.values).all()
 
 

@@ -62,7 +62,7 @@ def test_publish_joins_shards_and_moves_latest(tmp_path):
         np.testing.assert_array_equal(f["model/keys"][()], [10, 30, 20, 5, 7])
         np.testing.assert_array_equal(f["shards/shard-2/keys"][()], [5, 7])  # external link
         assert f["model/values"].shape == (5, 1)
-    model = checkpoint.load_model(tmp_path)  # through `latest`
+    model = checkpoint.load_saved_model(tmp_path)  # through `latest`
     np.testing.assert_array_equal(model.keys, [5, 7, 10, 20, 30])
     expected = dict(zip([10, 30, 20], checkpoint.read_shard_file(published / "shard-0.h5").values[:, 0]))
     assert model.values[3, 0] == expected[20]
@@ -73,7 +73,7 @@ def test_moved_checkpoint_still_reads(tmp_path):
     published = _write_checkpoint(tmp_path / "a", 3, [np.array([1, 2])])
     moved = tmp_path / "elsewhere"
     os.rename(published, moved)
-    np.testing.assert_array_equal(checkpoint.load_model(moved).keys, [1, 2])
+    np.testing.assert_array_equal(checkpoint.load_saved_model(moved).keys, [1, 2])
 
 
 def test_keep_prunes_and_second_publish_is_a_no_op(tmp_path):
@@ -99,7 +99,7 @@ def test_a_leader_publishing_the_same_cut_at_the_last_moment_backs_off(tmp_path,
     assert checkpoint.publish(tmp_path, 9, INFO) == tmp_path / "ckpt-9"
     assert late == [None], "the late leader must see the cut as being published"
     assert checkpoint.publish(tmp_path, 9, INFO) is None
-    assert not (tmp_path / "ckpt-9" / ".publishing").exists() and checkpoint.load_model(tmp_path).clock == 9
+    assert not (tmp_path / "ckpt-9" / ".publishing").exists() and checkpoint.load_saved_model(tmp_path).clock == 9
 
 
 def test_info_describes_the_checkpoint(tmp_path):
@@ -113,29 +113,29 @@ def test_info_describes_the_checkpoint(tmp_path):
 def test_bad_checkpoints_give_one_clear_error(tmp_path):
     published = _write_checkpoint(tmp_path / "ok", 1, [np.array([1, 2])])
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        checkpoint.load_model(tmp_path / "missing")
+        checkpoint.load_saved_model(tmp_path / "missing")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     with h5py.File(foreign / "model.h5", "w") as f:
         f["x"] = 1
     with pytest.raises(CheckpointError, match="not a hybrid_ps model file"):
-        checkpoint.load_model(foreign)
+        checkpoint.load_saved_model(foreign)
     (foreign / "model.h5").write_bytes(b"not hdf5 at all")
     with pytest.raises(CheckpointError, match="not a readable HDF5 file"):
-        checkpoint.load_model(foreign)
+        checkpoint.load_saved_model(foreign)
     data = (published / "model.h5").read_bytes()
     (published / "model.h5").write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="truncated or foreign"):
-        checkpoint.load_model(published)
+        checkpoint.load_saved_model(published)
     other = _write_checkpoint(tmp_path / "v", 1, [np.array([1])])
     with h5py.File(other / "model.h5", "r+") as f:
         f.attrs["format_version"] = 99
     with pytest.raises(CheckpointError, match="checkpoint format 99"):
-        checkpoint.load_model(other)
+        checkpoint.load_saved_model(other)
     gone = _write_checkpoint(tmp_path / "g", 1, [np.array([1]), np.array([2])])
     (gone / "shard-1.h5").unlink()
     with pytest.raises(CheckpointError, match="shard file shard-1.h5 is missing"):
-        checkpoint.load_model(gone)
+        checkpoint.load_saved_model(gone)
 
 
 _WRITER = textwrap.dedent(
@@ -166,6 +166,6 @@ def test_killing_a_writer_at_any_moment_leaves_latest_valid(tmp_path, delay):
     time.sleep(delay)
     writer.send_signal(signal.SIGKILL)
     writer.wait()
-    model = checkpoint.load_model(tmp_path)
+    model = checkpoint.load_saved_model(tmp_path)
     assert model.keys.size == 1_000_000
     assert np.all(model.values == model.clock)  # every value from the same, complete checkpoint

@@ -192,14 +192,15 @@ def test_l1_needs_ftrl():
     assert _load("--l1", "0.1", "--optimizer", "ftrl").optimizer.l1 == 0.1
 
 
-def test_data_path_must_exist(tmp_path):
-    with pytest.raises(ConfigError, match="data.path: no such file '/no/such/file.svm'"):
-        _load("--data", "/no/such/file.svm")
-    with pytest.raises(ConfigError, match="data.path: .* is a directory, not a data file"):
-        _load("--data", str(tmp_path))
-    existing = tmp_path / "train.svm"
+def test_data_path_must_name_a_file_a_directory_or_files_of_a_glob(tmp_path):
+    for missing in ("/no/such/file.svm", str(tmp_path / "part-*.gz")):
+        with pytest.raises(ConfigError, match=f"data.path: no such file or directory, and no file matches "
+                                              f"'{re.escape(missing)}'"):
+            _load("--data", missing)
+    existing = tmp_path / "part-0.gz"
     existing.write_text("1 1:1\n")
-    assert _load("--data", str(existing)).data.path == str(existing)
+    for found in (existing, tmp_path, tmp_path / "part-*.gz"):
+        assert _load("--data", str(found)).data.path == str(found)
 
 
 def test_optimizer_name_choices():
@@ -365,3 +366,17 @@ def test_plain_tcp_is_refused_off_loopback_and_curve_is_the_default():
     with pytest.raises(ConfigError, match=r'cluster.security: "none" \(plain TCP\) is allowed on loopback only, '
                                           r"but shards bind 10.1.2.3"):
         _load("--security", "none", "--bind-host", "10.1.2.3")
+
+
+def test_early_stopping_needs_held_out_data_and_an_evaluation_period(tmp_path):
+    held_out = tmp_path / "test.svm"
+    held_out.write_text("1 1:1\n")
+    for args in ([], ["--eval-data", str(held_out)], ["--eval-every", "10"]):
+        with pytest.raises(ConfigError, match="train.early_stopping needs data.eval_path"):
+            _load("--early-stopping", "3", *args)
+    config = _load("--early-stopping", "3", "--eval-data", str(held_out), "--eval-every", "10")
+    assert (config.train.early_stopping, config.train.eval_every, config.data.eval_path) == (3, 10, str(held_out))
+    with pytest.raises(ConfigError, match="data.eval_path: no such file or directory, and no file matches"):
+        _load("--eval-data", str(tmp_path / "missing.svm"))
+    with pytest.raises(ConfigError, match="train.eval_every must be >= 0, got -1"):
+        _load("--eval-every", "-1")

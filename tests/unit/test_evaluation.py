@@ -13,7 +13,7 @@ from sklearn.datasets import dump_svmlight_file
 from sklearn.metrics import log_loss, roc_auc_score
 
 from hybrid_ps import checkpoint
-from hybrid_ps.data.libsvm import read_libsvm
+from hybrid_ps.data.reader import read_data as read_libsvm
 from hybrid_ps.errors import CheckpointError
 from hybrid_ps.metrics import StreamingAUC
 from hybrid_ps.models.evaluation import evaluate_model

@@ -3,8 +3,11 @@ fake leader: no MPI, no sockets."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from hybrid_ps.data.batch import Batch
 from hybrid_ps.models.base import hashed_uniform
@@ -132,10 +135,10 @@ def test_without_preload_every_pass_prepares_again():
 
 def test_step_stats_round_trip_through_their_slots_of_a_float64_buffer():
     buffer = np.full(3 + StepStats.SIZE + 2, -1.0)
-    stats = StepStats(loss=12.345678901234, rows=128, correct=97, stop=2)
+    stats = StepStats(loss=12.345678901234, rows=128, correct=97, stop=2, epoch_end=1, positives=40, largest_value=7.5)
     stats.write(buffer[3:3 + StepStats.SIZE])
     assert buffer[:3].tolist() == [-1.0] * 3 and buffer[-2:].tolist() == [-1.0] * 2
-    assert buffer[3:3 + StepStats.SIZE].tolist() == [12.345678901234, 128.0, 97.0, 2.0]
+    assert buffer[3:3 + StepStats.SIZE].tolist() == [12.345678901234, 128.0, 97.0, 2.0, 1.0, 40.0, 7.5]
     assert StepStats.read(buffer[3:3 + StepStats.SIZE]) == stats
     assert StepStats.read(np.zeros(StepStats.SIZE)) == StepStats()
     with pytest.raises(ValueError):
@@ -165,5 +168,20 @@ def test_an_evaluation_pass_sums_what_the_model_computes_on_the_pulled_values():
 
 def test_an_evaluation_pass_over_no_batches_sums_nothing():
     exchange, model, leader, group = _exchange()
-    assert evaluate_pass(exchange=exchange, group=group, model=model, batches=[], clock=FINAL_CLOCK) == EvalSums()
+    sums = evaluate_pass(exchange=exchange, group=group, model=model, batches=[], clock=FINAL_CLOCK)
+    assert (sums.loss, sums.rows, sums.correct) == (0.0, 0, 0.0) and math.isnan(sums.logloss)
     assert leader.pulls == [] and group.allreduces == 0
+
+
+def test_an_evaluation_pass_counts_the_probabilities_for_the_auc_in_one_more_allreduce():
+    exchange, model, leader, group = _exchange()
+    batches = [_batch(40, seed=8), _batch(25, seed=9)]
+    sums = evaluate_pass(exchange=exchange, group=group, model=model, batches=batches, clock=3, auc_bins=1 << 16)
+    labels, scores = [], []
+    for batch in batches:
+        prepared = model.prepare(batch)
+        scores.append(model.loss_and_gradient(prepared, prepared.keys, FakeLeader.values_of(prepared.keys))[2])
+        labels.append(batch.labels)
+    assert sums.positive_bins.sum() + sums.negative_bins.sum() == 65 == sums.rows
+    assert sums.auc == pytest.approx(roc_auc_score(np.concatenate(labels), np.concatenate(scores)), abs=1e-4)
+    assert group.allreduces == 3  # two batches and the histograms

@@ -1,4 +1,4 @@
-"""hybrid_ps.data.libsvm: the byte-range sharded libsvm reader, checked against scikit-learn."""
+"""hybrid_ps.data.libsvm and reader: the byte-range sharded libsvm reader, checked against scikit-learn."""
 
 from __future__ import annotations
 
@@ -10,14 +10,20 @@ import scipy.sparse as sp
 from sklearn.datasets import dump_svmlight_file, load_svmlight_file
 
 from hybrid_ps.data.batch import Batch
-from hybrid_ps.data.libsvm import (
-    LibsvmShard,
-    _BadLine,
-    _parse_fast,
-    _parse_slow,
-    read_libsvm,
-)
+from hybrid_ps.data._libsvm_parse import parse_chunk
+from hybrid_ps.data.libsvm import parse_slow as _parse_slow
+from hybrid_ps.data.reader import DataShard as LibsvmShard
+from hybrid_ps.data.reader import read_data as read_libsvm
+from hybrid_ps.data.rows import BadLine as _BadLine
+from hybrid_ps.data.rows import Rows
+from hybrid_ps.data.text_chunks import chunks_of
 from hybrid_ps.errors import ConfigError, DataError
+
+
+def _parse_fast(text: bytes):
+    parsed = parse_chunk(text)
+    return None if parsed is None else Rows(*parsed)
+
 
 CHUNKS = [7, 64, 8 << 20]
 
@@ -187,7 +193,7 @@ def test_a_line_longer_than_a_chunk(tmp_path):
 def test_chunks_stay_small(onehot):
     shard = LibsvmShard(onehot, chunk_bytes=64)
     longest = max(len(line) for line in onehot.read_bytes().split(b"\n")) + 1
-    pieces = list(shard._chunks())
+    pieces = [bytes(chunk.text) for chunk in chunks_of(shard.shares[0], 64)]
     assert len(pieces) > 10
     assert max(len(p) for p in pieces) <= 64 + longest
     assert b"".join(pieces) == onehot.read_bytes()
@@ -261,8 +267,9 @@ def test_missing_empty_and_directory_paths(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(DataError, match=f"{empty}: file is empty"):
         read_libsvm(empty)
-    with pytest.raises(DataError, match="not a regular file"):
-        LibsvmShard(tmp_path)
+    (tmp_path / "no_parts").mkdir()
+    with pytest.raises(DataError, match="a directory without data files"):
+        LibsvmShard(tmp_path / "no_parts")
 
 
 def test_a_file_of_blank_lines_and_comments_has_no_rows(tmp_path):

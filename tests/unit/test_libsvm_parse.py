@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybrid_ps.data._libsvm_parse import parse_chunk
-from hybrid_ps.data.libsvm import _BadLine, _parse_slow
+from hybrid_ps.data.libsvm import parse_slow as _parse_slow
+from hybrid_ps.data.rows import BadLine as _BadLine
 
 _SETTINGS = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 

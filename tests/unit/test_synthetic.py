@@ -239,8 +239,8 @@ def test_interactions_are_a_low_rank_pairwise_term_in_the_true_logit(small_all):
 
 
 def test_interactions_are_plumbed_from_the_config_and_the_checkpoint(monkeypatch):
-    from hybrid_ps import evaluate
     from hybrid_ps.config import DataConfig
+    from hybrid_ps.models import evaluation
     from hybrid_ps.data import open_data_shard
 
     config = DataConfig(rows=500, features=100, nnz_per_row=4, seed=2, interactions=0.25)
@@ -248,6 +248,6 @@ def test_interactions_are_plumbed_from_the_config_and_the_checkpoint(monkeypatch
     assert shard.spec == SyntheticSpec(rows=500, features=100, nnz_per_row=4, seed=2, interactions=0.25)
     recorded = {"source": "synthetic", "rows": 500, "features": 100, "nnz_per_row": 4, "zipf_exponent": 1.1, "seed": 2}
     for extra, interactions in (({}, 0.0), ({"interactions": 0.25}, 0.25)):  # older checkpoints record none
-        monkeypatch.setattr(evaluate, "checkpoint_info", lambda path, extra=extra: {"data": {**recorded, **extra}})
-        got = Batch.concat(list(evaluate._batches("synthetic", "ckpt", 128)))
+        monkeypatch.setattr(evaluation, "checkpoint_info", lambda path, extra=extra: {"data": {**recorded, **extra}})
+        got = Batch.concat(list(evaluation.data_batches("synthetic", "ckpt", 128)))
         _assert_batches_equal(got, generate_all(dataclasses.replace(shard.spec, interactions=interactions)))

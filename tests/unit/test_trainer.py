@@ -24,6 +24,7 @@ class FakeGroup:
     """A group of one rank, its leader: every collective returns its input."""
 
     is_leader = True
+    rank = 0
 
     def reduce_buffer(self, size: int) -> np.ndarray:
         return np.zeros(size, dtype=np.float32)
