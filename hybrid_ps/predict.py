@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING
 from .atomic import atomic_write
 from .cli import plain_logging, run_main
 from .config import OneLineErrorParser
-from .errors import HybridPSError
+from .errors import ConfigError, HybridPSError
 
 if TYPE_CHECKING:
     from .data.batch import Batch
@@ -53,8 +53,11 @@ def _predict(args: argparse.Namespace) -> int:
     if args.output == "-":
         _write(model, batches, sys.stdout)
         return 0
-    with atomic_write(args.output) as out:
-        _write(model, batches, out)
+    try:
+        with atomic_write(args.output) as out:
+            _write(model, batches, out)
+    except OSError as e:  # the data's errors are DataError; this is the output's
+        raise ConfigError(f"--output {args.output}: cannot write: {e.strerror or e}") from None
     return 0
 
 

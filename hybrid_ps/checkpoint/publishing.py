@@ -119,10 +119,12 @@ def _attrs(mapping: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prune(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` published checkpoints, and the one ``best`` names."""
     best = (root / BEST).read_text().strip() if (root / BEST).is_file() else None
     published = sorted(
-        (p for p in root.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".partial") and p.name != best),
+        (p for p in root.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".partial")),
         key=lambda p: int(p.name.split("-")[1]),
     )
     for old in published[: max(len(published) - keep, 0)]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != best:
+            shutil.rmtree(old, ignore_errors=True)

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterable
 
 from ..data.batch import Batch
+from ..errors import DataError
 from ..metrics import MetricsWriter
 from ..models.base import Model
 from .eval_pass import EvalSums, evaluate_pass
@@ -86,6 +87,8 @@ class Validation:
         """Evaluate at ``clock``; whether early stopping says to stop now (the leader then asks for it)."""
         sums = evaluate_pass(exchange=self.exchange, group=self.group, model=self.model, batches=self.batches(),
                              clock=clock, auc_bins=AUC_BINS)
+        if not sums.rows:  # the same sums on every member: they all raise
+            raise DataError("data.eval_path: the held-out data has no rows (only blank lines and comments)")
         self.last = sums
         counted = self.schedule.counted(clock)
         improved = counted and sums.logloss < self.best_logloss
