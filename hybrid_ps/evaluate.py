@@ -20,6 +20,9 @@ from .errors import DataError, HybridPSError
 
 __all__ = ["main"]
 
+FORMAT_NAMES = ("libsvm", "criteo", "auto")
+"""The data formats (``--data-format``)."""
+
 log = logging.getLogger("hybrid_ps.evaluate")
 
 
@@ -43,15 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="ckpt-<clock> directory, its model.h5, or a checkpoint root")
     parser.add_argument("--data", help="data to evaluate on (a file, a directory of parts or a glob, plain or "
                         "compressed), or 'synthetic'")
-    parser.add_argument("--data-format", choices=("libsvm", "criteo", "auto"),
+    parser.add_argument("--data-format", choices=FORMAT_NAMES,
                         help="line format of the data (default: the format the model was trained on)")
     parser.add_argument("--info", action="store_true", help="print what the checkpoint holds instead")
-    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    parser.add_argument("--format", default="text", help="output format: text or json (the data's format is "
+                        "--data-format)")
     parser.add_argument("--batch-rows", type=int, default=65536, help="rows read at a time (memory bound)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     if not args.info and not args.data:
         parser.error("give --data FILE (or --data synthetic), or --info")
+    if args.format not in ("text", "json"):
+        hint = f"; for the data's format use --data-format {args.format}" if args.format in FORMAT_NAMES else ""
+        parser.error(f"--format is the output format, text or json, not {args.format!r}{hint}")
     if args.batch_rows < 1:
         parser.error(f"--batch-rows must be >= 1, got {args.batch_rows}")
     return run_main(lambda: _evaluate(args), prog="hybrid_ps.evaluate", errors={HybridPSError: 1}, debug=args.debug,

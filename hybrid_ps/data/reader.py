@@ -4,6 +4,7 @@ parsed chunk by chunk in one line format, in constant memory."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import PurePath
 
@@ -22,6 +23,9 @@ FORMATS: dict[str, Callable[[bytes | memoryview], Rows]] = {"libsvm": parse_libs
 """The line formats, by name: a function from whole lines to rows that raises ``BadLine``."""
 
 _CRITEO_NAMES = (".tsv", ".criteo")
+_SHARED_ERROR_DELAY_S = 3.0
+"""A bad line in a part every rank reads: the ranks but the first wait this long before raising, so that the
+first one's error ends the job and the line is reported once."""
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zstd")
 
 
@@ -110,6 +114,8 @@ class DataShard:
                 rows = parse(chunk.text)
             except BadLine as bad:
                 line = line_number(share, chunk, bad.line)
+                if share.stride > 1 and share.first_row:
+                    time.sleep(_SHARED_ERROR_DELAY_S)
                 raise DataError(f"{share.part.path}:{line}: {bad.what}: {excerpt(bad.excerpt)}") from None
             if share.stride > 1:
                 first = (share.first_row - rows_before) % share.stride

@@ -186,6 +186,13 @@ def _publisher(config: Config, topology: Topology, model: Model, scales: Feature
     """A leader's callback that publishes a written cut (whichever leader comes first does it)."""
     from ..data.synthetic import SyntheticSpec
 
+    data_format = config.data.format  # recorded resolved, so that evaluate and predict read held-out data alike
+    if config.data.path and data_format == "auto":
+        from ..data.parts import find_parts
+        from ..data.reader import format_of
+
+        data_format = format_of(find_parts(config.data.path)[0].path, "auto")
+
     def publish(cut: int, result: GroupResult) -> None:
         info = {
             "config": config.to_json_dict(),
@@ -196,7 +203,7 @@ def _publisher(config: Config, topology: Topology, model: Model, scales: Feature
                 "group_samples": result.samples,
                 "group_train_logloss_progressive": result.train_loss_sum / max(result.samples, 1),
             },
-            "data": {"source": config.data.path or "synthetic", "format": config.data.format,
+            "data": {"source": config.data.path or "synthetic", "format": data_format,
                      "worker_ranks": topology.layout.num_workers, "batch_size": config.train.batch_size,
                      **({} if config.data.path else SyntheticSpec.from_config(config.data).to_record())},
             "feature_scales": (scales.keys, scales.scales),

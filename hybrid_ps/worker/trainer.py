@@ -137,9 +137,11 @@ class GroupTrainer:
         if result.preempted:
             if self.leader is not None:
                 self.leader.checkpoint(self.clock, result, self.clock)
-                why = "early stopping or preempted" if self.config.train.early_stopping else "preempted"
-                log.warning("%s: stopped at clock %d%s", why, self.clock,
-                            "; resume with --resume latest" if self.leader.publish else "")
+                if self.config.train.early_stopping:
+                    log.warning("early stopping (or preempted): stopped at clock %d", self.clock)
+                else:
+                    log.warning("preempted: stopped at clock %d%s", self.clock,
+                                "; resume with --resume latest" if self.leader.publish else "")
         else:
             if self.leader is not None:
                 self.leader.finish(self.clock)

@@ -107,7 +107,7 @@ class Validation:
                 self.mark_best(clock)
         patience = self.schedule.early_stopping
         stop = bool(patience) and self._since_best >= patience
-        if stop and self.group.is_leader:
+        if stop and self.group.is_leader and self._since_best == patience:  # said once
             log.warning("early stopping at clock %d: no lower validation logloss in %d evaluations; the best, "
                         "%.4f, is the cut at clock %d", clock, patience, self.best_logloss, self.best_clock)
         return stop
