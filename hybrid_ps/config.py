@@ -209,8 +209,8 @@ class Config:
         if self.optimizer.l1 > 0 and self.optimizer.name != "ftrl":
             raise ConfigError(f"optimizer.l1 needs optimizer.name = 'ftrl', got {self.optimizer.name!r}")
         for name, path in (("data.path", self.data.path), ("data.eval_path", self.data.eval_path)):
-            if path and not _data_exists(path):
-                raise ConfigError(f"{name}: no such file or directory, and no file matches {path!r}")
+            if path and (problem := _data_problem(path)):
+                raise ConfigError(f"{name}: {problem}")
         if self.train.early_stopping and not (self.data.eval_path and self.train.eval_every):
             raise ConfigError("train.early_stopping needs data.eval_path (--eval-data) and train.eval_every "
                               "(--eval-every): it counts the evaluations at those cuts")
@@ -298,9 +298,17 @@ class Config:
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
-def _data_exists(path: str) -> bool:
-    """A data path names something: a file or directory, or a glob some file matches."""
-    return bool(glob.glob(path)) if glob.has_magic(path) else Path(path).exists()
+def _data_problem(path: str) -> str | None:
+    """What is wrong with a data path at first sight (``None``: a file, a directory with files, or a glob some
+    file matches; data/parts.py checks the rest when the data is read)."""
+    found = Path(path)
+    if glob.has_magic(path) and not found.exists():
+        return None if glob.glob(path) else f"no such file or directory, and no file matches {path!r}"
+    if not found.exists():
+        return f"no such file or directory, and no file matches {path!r}"
+    if found.is_dir() and not any(p.is_file() and not p.name.startswith((".", "_")) for p in found.iterdir()):
+        return f"{path!r} is a directory without data files"
+    return None
 
 
 def _section_types() -> dict[str, type]:

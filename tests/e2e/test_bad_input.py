@@ -147,8 +147,8 @@ BAD_LINES_UNDER_TRAIN = [p for p in BAD_LINES
                          if p.id in ("non-numeric label", "index beyond uint64", "NaN value", "non-UTF-8 value")]
 
 BAD_DATA_FILES = {  # kind: (what evaluate says, or None: not an error for it, what train says, train's exit code)
-    "missing": ("{p}: no such file", "data.path: no such file '{p}'", 2),
-    "directory": ("{p}: not a regular file (a directory)", "data.path: '{p}' is a directory, not a data file", 2),
+    "missing": ("{p}: no such file", "data.path: no such file or directory, and no file matches '{p}'", 2),
+    "directory": ("{p}: a directory without data files", "data.path: '{p}' is a directory without data files", 2),
     "empty": ("{p}: file is empty", "{p}: file is empty", 1),
     "comments only": ("{p}: no data rows (only blank lines and comments)", None, None),
     "unreadable": ("{p}: cannot read: Permission denied", "{p}: cannot read: Permission denied", 1),

@@ -117,7 +117,8 @@ def _overflowing_data(path):
 
 
 def test_a_non_finite_gradient_stops_the_job_naming_group_rank_and_step(run_job, tmp_path):
-    job = run_job(2, "--data", _overflowing_data(tmp_path / "huge.svm"), "--batch-size", "8", timeout=120)
+    job = run_job(2, "--data", _overflowing_data(tmp_path / "huge.svm"), "--batch-size", "8",
+                  "--feature-scaling", "none", timeout=120)  # maxabs scaling would tame the values
     assert job.returncode != 0
     assert "group 0, step 0: NaN or Inf gradient from group rank(s) 0; stopped" in job.stderr
     assert "Traceback" not in job.stderr
@@ -125,7 +126,7 @@ def test_a_non_finite_gradient_stops_the_job_naming_group_rank_and_step(run_job,
 
 def test_a_non_finite_gradient_is_skipped_with_a_warning_and_never_reaches_a_shard(run_job, tmp_path):
     job = run_job(2, "--data", _overflowing_data(tmp_path / "huge.svm"), "--batch-size", "8",
-                  "--on-nonfinite", "skip", timeout=120)
+                  "--on-nonfinite", "skip", "--feature-scaling", "none", timeout=120)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "group 0, step 0: NaN or Inf gradient from group rank(s) 0; step skipped" in job.stderr
     assert "rejected" not in job.stderr and math.isfinite(job.summary["final_logloss"])

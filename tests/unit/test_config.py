@@ -197,6 +197,9 @@ def test_data_path_must_name_a_file_a_directory_or_files_of_a_glob(tmp_path):
         with pytest.raises(ConfigError, match=f"data.path: no such file or directory, and no file matches "
                                               f"'{re.escape(missing)}'"):
             _load("--data", missing)
+    (tmp_path / "_SUCCESS").write_text("")
+    with pytest.raises(ConfigError, match=f"data.path: '{re.escape(str(tmp_path))}' is a directory without data"):
+        _load("--data", str(tmp_path))
     existing = tmp_path / "part-0.gz"
     existing.write_text("1 1:1\n")
     for found in (existing, tmp_path, tmp_path / "part-*.gz"):
