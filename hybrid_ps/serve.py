@@ -37,6 +37,7 @@ from .net.sockets import bind_router, close_router, connect_dealer, resolve_bind
 from .placement.replicas import default_replication
 from .preemption import StopRequest
 from .protocol import wire
+from .server.death_notice import tell_shards_of_death
 from .server.process import ShardProcess, ShardSpec, describe_exit
 from .tier import TierInfo, TierView, write_tier_file
 
@@ -104,9 +105,13 @@ class TierSupervisor:
             if poller.poll(_POLL_MS):
                 self._serve_control()
             for shard_id, shard in self.shards.items():
-                if shard_id not in self.codes and (code := shard.poll(stop)) is not None:
+                if shard_id not in self.codes and (code := shard.poll(stop, self._tell_of_death)) is not None:
                     self.codes[shard_id] = code
         return self.codes
+
+    def _tell_of_death(self, dead: int) -> None:
+        endpoints = {i: self.shards[i].endpoint for i in self.members}
+        tell_shards_of_death(endpoints, dead, curve_keys=self.curve_keys)
 
     def close(self) -> None:
         """Kill what still runs, remove the tier file."""

@@ -22,6 +22,7 @@ from ..models.base import BIAS_KEY
 from ..net.curve import JobKeys
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
+from ..server.death_notice import tell_shards_of_death
 from ..server.process import ShardProcess, ShardSpec
 from ..tier import TierView, read_tier_file
 from ..worker.client import PSClient
@@ -99,8 +100,8 @@ def _run_server(topology: Topology, config: Config, width: int, stop: StopReques
                      width, coordinator=topology.shard_id == 0, curve_keys=curve_keys)
     with ShardProcess(spec, debug, label=config.train.output_dir) as shard:
         log.info("shard %d runs as pid %d at %s", topology.shard_id, shard.pid, shard.endpoint)
-        exchange_endpoints(topology, shard.endpoint)
-        shard.supervise(stop)
+        endpoints = dict(enumerate(exchange_endpoints(topology, shard.endpoint)))
+        shard.supervise(stop, on_death=lambda dead: tell_shards_of_death(endpoints, dead, curve_keys=curve_keys))
     return np.zeros(len(GroupResult().as_array()))
 
 

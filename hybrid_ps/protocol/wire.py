@@ -45,7 +45,9 @@ Requests and the frames they carry:
     ========== ================== =========================================
 
 Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
-``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text); the ACK of a
+``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text). One message is no reply:
+``SHARD_DOWN`` (header shard, request id 0), which a shard sends unasked to every client it has
+heard from when it learns that the shard named in its frame died; the ACK of a
 CHECKPOINT carries the cut's clock (the directory name). Once the coordinating
 shard (the lowest live one) has a stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
 that clock: each group stops there and checkpoints. Likewise ``FLAG_RESHARD``
@@ -150,6 +152,7 @@ class Op(enum.IntEnum):
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
+    SHARD_DOWN = 67
 
 
 _FRAMES_FOR_OP = {
@@ -169,6 +172,7 @@ _FRAMES_FOR_OP = {
     Op.ACK: 1,
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,
+    Op.SHARD_DOWN: 2,
 }
 
 

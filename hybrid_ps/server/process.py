@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import checkpoint
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _LAUNCHER_PREFIXES = ("PMI", "PMIX", "OMPI", "PRTE", "HYDRA", "MPIR", "SLURM_STEP", "I_MPI")
 _STARTUP_TIMEOUT = 120.0  # seconds for a shard to bind and restore a checkpoint
-_POLL_SECONDS = 0.2
+_POLL_SECONDS = 0.05  # how soon a supervisor sees its shard exit (a sleeping wait: no busy polling)
 
 
 @dataclass
@@ -206,15 +207,17 @@ class ShardProcess:
             self.process.kill()
             self.process.wait()
 
-    def supervise(self, stop: StopRequest | None = None) -> int:
+    def supervise(self, stop: StopRequest | None = None, on_death: Callable[[int], object] | None = None) -> int:
         """Wait (sleeping) until the shard exits, forwarding a preemption request once; returns its exit code.
 
-        A shard that dies is logged, not raised: its backups serve its ranges.
+        A shard that dies is logged and ``on_death`` called with its id, not raised: its backups serve
+        its ranges.
         """
-        return supervise([self], stop)[0]
+        return supervise([self], stop, on_death)[0]
 
-    def poll(self, stop: StopRequest | None) -> int | None:
-        """The exit code once the shard exited (logged if it died), else ``None``; forwards ``stop`` once."""
+    def poll(self, stop: StopRequest | None, on_death: Callable[[int], object] | None = None) -> int | None:
+        """The exit code once the shard exited (logged, and ``on_death`` called, if it died), else ``None``;
+        forwards ``stop`` once."""
         if stop is not None and stop.requested and not self._signalled and self.process.poll() is None:
             self._signalled = True
             self.process.send_signal(signal.SIGUSR1)
@@ -223,13 +226,17 @@ class ShardProcess:
             self._reported = True
             log.error("shard %d (pid %d) died: %s; leaders fail over to its backups", self.shard_id, self.pid,
                       describe_exit(code))
+            if on_death is not None:
+                on_death(self.shard_id)
         return code
 
 
-def supervise(shards: list[ShardProcess], stop: StopRequest | None = None) -> list[int]:
-    """Wait (sleeping, not spinning) until every shard exited; forwards a preemption request; returns exit codes."""
+def supervise(shards: list[ShardProcess], stop: StopRequest | None = None,
+              on_death: Callable[[int], object] | None = None) -> list[int]:
+    """Wait (sleeping, not spinning) until every shard exited; forwards a preemption request; calls
+    ``on_death`` with each shard that died; returns exit codes."""
     while True:
-        codes = [shard.poll(stop) for shard in shards]
+        codes = [shard.poll(stop, on_death) for shard in shards]
         exited = [code for code in codes if code is not None]
         if len(exited) == len(codes):
             return exited

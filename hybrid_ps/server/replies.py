@@ -64,6 +64,11 @@ class Replies:
                              flags=flags)
         self._send(identity, [wire.encode_header(header), text.encode("utf-8")[:4096]])
 
+    def shard_down(self, identity: bytes, group: int, shard: int) -> None:
+        """Tell a client, unasked, that ``shard`` died (``SHARD_DOWN``: it fails over at once)."""
+        header = wire.encode_header(wire.Header(wire.Op.SHARD_DOWN, group, 0, 0))
+        self._send(identity, [header, wire.encode_shard_id(shard)])
+
     def answer(self, replies: CutReplies) -> None:
         """Answer the requests that waited on a cut: an ACK of the cut, or its error."""
         for identity, header in replies.requests:

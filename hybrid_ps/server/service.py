@@ -115,6 +115,7 @@ class ShardService:
                                         num_groups=num_groups, placement=lambda: self.membership.placement)
         self.stats = ServiceStats()
         self.held_pulls = HeldPulls(max_keys=max_keys)
+        self._clients: dict[bytes, int] = {}  # connection identity -> its group: whom to tell of a dead shard
         self.cuts = Cuts(shard_id=shard_id, shard=shard, groups=self.groups, placement=lambda: self.placement,
                          writer=checkpoint_writer)
         self._stop_request = stop_request
@@ -205,6 +206,7 @@ class ShardService:
         if route.from_a_group:
             if header.group >= self.clock.num_groups:
                 raise WireError(f"group {header.group} out of range (job has {self.clock.num_groups})")
+            self._clients[identity] = header.group
             if route.heard_from:
                 self._heard_from(header.group, rejoin=header.op is not wire.Op.RESHARD)
         route.handler(self, identity, header, body)
@@ -225,8 +227,15 @@ class ShardService:
         self._running = False
 
     def _on_evict(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        if self.membership.evict(wire.decode_shard_id(body[1])):  # this shard itself: a client declared it dead
+        """A client, or the dead shard's supervisor, says a shard died: serve its ranges where this shard is
+        its backup and tell every client at once; if it is this shard itself, stop (fencing)."""
+        dead = wire.decode_shard_id(body[1])
+        known = dead in self.placement.dead
+        if self.membership.evict(dead):
             self._running = False
+        elif not known and dead in self.placement.dead:
+            for client, group in self._clients.items():
+                self.replies.shard_down(client, group, dead)
 
     def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
@@ -271,6 +280,7 @@ class ShardService:
     def _on_bye(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         self.groups.leave(header.group)
         self.request_keys.forget(identity)
+        self._clients.pop(identity, None)
         self._stop_when_every_group_is_gone()
 
     def _on_stop(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:

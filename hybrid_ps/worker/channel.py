@@ -17,7 +17,7 @@ import time
 import numpy as np
 import zmq
 
-from ..errors import ShardUnavailableError
+from ..errors import ShardUnavailableError, WireError
 from ..net.curve import JobKeys
 from ..placement.ring import HashRing
 from ..protocol import wire
@@ -153,15 +153,19 @@ class ShardChannel:
             if shard in self.routing.live_shards:
                 self.send(shard, Ticket(wire.Op.PING, "heartbeat"), wire.Op.PING, 0, [], 0)
 
-    def _declare_dead(self, shard: int, silent: float) -> None:
+    def _declare_dead(self, shard: int, silent: float | None) -> None:
         """Stop using ``shard``: tell every shard, then send its pending pulls (and a stop request) elsewhere.
+
+        Args:
+            silent: seconds it did not answer, or ``None`` when another shard said it died.
 
         Raises:
             RangeLostError: some key range has no live replica left.
         """
-        log.warning("group %d: %s did not answer for %.1fs: it is dead to this job; its backups take over its "
-                    "key ranges", self.group, self.links.where(shard), silent)
-        self.failovers.append((shard, silent))
+        why = f"did not answer for {silent:.1f}s" if silent is not None else "died"
+        log.warning("group %d: %s %s: it is dead to this job; its backups take over its key ranges", self.group,
+                    self.links.where(shard), why)
+        self.failovers.append((shard, silent if silent is not None else 0.0))
         self.routing.without(shard)
         evicted = wire.encode_shard_id(shard)
         fence = wire.encode_header(wire.Header(wire.Op.EVICT, self.group, 0, 0))
@@ -179,6 +183,16 @@ class ShardChannel:
             elif ticket.op is wire.Op.STOP:
                 self.send(self.routing.coordinator, ticket, wire.Op.STOP, 0, [], 0)
             # pushes: the other replicas have them; clocks, finish, bye, pings: nothing to do
+
+    def _told_shard_down(self, teller: int, frames: list[memoryview]) -> None:
+        """A shard says another died (its supervisor saw it exit): fail over now, not after the timeout."""
+        try:
+            dead = wire.decode_shard_id(frames[1])
+        except WireError as e:
+            raise ShardUnavailableError(f"{self.links.where(teller)} sent a bad SHARD_DOWN: {e}") from e
+        if dead in self.routing.live_shards and dead != teller:
+            log.warning("group %d: shard %d says %s died", self.group, teller, self.links.where(dead))
+            self._declare_dead(dead, silent=None)
 
     def _send_again_with_keys(self, shard: int, ticket: Ticket | None, request_id: int) -> bool:
         """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""
@@ -199,6 +213,9 @@ class ShardChannel:
             header = wire.decode_header(frames)
         except Exception as e:
             raise ShardUnavailableError(f"{where} sent a bad reply: {e}") from e
+        if header.op is wire.Op.SHARD_DOWN:
+            self._told_shard_down(shard, frames)
+            return
         ticket = self.requests.answered(header.request_id, shard)
         if header.op is wire.Op.ERROR:
             if header.flags & wire.FLAG_KEYS_MISSED and self._send_again_with_keys(shard, ticket, header.request_id):

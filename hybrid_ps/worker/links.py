@@ -60,7 +60,7 @@ class ShardLinks:
     def receive(self, timeout_ms: int) -> Iterator[tuple[int, list[memoryview]]]:
         """Wait up to ``timeout_ms`` for replies; yield every ``(shard, frames)`` that arrived."""
         for sock, _ in self._poller.poll(timeout_ms):
-            while True:
+            while not sock.closed:  # a shard declared dead while the replies before were handled is closed
                 try:
                     frames = recv_frames(sock, zmq.NOBLOCK)
                 except zmq.Again:

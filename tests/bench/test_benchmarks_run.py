@@ -60,7 +60,7 @@ def test_end_to_end_benchmark(tmp_path):
 
 def test_staleness_benchmark(tmp_path):
     out = _run(tmp_path, sys.executable, "-m", "benchmarks.staleness", "--ranks", "5", "--groups", "2",
-               "--rows", "10000", "--epochs", "2", "--log-interval", "0.01", timeout=600)
+               "--rows", "10000", "--epochs", "2", "--log-interval", "0.02", "--staleness", "0", "3", timeout=600)
     assert (tmp_path / "staleness.png").stat().st_size > 1000
     assert "transient" in out and _headline(tmp_path, "staleness")["ratio"] > 0
 
@@ -74,7 +74,7 @@ def test_transport_benchmark(tmp_path):
 
 
 def test_shard_apply_benchmark(tmp_path):
-    out = _run(tmp_path, sys.executable, "-m", "benchmarks.shard_apply", "--held", "200000", "--batch", "1000", "10000")
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.shard_apply", "--held", "200000", "--batch", "10000")
     assert "push Mkeys/s" in out and _headline(tmp_path, "shard_apply")["ratio"] > 0
 
 

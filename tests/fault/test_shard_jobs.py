@@ -4,7 +4,9 @@ stop with a clear message and resume from their last checkpoint."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -29,11 +31,15 @@ def undisturbed(tmp_path_factory):
 def test_a_shard_killed_mid_training_does_not_change_the_result(start_job, undisturbed, seed):
     rng = np.random.default_rng(seed)
     victim, at_step = int(rng.integers(0, 3)), int(rng.integers(20, 120))
-    job = start_job(9, *LAYOUT, "--replication", "2")
+    # a failover timeout longer than the whole job: the leaders must fail over on the supervisor's notice
+    job = start_job(9, *LAYOUT, "--replication", "2", "--failover-timeout", "120")
     pid = job.shard_pid(victim)
     job.reached_step(at_step)
     os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
     assert job.finish() == 0, job.stderr[-3000:]
+    assert time.monotonic() - killed < 60, "the leaders waited for their heartbeat timeout"
+    assert re.search(rf"shard \d says shard {victim} \(tcp://[^)]*\) died", job.stderr), job.stderr[-3000:]
     summary, keys = undisturbed
     print(f"shard {victim} killed at step {at_step}: final logloss {job.summary['final_logloss']:.4f} vs "
           f"{summary['final_logloss']:.4f} undisturbed; {job.summary['samples_per_s']:.0f} vs "

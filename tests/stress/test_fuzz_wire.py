@@ -758,8 +758,10 @@ def test_evictions_of_shards_not_on_the_ring_are_ignored(thread_shard):
     replies = shard.sync(sock)
     assert len(replies) == 300 and all(h.op is wire.Op.ACK for h in replies)
     assert shard.service.placement.dead == frozenset()
-    assert shard.request(sock, [wire.encode_header(wire.Header(wire.Op.EVICT, 0, 1)), wire.encode_shard_id(1)])[0].op is wire.Op.ACK
-    assert shard.service.placement.dead == {1}  # a shard of the ring: its backup ranges are served here now
+    sock.send_multipart([wire.encode_header(wire.Header(wire.Op.EVICT, 0, 1)), wire.encode_shard_id(1)])
+    # a shard of the ring: its backup ranges are served here now, and this connection (a client: it pinged) is told
+    assert [h.op for h in shard.sync(sock)] == [wire.Op.SHARD_DOWN, wire.Op.ACK]
+    assert shard.service.placement.dead == {1}
 
 
 def _text_of(shard: ThreadShard, sock: zmq.Socket, keys: np.ndarray) -> str:

@@ -747,12 +747,50 @@ def test_evict_promotes_the_backup_and_an_evicted_shard_stops(make_cluster):
     sock = cluster.dealer(2)
     request = [_header(wire.Op.PULL, num_keys=backup_keys.size), _u64(backup_keys)]
     assert wire.decode_header(_request(sock, request)).op is wire.Op.ERROR, "a backup does not serve pulls"
-    assert wire.decode_header(_request(sock, [_header(wire.Op.EVICT), wire.encode_shard_id(primary)])).op is wire.Op.ACK
+    notice = _request(sock, [_header(wire.Op.EVICT), wire.encode_shard_id(primary)])  # it pulled: a client
+    assert wire.decode_header(notice).op is wire.Op.SHARD_DOWN and wire.decode_shard_id(notice[1]) == primary
+    assert sock.poll(5000) and wire.decode_header(sock.recv_multipart()).op is wire.Op.ACK
     reply = _request(sock, request)
     assert np.array_equal(np.frombuffer(reply[1], np.float32), -np.ones(backup_keys.size, np.float32))
     _request(sock, [_header(wire.Op.EVICT), wire.encode_shard_id(2)])
     cluster.threads[2].join(timeout=5)
     assert not cluster.threads[2].is_alive(), "told that it is dead, a shard stops serving"
+
+
+def test_a_shard_told_of_a_death_tells_its_clients_and_a_waiting_client_fails_over_at_once(make_cluster):
+    cluster = make_cluster(shards=3, replication=2)
+    client = cluster.client(0, timeout=20.0, failover_timeout=15.0)  # far longer than the test may take
+    keys = _random_keys(3000, seed=9)
+    client.wait(client.push(keys, np.ones((keys.size, 1), np.float32), 0))
+    dead = 1
+    cluster.dealer(dead).send_multipart([_header(wire.Op.SHUTDOWN)])  # it stops answering, as a killed one would
+    cluster.threads[dead].join(timeout=5)
+    started = time.monotonic()
+    ticket = client.pull(keys, 0)  # part of it waits on the dead shard
+    supervisor = cluster.context.socket(zmq.DEALER)  # what the dead shard's supervisor sends the others
+    supervisor.setsockopt(zmq.LINGER, 0)
+    supervisor.connect(cluster.endpoints[0])
+    supervisor.send_multipart([_header(wire.Op.EVICT), wire.encode_shard_id(dead)])
+    values = client.wait(ticket)
+    assert time.monotonic() - started < 5.0, "failed over on the notice, not after the 15 s timeout"
+    np.testing.assert_array_equal(values, -np.ones((keys.size, 1), np.float32))
+    assert [shard for shard, _ in client.channel.failovers] == [dead] and dead in client.placement.dead
+    assert supervisor.poll(5000) and wire.decode_header(supervisor.recv_multipart()).op is wire.Op.ACK
+    supervisor.close(0)
+
+
+def test_a_supervisor_tells_every_other_shard_of_its_shards_death(make_cluster):
+    from hybrid_ps.server.death_notice import tell_shards_of_death
+
+    cluster = make_cluster(shards=3, replication=2)
+    endpoints = dict(enumerate(cluster.endpoints))
+    assert tell_shards_of_death(endpoints, 1, curve_keys=None) == [0, 2]
+    assert [sorted(service.placement.dead) for service in cluster.services[::2]] == [[1], [1]]
+    cluster.dealer(2).send_multipart([_header(wire.Op.SHUTDOWN)])
+    cluster.threads[2].join(timeout=5)
+    started = time.monotonic()
+    assert tell_shards_of_death(endpoints, 1, curve_keys=None, timeout=0.5) == [0]  # shard 2 is gone too
+    assert time.monotonic() - started < 2.0
 
 
 def test_a_tier_stops_when_no_group_joins_or_every_joined_group_is_gone(make_cluster):

@@ -28,6 +28,7 @@ FRAMES = {
     wire.Op.ACK: 1,
     wire.Op.PULL_REPLY: 3,
     wire.Op.ERROR: 2,
+    wire.Op.SHARD_DOWN: 2,
 }
 
 
@@ -64,7 +65,7 @@ def test_every_op_has_a_frame_count_and_requests_are_below_replies():
     assert set(FRAMES) == set(wire.Op)
     requests = [op for op in wire.Op if op < 64]
     replies = [op for op in wire.Op if op >= 64]
-    assert {wire.Op.ACK, wire.Op.PULL_REPLY, wire.Op.ERROR} == set(replies)
+    assert {wire.Op.ACK, wire.Op.PULL_REPLY, wire.Op.ERROR, wire.Op.SHARD_DOWN} == set(replies)
     assert wire.Op.PULL in requests and wire.Op.PUSH in requests
 
 
@@ -124,7 +125,7 @@ def test_bad_version(version):
         wire.decode_header([_raw_header(version=version)])
 
 
-@pytest.mark.parametrize("op", [0, 14, 42, 63, 67, 255])
+@pytest.mark.parametrize("op", [0, 14, 42, 63, 68, 255])
 def test_unknown_op(op):
     with pytest.raises(WireError, match=f"unknown op {op}$"):
         wire.decode_header([_raw_header(op=op)])
