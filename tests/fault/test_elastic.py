@@ -1,12 +1,15 @@
 """Shards joining and leaving a running PS tier (hybrid_ps.serve + hybrid_ps.tierctl): only the ranges the ring
-moves travel, and no update is lost."""
+moves travel, and no update is lost; a tier shard that dies is reported by the tier, and leaders fail over at once."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -109,3 +112,27 @@ def test_a_shard_joins_and_another_leaves_while_two_group_jobs_train(start_job, 
     assert info["shards"] == ["shard-1", "shard-2"]
     for job in jobs:
         assert job.summary["samples"] == 400_000 and job.summary["final_logloss"] < 0.37
+
+
+def test_a_tier_shard_that_dies_is_reported_by_the_tier_and_a_leader_fails_over_at_once(tmp_path):
+    tier, runner = _tier(tmp_path, 3, 2)
+    tier_file = read_tier_file(str(tmp_path / "tier.json"))
+    context = zmq.Context()
+    client = PSClient(tier_file.endpoints, 0, 1, HashRing(sorted(tier_file.endpoints)), context=context,
+                      replication=2, timeout=30, failover_timeout=25, curve_keys=tier_file.curve_keys)
+    try:
+        clock = client.join()
+        client.wait(client.push(UNIVERSE, np.ones((UNIVERSE.size, 1), np.float32), clock))
+        os.kill(tier.shards[1].pid, signal.SIGKILL)
+        started = time.monotonic()
+        values = client.wait(client.pull(UNIVERSE, clock))  # a third of it waited on the dead shard
+        assert time.monotonic() - started < 10, "failed over on the tier's word, not after the 25 s timeout"
+        np.testing.assert_array_equal(values, -np.ones((UNIVERSE.size, 1), np.float32))
+        assert [shard for shard, _ in client.channel.failovers] == [1]
+        client.bye()
+    finally:
+        client.close()
+        context.term()
+    runner.join(timeout=30)
+    assert not runner.is_alive() and tier.codes[1] == -signal.SIGKILL
+    tier.close()
