@@ -1,5 +1,9 @@
 """A training run that diverges stops with a line saying why, instead of ending as a useless model.
 
+Two checks on every step's Allreduced numbers (``StepChecks``): a NaN or infinite
+gradient stops the job or skips the step (``train.on_nonfinite``); a loss running
+far above a constant prediction's stops it (``DivergenceGuard``, below).
+
 After every step each member of a group has the group's summed loss, rows and positive
 labels (the step's Allreduce). They are collected in windows of at least
 ``window_rows`` rows; a window is bad when its logloss exceeds twice (and by at least
@@ -12,11 +16,64 @@ the group saw is in the message) and a learning rate too high for them.
 
 from __future__ import annotations
 
+import logging
 import math
 
-from ..errors import DivergenceError
+from ..config import Config
+from ..errors import DivergenceError, NonFiniteError
+from .group import WorkerGroup
 
-__all__ = ["DivergenceGuard", "constant_logloss"]
+__all__ = ["StepChecks", "DivergenceGuard", "constant_logloss"]
+
+log = logging.getLogger(__name__)
+
+
+class StepChecks:
+    """The checks every member runs on a step's sums (the same sums: every member decides alike).
+
+    Args:
+        config: the job's settings (``train.on_nonfinite``, ``train.stop_on_divergence``, the learning rate).
+        group: the group's collectives (to name the ranks of a non-finite gradient).
+        group_id: for the messages.
+    """
+
+    def __init__(self, config: Config, *, group: WorkerGroup, group_id: int) -> None:
+        self.group = group
+        self.group_id = group_id
+        self.skip_nonfinite = config.train.on_nonfinite == "skip"
+        self.learning_rate = config.optimizer.learning_rate
+        self.divergence = (DivergenceGuard(group_id=group_id, learning_rate=self.learning_rate)
+                           if config.train.stop_on_divergence else None)
+
+    def finite(self, clock: int, *, summed_finite: bool, local_finite: bool) -> bool:
+        """Whether the step's summed gradient is finite; if not, the step is skipped (``False``) or the job stops.
+
+        Raises:
+            NonFiniteError: with ``train.on_nonfinite = "stop"``, on every member.
+        """
+        if summed_finite:
+            return True
+        ranks = self.group.ranks_where(not local_finite)
+        where = (f"from group rank(s) {', '.join(map(str, ranks))}" if ranks
+                 else "in the sum over the group (float32 overflow)")
+        message = f"group {self.group_id}, step {clock}: NaN or Inf gradient {where}"
+        if not self.skip_nonfinite:
+            raise NonFiniteError(f"{message}; stopped: usually feature values of large magnitude "
+                                 f"(--feature-scaling maxabs) or too high a learning rate (--lr "
+                                 f"{self.learning_rate:g}); train.on_nonfinite = \"skip\" skips such steps")
+        if self.group.is_leader:
+            log.warning("%s; step skipped (nothing pushed)", message)
+        return False
+
+    def loss(self, clock: int, *, loss_sum: float, rows: int, positives: float, largest_value: float) -> None:
+        """Count the step's loss towards the divergence check.
+
+        Raises:
+            DivergenceError: see ``DivergenceGuard``.
+        """
+        if self.divergence is not None:
+            self.divergence.add(clock=clock, loss_sum=loss_sum, rows=rows, positives=positives,
+                                largest_value=largest_value)
 
 
 def constant_logloss(positive_rate: float) -> float:

@@ -34,6 +34,19 @@ class StepStats:
     SIZE = 7
     """Slots they take at the end of the Allreduce buffer."""
 
+    @classmethod
+    def of_batch(cls, batch: PreparedBatch | None, loss: float, *, stop: bool, epoch_end: bool,
+                 first_rank: bool) -> StepStats:
+        """A member's numbers for the step over ``batch`` (``first_rank``: it is the group's rank 0)."""
+        stats = cls(stop=float(stop), epoch_end=float(epoch_end and first_rank))
+        if batch is not None and batch.batch.num_rows:
+            rows = batch.batch
+            stats.loss, stats.rows = loss, rows.num_rows
+            stats.positives = float(np.count_nonzero(rows.labels > 0.5))
+            if first_rank and rows.values.size:
+                stats.largest_value = float(np.max(np.abs(rows.values)))
+        return stats
+
     def write(self, tail: np.ndarray) -> None:
         tail[:] = (self.loss, self.rows, self.correct, self.stop, self.epoch_end, self.positives, self.largest_value)
 

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..config import Config
 from ..tier import TierView
 from .client import Announcement, PSClient, Ticket
 from .filters import PushFilter
@@ -46,6 +47,17 @@ class Leader:
         self.ps_seconds = 0.0  # time blocked on the PS tier (pull and clock waits, push sends)
         self._clock_tickets: collections.deque = collections.deque(maxlen=2)  # the last two clock messages
         self._stop_sent = False
+
+    @classmethod
+    def for_job(cls, config: Config, *, client: PSClient, width: int, group_rows: GroupRows | None,
+                publish: Callable[[int, GroupResult], None] | None,
+                tier_view: Callable[[], TierView] | None) -> Leader:
+        """A leader with the push filter the job's ``comm`` settings ask for."""
+        comm = config.comm
+        push_filter = PushFilter(width, comm.filter_threshold, comm.filter_relative,
+                                 config.optimizer.l1 if comm.kkt else 0.0, comm.value_encoding)
+        return cls(client=client, push_filter=push_filter, group_rows=group_rows, publish=publish,
+                   tier_view=tier_view)
 
     def timed(self, call: Callable[..., _T], *args: object) -> _T:
         """``call(*args)``, counting its time as time blocked on the PS tier."""

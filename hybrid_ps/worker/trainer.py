@@ -22,7 +22,6 @@ import numpy as np
 
 from ..config import Config
 from ..data.batch import Batch
-from ..errors import NonFiniteError
 from ..metrics import MetricsWriter, RateMeter
 from ..models.base import Model
 from ..preemption import StopRequest
@@ -31,11 +30,10 @@ from ..protocol.wire import FINAL_CLOCK
 from ..tables.optimizers import optimizer_from_config
 from ..tier import TierView
 from .client import PSClient
-from .divergence import DivergenceGuard
+from .divergence import StepChecks
 from .eval_pass import evaluate_pass
 from .exchange import KeyExchange, PendingExchange, StepStats
 from .faults import FaultInjector
-from .filters import PushFilter
 from .group import WorkerGroup
 from .group_rows import GroupRows
 from .leader import Leader
@@ -110,19 +108,15 @@ class GroupTrainer:
         self.progress: ProgressReport | None = None
         self.faults = FaultInjector.from_config(config, group_id)
         if client is not None:
-            comm = config.comm
-            push_filter = PushFilter(model.width, comm.filter_threshold, comm.filter_relative,
-                                     config.optimizer.l1 if comm.kkt else 0.0, comm.value_encoding)
-            self.leader = Leader(client=client, push_filter=push_filter, group_rows=self.group_rows,
-                                 publish=publish, tier_view=tier_view)
+            self.leader = Leader.for_job(config, client=client, width=model.width, group_rows=self.group_rows,
+                                         publish=publish, tier_view=tier_view)
             if metrics is not None:
                 self.progress = ProgressReport(metrics=metrics, interval=config.train.log_interval,
                                                group_id=group_id, meter=self.meter, traffic=self.leader.traffic,
                                                shard_clocks=lambda: client.shard_clocks)
         self.exchange = KeyExchange(group=group, model=model, leader=self.leader, faults=self.faults,
                                     group_rows=self.group_rows, preload=config.data.preload)
-        self.divergence = (DivergenceGuard(group_id=group_id, learning_rate=config.optimizer.learning_rate)
-                           if config.train.stop_on_divergence else None)
+        self.checks = StepChecks(config, group=group, group_id=group_id)
         self.schedule = ValidationSchedule(every=config.train.eval_every, early_stopping=config.train.early_stopping)
         self.validation = None
         if validation_data is not None:
@@ -213,29 +207,23 @@ class GroupTrainer:
         batch = pending.batch
         size = keys.size * self.model.width
         totals = self.group.reduce_buffer(size + StepStats.SIZE)  # [gradient rows..., StepStats]
-        stats = StepStats(stop=self.stop_request.requested,
-                          epoch_end=float(pending.ends_epoch and self.group.rank == 0))
+        loss = 0.0
         if batch is not None and batch.batch.num_rows:
-            stats.loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
+            loss, grad, _ = self.model.loss_and_gradient(batch, keys, values)
             with np.errstate(over="ignore"):  # beyond float32 it becomes Inf, handled below
                 totals[:size] = grad.reshape(-1)
-            stats.rows = batch.batch.num_rows
-            stats.positives = float(np.count_nonzero(batch.batch.labels > 0.5))
-            if self.group.rank == 0 and batch.batch.values.size:
-                stats.largest_value = float(np.max(np.abs(batch.batch.values)))
         else:
             totals[:size] = 0.0
-        stats.write(totals[size:])
+        StepStats.of_batch(batch, loss, stop=self.stop_request.requested, epoch_end=pending.ends_epoch,
+                           first_rank=self.group.rank == 0).write(totals[size:])
         local_finite = all_finite(totals)
         self.group.allreduce_sum(totals)
         summed = StepStats.read(totals[size:])
         loss_sum, rows = summed.loss, int(summed.rows)
-        if not all_finite(totals):  # the same sum on every member: they all take this branch
-            self._non_finite_gradient(local_finite)
+        if not self.checks.finite(self.clock, summed_finite=all_finite(totals), local_finite=local_finite):
             loss_sum, rows = 0.0, 0  # the step is skipped: no push, no samples counted
-        if self.divergence is not None:
-            self.divergence.add(clock=self.clock, loss_sum=loss_sum, rows=rows, positives=summed.positives,
-                                largest_value=summed.largest_value)
+        self.checks.loss(self.clock, loss_sum=loss_sum, rows=rows, positives=summed.positives,
+                         largest_value=summed.largest_value)
         kept = None  # positions of the rows the group keeps itself (model.dense_in_group), not pushed every step
         if rows and self.group_rows is not None:  # every member updates its copy of them
             kept = np.searchsorted(keys, self.group_rows.keys)
@@ -246,12 +234,16 @@ class GroupTrainer:
         self.meter.add(rows, loss_sum)
         result.steps, result.samples = self.clock, result.samples + rows
         result.train_loss_sum += loss_sum
+        self._after_step(result, epoch_ended=summed.epoch_end > 0)
+
+    def _after_step(self, result: GroupResult, epoch_ended: bool) -> None:
+        """A checkpoint cut, a validation and a progress line, each if due now."""
         if self.leader is not None:
             every = self.config.train.checkpoint_every
             if (every and self.clock % every == 0) or self.schedule.cut_due(self.clock):
                 self.leader.checkpoint(self.clock, result, self.clock)
-        if self.validation is not None and self.validation.due(self.clock, summed.epoch_end > 0):
-            self._validate(result, summed.epoch_end > 0)
+        if self.validation is not None and self.validation.due(self.clock, epoch_ended):
+            self._validate(result, epoch_ended)
         if self.progress is not None:
             self.progress.maybe_report(self.clock)
 
@@ -281,24 +273,6 @@ class GroupTrainer:
                 on_ps = np.ones(keys.size, dtype=bool)
                 on_ps[kept] = False
         self.leader.push_step(keys, gradient, values, on_ps, self.clock)
-
-    def _non_finite_gradient(self, local_finite: bool) -> None:
-        """The group's gradient has a NaN or Inf: name the ranks, then stop or skip (``train.on_nonfinite``).
-
-        Raises:
-            NonFiniteError: with ``stop``, on every member.
-        """
-        ranks = self.group.ranks_where(not local_finite)
-        where = (f"from group rank(s) {', '.join(map(str, ranks))}" if ranks
-                 else "in the sum over the group (float32 overflow)")
-        message = f"group {self.group_id}, step {self.clock}: NaN or Inf gradient {where}"
-        if self.config.train.on_nonfinite == "stop":
-            raise NonFiniteError(f"{message}; stopped: usually feature values of large magnitude "
-                                 f"(--feature-scaling maxabs) or too high a learning rate "
-                                 f"(--lr {self.config.optimizer.learning_rate:g}); train.on_nonfinite = "
-                                 f"\"skip\" skips such steps")
-        if self.leader is not None:
-            log.warning("%s; step skipped (nothing pushed)", message)
 
     # -- the final evaluation -----------------------------------------------------------------------
 

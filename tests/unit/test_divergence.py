@@ -1,4 +1,5 @@
-"""hybrid_ps.worker.divergence: constant_logloss, and DivergenceGuard's windows, patience and error message."""
+"""hybrid_ps.worker.divergence: constant_logloss, DivergenceGuard's windows, patience and error message, and
+StepChecks (the non-finite gradient policy)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import math
 
 import pytest
 
-from hybrid_ps.errors import DivergenceError, HybridPSError
-from hybrid_ps.worker.divergence import DivergenceGuard, constant_logloss
+from hybrid_ps.config import Config
+from hybrid_ps.errors import DivergenceError, HybridPSError, NonFiniteError
+from hybrid_ps.worker.divergence import DivergenceGuard, StepChecks, constant_logloss
 
 ROWS = 100
 
@@ -128,3 +130,37 @@ def test_with_small_feature_values_the_message_names_the_learning_rate_only():
     assert "group 0" in message and "clock 7" in message and "logloss 9 " in message
     assert "feature values reach" not in message
     assert "learning rate may be too high" in message and "--lr 3 " in message
+
+
+class _OneRankGroup:
+    is_leader = True
+
+    def ranks_where(self, flag: bool) -> list[int]:
+        return [0] if flag else []
+
+
+def _checks(**train) -> StepChecks:
+    config = Config()
+    for name, value in train.items():
+        setattr(config.train, name, value)
+    return StepChecks(config, group=_OneRankGroup(), group_id=3)
+
+
+def test_a_non_finite_gradient_stops_naming_rank_step_and_causes_or_is_skipped_with_a_warning(caplog):
+    assert _checks().finite(7, summed_finite=True, local_finite=True)
+    with pytest.raises(NonFiniteError, match=r"group 3, step 7: NaN or Inf gradient from group rank\(s\) 0; "
+                                             r"stopped: usually feature values of large magnitude"):
+        _checks().finite(7, summed_finite=False, local_finite=False)
+    with pytest.raises(NonFiniteError, match=r"in the sum over the group \(float32 overflow\)"):
+        _checks().finite(7, summed_finite=False, local_finite=True)
+    assert not _checks(on_nonfinite="skip").finite(8, summed_finite=False, local_finite=False)
+    assert "group 3, step 8: NaN or Inf gradient from group rank(s) 0; step skipped" in caplog.text
+
+
+def test_the_divergence_check_can_be_turned_off():
+    off, on = _checks(stop_on_divergence=False), _checks()
+    for clock in range(3):
+        off.loss(clock, loss_sum=1e9, rows=30_000, positives=15_000, largest_value=1e6)
+    with pytest.raises(DivergenceError):
+        for clock in range(3):
+            on.loss(clock, loss_sum=1e9, rows=30_000, positives=15_000, largest_value=1e6)
