@@ -26,7 +26,7 @@ import numpy as np
 
 from ._criteo_parse import FIELDS
 from ._criteo_parse import parse_chunk as _parse_fast
-from .rows import BadLine, Rows
+from .rows import BadLine, Rows, chunk_parser
 
 __all__ = ["parse_criteo", "parse_slow", "column_key", "INTEGER_COLUMNS", "FIELDS"]
 
@@ -54,16 +54,6 @@ def column_key(column: int, value: bytes | None = None) -> int:
     """The key of integer column ``column`` (``value`` None) or of categorical ``value`` in ``column``."""
     key = _mix64((_fnv1a64(value) if value is not None else 0) ^ ((column * _GOLDEN) & _MASK))
     return key - 1 if key == _MASK else key
-
-
-def parse_criteo(text: bytes | memoryview) -> Rows:
-    """Parse whole lines (ending with a newline).
-
-    Raises:
-        BadLine: the first malformed line, numbered from 0 within ``text``.
-    """
-    parsed = _parse_fast(text)
-    return Rows(*parsed) if parsed is not None else parse_slow(bytes(text))
 
 
 def parse_slow(text: bytes) -> Rows:
@@ -106,3 +96,7 @@ def parse_slow(text: bytes) -> Rows:
         counts.append(count)
     return Rows(np.array(labels, dtype=np.float32), np.array(counts, dtype=np.int64),
                 np.array(keys, dtype=np.uint64), np.array(values, dtype=np.float32))
+
+
+parse_criteo = chunk_parser(_parse_fast, parse_slow)
+"""Parse whole Criteo lines: compiled, or line by line where the compiled parser declines (``BadLine``)."""

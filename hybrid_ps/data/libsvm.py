@@ -18,22 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from ._libsvm_parse import parse_chunk
-from .rows import BadLine, Rows
+from .rows import BadLine, Rows, chunk_parser
 
 __all__ = ["parse_libsvm", "parse_slow"]
 
 _MAX_INDEX = 2**64 - 2  # 2**64 - 1 is the model's bias key
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def parse_libsvm(text: bytes | memoryview) -> Rows:
-    """Parse whole lines (ending with a newline): compiled, or line by line if the compiled parser declines.
-
-    Raises:
-        BadLine: the first malformed line, numbered from 0 within ``text``.
-    """
-    parsed = parse_chunk(text)
-    return Rows(*parsed) if parsed is not None else parse_slow(bytes(text))
 
 
 def _parse_label(token: bytes) -> float:
@@ -89,3 +79,7 @@ def parse_slow(text: bytes) -> Rows:
         keys=np.array(keys, dtype=np.uint64),
         values=np.array(values, dtype=np.float32),
     )
+
+
+parse_libsvm = chunk_parser(parse_chunk, parse_slow)
+"""Parse whole libsvm lines: compiled, or line by line where the compiled parser declines (``BadLine``)."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from .batch import Batch
 
-__all__ = ["Rows", "BadLine", "excerpt", "empty_rows", "concat_rows", "every_nth_row", "as_batch"]
+__all__ = ["Rows", "BadLine", "excerpt", "empty_rows", "concat_rows", "every_nth_row", "as_batch", "chunk_parser"]
 
 _EXCERPT_CHARS = 60
 
@@ -30,6 +31,18 @@ class BadLine(Exception):
         self.line = line
         self.what = what
         self.excerpt = excerpt
+
+
+def chunk_parser(compiled: Callable[[bytes | memoryview], tuple | None],
+                 reference: Callable[[bytes], Rows]) -> Callable[[bytes | memoryview], Rows]:
+    """A parser of whole lines (ending with a newline): the compiled parser's rows, or where it declines the
+    chunk, the reference's (which defines what is accepted and raises ``BadLine`` for the first bad line)."""
+
+    def parse(text: bytes | memoryview) -> Rows:
+        parsed = compiled(text)
+        return Rows(*parsed) if parsed is not None else reference(bytes(text))
+
+    return parse
 
 
 def excerpt(text: bytes) -> str:
