@@ -238,11 +238,14 @@ class ShardService:
                 self.replies.shard_down(client, group, dead)
 
     def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back)."""
+        """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back), told of
+        the shards that died before it came."""
         clock = self.groups.join(header.group)
         self.membership.joined()
         log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
         self.replies.ack_with(identity, header, clock)
+        for dead in sorted(self.placement.dead):
+            self.replies.shard_down(identity, header.group, dead)
         self._release_deferred()  # a restarted group may have finished before: the others wait for it again
 
     def _on_ping(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:

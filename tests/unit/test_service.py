@@ -793,6 +793,25 @@ def test_a_supervisor_tells_every_other_shard_of_its_shards_death(make_cluster):
     assert time.monotonic() - started < 2.0
 
 
+def test_a_group_that_joins_after_a_shard_died_is_told_at_once(make_cluster):
+    from hybrid_ps.server.death_notice import tell_shards_of_death
+
+    cluster = make_cluster(shards=3, groups=2, replication=2)  # group 1 stays: the shards keep serving
+    keys = _random_keys(3000, seed=10)
+    first = cluster.client(0)
+    first.wait(first.push(keys, np.ones((keys.size, 1), np.float32), 0))
+    first.close()  # the leader is gone (it said no BYE)
+    cluster.dealer(1).send_multipart([_header(wire.Op.SHUTDOWN)])
+    cluster.threads[1].join(timeout=5)
+    assert tell_shards_of_death(dict(enumerate(cluster.endpoints)), 1, curve_keys=None) == [0, 2]
+    started = time.monotonic()
+    late = cluster.client(0, timeout=20.0, failover_timeout=15.0)  # a restarted leader: it knows nothing
+    late.join()
+    assert sorted(late.placement.dead) == [1]
+    np.testing.assert_array_equal(late.wait(late.pull(keys, 0)), -np.ones((keys.size, 1), np.float32))
+    assert time.monotonic() - started < 5.0, "told at its JOIN, not after its 15 s failover timeout"
+
+
 def test_a_tier_stops_when_no_group_joins_or_every_joined_group_is_gone(make_cluster):
     nobody = make_cluster(shards=1, groups=2, groups_present=False, group_timeout=0.6)
     nobody.threads[0].join(timeout=5)
