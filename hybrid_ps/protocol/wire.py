@@ -47,7 +47,8 @@ Requests and the frames they carry:
 Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
 ``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text). One message is no reply:
 ``SHARD_DOWN`` (header shard, request id 0), which a shard sends unasked to every client it has
-heard from when it learns that the shard named in its frame died; the ACK of a
+heard from when it learns that the shard named in its frame died (and after a JOIN's ACK, for every
+shard it knows dead); the ACK of a
 CHECKPOINT carries the cut's clock (the directory name). Once the coordinating
 shard (the lowest live one) has a stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
 that clock: each group stops there and checkpoints. Likewise ``FLAG_RESHARD``
