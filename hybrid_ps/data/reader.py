@@ -10,7 +10,6 @@ from pathlib import PurePath
 
 from ..errors import ConfigError, DataError
 from .batch import Batch, rebatch
-from .compression import DECOMPRESSION_ERRORS
 from .criteo import parse_criteo
 from .libsvm import parse_libsvm
 from .parts import Part, Share, find_parts, shares_of
@@ -101,15 +100,7 @@ class DataShard:
     def _parsed_share(self, share: Share) -> Iterator[Rows]:
         parse = FORMATS[format_of(share.part.path, self.format)]
         rows_before = 0  # rows of the part before the chunk (a compressed part read by every rank)
-        chunks = chunks_of(share, self.chunk_bytes)
-        while True:
-            try:
-                chunk = next(chunks)
-            except StopIteration:
-                return
-            except DECOMPRESSION_ERRORS as e:
-                what = f"corrupt or truncated {share.part.codec} data" if share.part.codec else "cannot read"
-                raise DataError(f"{share.part.path}: {what}: {e}") from None
+        for chunk in chunks_of(share, self.chunk_bytes):
             try:
                 rows = parse(chunk.text)
             except BadLine as bad:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from .compression import open_decompressed
+from ..errors import DataError
+from .compression import DECOMPRESSION_ERRORS, open_decompressed
 from .parts import Share
 
 __all__ = ["Chunk", "chunks_of", "line_number"]
@@ -27,10 +28,18 @@ class Chunk(NamedTuple):
 
 
 def chunks_of(share: Share, chunk_bytes: int) -> Iterator[Chunk]:
-    """The lines of ``share`` (every line of a compressed part: its rows are picked after parsing)."""
-    if share.part.codec is None:
-        return _byte_range_chunks(share, chunk_bytes)
-    return _stream_chunks(share, chunk_bytes)
+    """The lines of ``share`` (every line of a compressed part: its rows are picked after parsing).
+
+    Raises:
+        DataError: the part cannot be read, or its compressed data is corrupt or truncated (naming the file).
+    """
+    codec = share.part.codec
+    chunks = _byte_range_chunks(share, chunk_bytes) if codec is None else _stream_chunks(share, chunk_bytes)
+    try:
+        yield from chunks
+    except DECOMPRESSION_ERRORS as e:
+        what = f"corrupt or truncated {codec} data" if codec else "cannot read"
+        raise DataError(f"{share.part.path}: {what}: {e}") from None
 
 
 def line_number(share: Share, chunk: Chunk, line_in_chunk: int) -> int:
