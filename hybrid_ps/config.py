@@ -23,7 +23,11 @@ from .net.sockets import resolve_bind_host
 from .protocol.staleness import parse_staleness
 
 __all__ = ["ClusterConfig", "DataConfig", "ModelConfig", "OptimizerConfig", "TrainConfig", "CommConfig", "Config",
-           "build_parser", "load_config"]
+           "build_parser", "load_config", "DATA_FORMATS"]
+
+
+DATA_FORMATS = ("libsvm", "criteo", "auto")
+"""The line formats of data files (``data.format``; ``evaluate --data-format``, ``predict --format``)."""
 
 
 def _option(default: Any, help: str, flag: str | None = None, choices: Sequence[str] | None = None) -> Any:
@@ -74,7 +78,7 @@ class DataConfig:
         "(computed before training, kept in the checkpoint; none = use the values as they are)",
         "--feature-scaling", ("maxabs", "none"))
     format: str = _option("libsvm", "line format of the data files (auto: criteo for .tsv names and names with "
-                          "'criteo' or 'day_', else libsvm)", "--format", ("libsvm", "criteo", "auto"))
+                          "'criteo' or 'day_', else libsvm)", "--format", DATA_FORMATS)
     rows: int = _option(200_000, "synthetic data: number of rows", "--rows")
     features: int = _option(100_000, "synthetic data: distinct hashed features", "--features")
     nnz_per_row: int = _option(20, "synthetic data: features per row", "--nnz-per-row")

@@ -15,13 +15,10 @@ import sys
 
 from .checkpoint import checkpoint_info
 from .cli import plain_logging, run_main
-from .config import OneLineErrorParser
+from .config import DATA_FORMATS, OneLineErrorParser
 from .errors import DataError, HybridPSError
 
 __all__ = ["main"]
-
-FORMAT_NAMES = ("libsvm", "criteo", "auto")
-"""The data formats (``--data-format``)."""
 
 log = logging.getLogger("hybrid_ps.evaluate")
 
@@ -46,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="ckpt-<clock> directory, its model.h5, or a checkpoint root")
     parser.add_argument("--data", help="data to evaluate on (a file, a directory of parts or a glob, plain or "
                         "compressed), or 'synthetic'")
-    parser.add_argument("--data-format", choices=FORMAT_NAMES,
+    parser.add_argument("--data-format", choices=DATA_FORMATS,
                         help="line format of the data (default: the format the model was trained on)")
     parser.add_argument("--info", action="store_true", help="print what the checkpoint holds instead")
     parser.add_argument("--format", default="text", help="output format: text or json (the data's format is "
@@ -57,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.info and not args.data:
         parser.error("give --data FILE (or --data synthetic), or --info")
     if args.format not in ("text", "json"):
-        hint = f"; for the data's format use --data-format {args.format}" if args.format in FORMAT_NAMES else ""
+        hint = f"; for the data's format use --data-format {args.format}" if args.format in DATA_FORMATS else ""
         parser.error(f"--format is the output format, text or json, not {args.format!r}{hint}")
     if args.batch_rows < 1:
         parser.error(f"--batch-rows must be >= 1, got {args.batch_rows}")

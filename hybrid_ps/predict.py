@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING
 
 from .atomic import atomic_write
 from .cli import plain_logging, run_main
-from .config import OneLineErrorParser
+from .config import DATA_FORMATS, OneLineErrorParser
 from .errors import ConfigError, HybridPSError
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="ckpt-<clock> directory, its model.h5, or a checkpoint root")
     parser.add_argument("--data", required=True, help="rows to score: a file, a directory of parts or a glob, plain "
                         "or compressed, or 'synthetic' (the synthetic rows the model was trained on)")
-    parser.add_argument("--format", "--data-format", dest="data_format", choices=("libsvm", "criteo", "auto"),
+    parser.add_argument("--format", "--data-format", dest="data_format", choices=DATA_FORMATS,
                         help="line format of the data (default: the format the model was trained on)")
     parser.add_argument("--output", required=True, help="file to write, one probability a line ('-': stdout)")
     parser.add_argument("--batch-rows", type=int, default=65536, help="rows read at a time (memory bound)")

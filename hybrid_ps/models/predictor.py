@@ -61,12 +61,12 @@ class TrainedModel:
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """``[n, 2]`` float64: each row's probability of label 0, then of label 1."""
-        positive = self.score(as_batch(X)).probability
+        positive = self.score(batch_of(X)).probability
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X: Any) -> np.ndarray:
         """Each row's more likely label (0 or 1, int64)."""
-        return (self.score(as_batch(X)).probability > 0.5).astype(np.int64)
+        return (self.score(batch_of(X)).probability > 0.5).astype(np.int64)
 
     def _values_for(self, keys: np.ndarray) -> tuple[np.ndarray, int]:
         """Checkpoint values for sorted ``keys``; keys unseen in training weigh zero."""
@@ -92,7 +92,7 @@ def load_model(path: str) -> TrainedModel:
     return TrainedModel(saved, scorer, str(resolve_checkpoint(path)))
 
 
-def as_batch(X: Any) -> Batch:
+def batch_of(X: Any) -> Batch:
     """Rows to score as a ``Batch``: a ``Batch`` as it is; a scipy sparse matrix or a 2-D array by its nonzeros
     (column ``j`` is key ``j``; labels 0).
 
