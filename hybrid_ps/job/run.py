@@ -67,6 +67,8 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
     if topology.role == "worker":  # (preloaded: read now)
         batches = batch_source(config.data, config.train.batch_size, *plan.data_position(topology))
     scales = _feature_scales(config, topology, batches)
+    if batches is not None:  # the unscaled batches are not kept: preloaded, their values would be held twice
+        batches = scaled(batches, scales, config.data.preload)
     metrics = None
     if topology.rank == 0:
         metrics = MetricsWriter(f"{config.train.output_dir}/metrics.jsonl")
@@ -76,8 +78,7 @@ def run_job(config: Config, world: Any, debug: bool = False, stop: StopRequest |
             totals = _run_server(topology, config, model.width, stop, debug, curve_keys)
         else:
             assert batches is not None
-            totals = _run_worker(topology, plan, config, ring, model, metrics, stop, curve_keys,
-                                 scaled(batches, scales, config.data.preload), scales)
+            totals = _run_worker(topology, plan, config, ring, model, metrics, stop, curve_keys, batches, scales)
         return summarise(topology, config, totals, metrics)
     finally:
         if metrics is not None:
