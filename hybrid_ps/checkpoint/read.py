@@ -15,8 +15,7 @@ from ..errors import CheckpointError
 from .files import BEST, LATEST, ShardState, _check_format, _open, read_shard_file
 
 __all__ = ["resolve_checkpoint", "SavedModel", "load_saved_model", "read_feature_scales", "checkpoint_info",
-           "check_resumable",
-           "restore_shard", "cut_parts", "resume_clocks"]
+           "check_resumable", "restore_shard", "cut_parts", "resume_clocks"]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
