@@ -1,9 +1,9 @@
 """Where each key lives with replication: primary and backups on the ring, minus the shards known dead.
 
 A key's range lives on ``R`` shards: its preference list on the hash ring
-(``HashRing.preference_slots``). Pushes go to every live replica and are
-acknowledged once all of them have applied them; pulls go to the *acting
-primary*, the first live shard of the list. When a shard dies, each of its
+(``HashRing.preference_slots``). Pulls and pushes go to the *acting
+primary*, the first live shard of the list; it forwards each push to the other
+live replicas (``backup_parts``) and acknowledges it once they have it. When a shard dies, each of its
 ranges is served by its next replica (the backup is promoted) and nothing
 else moves. A range whose replicas are all dead is lost: ``RangeLostError``.
 
@@ -54,6 +54,7 @@ class Placement:
         self._pull_owners = self._primary_slot.astype(np.int32).reshape(-1, 1)
         self._push_owners = np.where(alive, self._preference, -1).astype(np.int32)
         self._allowed: dict[tuple[int, bool], np.ndarray] = {}  # (shard, primary) -> uint8 per point
+        self._backup_owners: dict[int, np.ndarray] = {}  # shard -> per point, the live replicas but that shard
 
     @property
     def live_shards(self) -> list[int]:
@@ -101,12 +102,22 @@ class Placement:
         return self._parts(self._served_points(keys), self._pull_owners)
 
     def push_parts(self, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """``(shard, positions)`` of ``keys`` for every live replica: each key goes to all of its live replicas.
+        """``(shard, positions)`` of ``keys`` for every live replica: each key goes to all of its live replicas (a
+        client writing every replica itself, as the raw baseline of benchmarks/load.py does).
 
         Raises:
             RangeLostError: some key has no live replica.
         """
         return self._parts(self._served_points(keys), self._push_owners)
+
+    def backup_parts(self, keys: np.ndarray, shard: int) -> list[tuple[int, np.ndarray]]:
+        """``(backup, positions)`` of ``keys`` for every live replica but ``shard`` (the primary forwarding them)."""
+        owners = self._backup_owners.get(shard)
+        if owners is None:
+            slot = int(np.searchsorted(self.ring.shard_ids, shard))
+            owners = np.where(self._push_owners == slot, -1, self._push_owners).astype(np.int32)
+            self._backup_owners[shard] = owners
+        return self._parts(self.ring.point_of(keys), owners)
 
     def _served_points(self, keys: np.ndarray) -> np.ndarray:
         """The ring points of ``keys``, checked to have a live replica each (else ``RangeLostError``)."""

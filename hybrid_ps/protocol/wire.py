@@ -13,7 +13,9 @@ A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
     frame 2  clocks   num_groups * int64, the shard's vector clock   (PULL_REPLY, after values;
                       FINAL_CLOCK for groups that finished training)
     frame 1  text     UTF-8 error message                           (ERROR)
-    frame 1  view     UTF-8 JSON {"endpoints": {id: endpoint}, "replication": R}  (VIEW, RESHARD)
+    frame 1  view     UTF-8 JSON {"endpoints": {id: endpoint}, "replication": R}  (VIEW, RESHARD, JOIN)
+    frame 3  sequence 3 * uint64 (``PushSequence``): writer, sequence, acked_below  (PUSH with replication,
+                      FORWARD): which push this is, so that a replica applies it once however often it arrives
 
 Requests and the frames they carry:
 
@@ -21,7 +23,10 @@ Requests and the frames they carry:
     op         frames             meaning
     ========== ================== =========================================
     PULL       header keys        values of ``keys`` once SSP allows ``clock``
-    PUSH       header keys grads  apply the optimizer to ``keys``
+    PUSH       header keys grads  apply the optimizer to ``keys`` (to the acting primary; with replication
+               [sequence]         it forwards them to the backups and ACKs once they have them)
+    FORWARD    header keys grads  (primary to backup) a group's push, applied once per sequence and key:
+               sequence           ``group`` is the pushing group
     CLOCK      header             group ``group`` finished clock ``clock``
     FINISH     header             group ``group`` finished training
     BYE        header             group ``group`` leaves (shard exits when all left)
@@ -35,8 +40,9 @@ Requests and the frames they carry:
     EVICT      header shard       the shard named by ``shard`` (``encode_shard_id``) is dead: stop routing
                                   to it (a shard told that it is dead itself stops serving: a falsely
                                   suspected shard fences itself)
-    JOIN       header             group ``group`` starts (or restarts): the ACK carries the clock it
-                                  continues at (the slowest running group's, if it was away)
+    JOIN       header view        group ``group`` starts (or restarts): the ACK carries the clock it
+                                  continues at (the slowest running group's, if it was away); ``view``
+                                  is the shards as the group knows them (a primary forwards to them)
     VIEW       header view        (admin, to the coordinating shard) the tier's shards change to
                                   ``view``: pick the clock every group reshards at
     RESHARD    header view        group ``group`` stopped at ``clock`` (after checkpointing that cut):
@@ -96,10 +102,11 @@ __all__ = [
     "error_text",
     "encode_shard_id",
     "decode_shard_id",
+    "PushSequence",
 ]
 
 MAGIC = b"HP"
-VERSION = 2  # 2: EVICT names the dead shard in a frame of its own, not in the clock field
+VERSION = 3  # 2: EVICT names the dead shard in a frame of its own; 3: primary-driven replication (FORWARD)
 HEADER_FORMAT = "<2sBBBBIQqQI"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 FLAG_STOP = 1
@@ -150,15 +157,16 @@ class Op(enum.IntEnum):
     JOIN = 11
     VIEW = 12
     RESHARD = 13
+    FORWARD = 14
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
     SHARD_DOWN = 67
 
 
-_FRAMES_FOR_OP = {
+_FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
     Op.PULL: 2,
-    Op.PUSH: 3,
+    Op.PUSH: (3, 4),  # the sequence frame with replication
     Op.CLOCK: 1,
     Op.FINISH: 1,
     Op.BYE: 1,
@@ -167,9 +175,10 @@ _FRAMES_FOR_OP = {
     Op.STOP: 1,
     Op.PING: 1,
     Op.EVICT: 2,
-    Op.JOIN: 1,
+    Op.JOIN: 2,
     Op.VIEW: 2,
     Op.RESHARD: 2,
+    Op.FORWARD: 4,
     Op.ACK: 1,
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,
@@ -238,8 +247,10 @@ def decode_header(frames: Sequence[memoryview | bytes]) -> Header:
         raise WireError(f"unknown op {op}") from None
     if dtype not in DTYPES:
         raise WireError(f"unknown dtype code {dtype}")
-    if len(frames) != _FRAMES_FOR_OP[op]:
-        raise WireError(f"{op.name} needs {_FRAMES_FOR_OP[op]} frames, got {len(frames)}")
+    counts = _FRAMES_FOR_OP[op]
+    if len(frames) not in (counts if isinstance(counts, tuple) else (counts,)):
+        wanted = " or ".join(map(str, counts)) if isinstance(counts, tuple) else counts
+        raise WireError(f"{op.name} needs {wanted} frames, got {len(frames)}")
     if width < 1:
         raise WireError(f"width must be >= 1, got {width}")
     return Header(op, group, request_id, clock, num_keys, width, DTYPES[dtype], flags)
@@ -354,6 +365,32 @@ def decode_shard_id(frame: memoryview | bytes) -> int:
     if len(frame) != _SHARD_ID.size:
         raise WireError(f"an EVICT's shard frame is {_SHARD_ID.size} bytes, got {len(frame)}")
     return int(_SHARD_ID.unpack(frame)[0])
+
+
+@dataclass(frozen=True)
+class PushSequence:
+    """Which push a PUSH or FORWARD is: ``sequence`` is unique per ``writer`` (one client's random id), and the
+    writer will never send again a push below ``acked_below`` (every one of those was acknowledged)."""
+
+    writer: int
+    sequence: int
+    acked_below: int
+
+    _FORMAT = struct.Struct("<QQQ")
+
+    def to_frame(self) -> bytes:
+        return self._FORMAT.pack(self.writer, self.sequence, self.acked_below)
+
+    @classmethod
+    def from_frame(cls, frame: memoryview | bytes) -> PushSequence:
+        """Decode a sequence frame.
+
+        Raises:
+            WireError: the frame is not three uint64.
+        """
+        if len(frame) != cls._FORMAT.size:
+            raise WireError(f"a push's sequence frame is {cls._FORMAT.size} bytes, got {len(frame)}")
+        return cls(*cls._FORMAT.unpack(frame))
 
 
 def error_text(frame: memoryview | bytes) -> str:

@@ -77,6 +77,14 @@ class TierMembership:
         """A group sent JOIN: this shard takes part in the tier as it is."""
         self._new_to_a_running_tier = False
 
+    def endpoints_of(self, frame: memoryview) -> dict[int, str]:
+        """The endpoints of a JOIN's or a RESHARD's view (where a primary forwards pushes).
+
+        Raises:
+            WireError: not a view.
+        """
+        return _view_of(frame).endpoints
+
     def view(self, frame: memoryview) -> int:
         """(The coordinator) an administrator changes the tier's shards: the reshard clock (two past the fastest).
 

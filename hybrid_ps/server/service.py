@@ -25,6 +25,7 @@ from .cuts import CheckpointWriter, Cuts
 from .groups import GroupTable
 from .held_pulls import HeldPulls
 from .membership import CutReader, TierMembership
+from .replication import AppliedPushes, Forwards, WaitingPush
 from .replies import Announcement, Replies, is_clock
 from .request_keys import RequestKeys
 from .shard import Shard
@@ -73,7 +74,8 @@ class ShardService:
             stops waiting for it in the SSP rule (0 = wait forever); a dropped
             group that speaks again rejoins at the slowest running group's clock.
         replication: replicas per key range: this shard also holds, as a backup, the
-            ranges of the shards before it on the ring, and serves them once those are dead.
+            ranges of the shards before it on the ring, and serves them once those are dead;
+            as the acting primary it forwards each push to the backups (``replication.py``).
         cut_reader: reads a checkpoint cut's files (with ``checkpoint_writer``, the tier's shards
             can change: each loads the ranges it gains from the cut both sides agreed on).
         groups_present: every group trains from the start (an MPI job's own shards);
@@ -126,6 +128,10 @@ class ShardService:
         largest_frame = int(1.01 * max_keys * max(8, 4 * shard.width)) + 65536
         self.socket, self.endpoint = bind_router(self._context, host, curve_keys, max_message_bytes=largest_frame)
         self.replies = Replies(socket=self.socket, shard_id=shard_id, clock=self.clock, announcement=self._announced)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self.forwards = Forwards(shard_id=shard_id, context=self._context, curve_keys=curve_keys, poller=self._poller)
+        self.applied = AppliedPushes(num_groups=num_groups)
 
     @property
     def placement(self) -> Placement:
@@ -139,14 +145,13 @@ class ShardService:
         self.close()
 
     def close(self) -> None:
-        """Close the socket (pending replies get the socket's linger time)."""
+        """Close the sockets (pending replies get the socket's linger time)."""
+        self.forwards.close()
         close_router(self._context, self.socket, self._curve_keys)
 
     def serve(self) -> ServiceStats:
         """Handle requests until all groups left or SHUTDOWN; returns the counters."""
         self._running = True
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
         started = time.monotonic()
         self.groups.start()
         group_timeout = self.groups.group_timeout
@@ -161,8 +166,9 @@ class ShardService:
                     log.error("shard %d: no group joined within the group timeout (%gs); stopping",
                               self.shard_id, group_timeout)
                     break
-            if not poller.poll(poll_ms):
+            if not self._poller.poll(poll_ms):
                 continue
+            self._answer_forwarded()
             for _ in range(_MAX_BATCH):
                 try:
                     frames = recv_frames(self.socket, zmq.NOBLOCK)
@@ -236,10 +242,13 @@ class ShardService:
         elif not known and dead in self.placement.dead:
             for client, group in self._clients.items():
                 self.replies.shard_down(client, group, dead)
+        for push in self.forwards.without(dead):
+            self._answer_push(push)
 
     def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back), told of
         the shards that died before it came."""
+        self.forwards.learn(self.membership.endpoints_of(body[1]))
         clock = self.groups.join(header.group)
         self.membership.joined()
         log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
@@ -262,16 +271,51 @@ class ShardService:
         self.stats.deferred_pulls += 1
 
     def _on_push(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        """Apply the optimizer; with ``FLAG_CLOCK`` the group also finished its step (``clock + 1``)."""
-        keys = self.request_keys.checked(identity, body[1], header, primary=False)
+        """Apply the optimizer and forward the push to the backups (ACKed once they have it); with ``FLAG_CLOCK``
+        the group also finished its step (``clock + 1``)."""
+        keys = self.request_keys.checked(identity, body[1], header, primary=True)
         grads = wire.values_from_frame(body[2], header)
         clock = header.clock + 1 if header.flags & wire.FLAG_CLOCK else None
         if clock is not None:
             _check_clock(clock)  # before the push: a refused message changes nothing
-        self.shard.push(keys, grads)
-        self.stats.keys_pushed += keys.size
+        sequence = wire.PushSequence.from_frame(body[3]) if len(body) == 4 else None
+        if sequence is None and self.placement.replication > 1:
+            raise WireError("a push to a replicated shard needs its sequence frame")
+        self._apply(header.group, sequence, keys, grads)
         if clock is not None:
             self.clock.advance(header.group, clock)
+        push = WaitingPush(identity, header)
+        if sequence is None or not self.forwards.forward(push, keys, grads, sequence, self.placement):
+            self.replies.ack(identity, header)
+
+    def _on_forward(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """A primary's forward of a group's push: apply what of it this replica has not applied yet."""
+        keys = self.request_keys.checked(identity, body[1], header, primary=False)
+        grads = wire.values_from_frame(body[2], header)
+        self._apply(header.group, wire.PushSequence.from_frame(body[3]), keys, grads)
+
+    def _apply(self, group: int, sequence: wire.PushSequence | None, keys: np.ndarray, grads: np.ndarray) -> None:
+        """Apply the keys of a push not applied yet (``sequence``: which push; ``None``, unreplicated: all)."""
+        fresh = self.applied.not_applied(group, sequence, keys) if sequence is not None else None
+        if fresh is None:
+            self.shard.push(keys, grads)
+        elif fresh.any():
+            self.shard.push(keys[fresh], grads[fresh])
+        if sequence is not None:
+            self.applied.note(group, sequence, keys)
+        self.stats.keys_pushed += keys.size if fresh is None else int(fresh.sum())
+
+    def _answer_forwarded(self) -> None:
+        """ACK the pushes whose backups all answered (an error if one refused)."""
+        for push in self.forwards.replies():
+            self._answer_push(push)
+
+    def _answer_push(self, push: WaitingPush) -> None:
+        if push.error is None:
+            self.replies.ack(push.identity, push.header)
+        else:
+            self.stats.errors += 1
+            self.replies.error(push.identity, push.header, push.error)
 
     def _on_clock(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         _check_clock(header.clock)
@@ -293,6 +337,7 @@ class ShardService:
         self.replies.ack_with(identity, header, self.membership.view(body[1]))
 
     def _on_reshard(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.forwards.learn(self.membership.endpoints_of(body[1]))
         self.membership.ask_reshard(identity, header, body[1])
         self._maybe_reshard()
 
@@ -386,7 +431,8 @@ _ROUTES: dict[wire.Op, _Route] = {
     wire.Op.JOIN: _Route(ShardService._on_join, heard_from=False, acked=False),
     wire.Op.PING: _Route(ShardService._on_ping),
     wire.Op.PULL: _Route(ShardService._on_pull, acked=False),
-    wire.Op.PUSH: _Route(ShardService._on_push),
+    wire.Op.PUSH: _Route(ShardService._on_push, acked=False),
+    wire.Op.FORWARD: _Route(ShardService._on_forward, from_a_group=False),
     wire.Op.CLOCK: _Route(ShardService._on_clock),
     wire.Op.FINISH: _Route(ShardService._on_finish, ends_a_step=True),
     wire.Op.BYE: _Route(ShardService._on_bye, ends_a_step=True),

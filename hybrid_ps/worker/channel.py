@@ -5,13 +5,15 @@ as ps-lite's ``Customer`` and ``Van`` are under its ``KVWorker``. Replies are ma
 by request id whenever the client waits, so push acknowledgements never sit on the
 critical path. While it waits, the channel pings every shard quiet for
 ``heartbeat_interval``; a shard silent for ``failover_timeout`` while a reply is
-awaited is declared dead: the other shards (and the suspect, which then stops) are
-told, its pending pulls go again to the promoted backups, later requests avoid it.
+awaited, or one another shard says died, is declared dead: the other shards (and the
+suspect, which then stops) are told, its pending pulls and unacknowledged pushes go
+again to the promoted backups, later requests avoid it.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 
 import numpy as np
@@ -19,12 +21,12 @@ import zmq
 
 from ..errors import ShardUnavailableError, WireError
 from ..net.curve import JobKeys
+from ..net.links import ShardLinks
 from ..placement.ring import HashRing
 from ..protocol import wire
 from .framing import RequestFraming
-from .links import ShardLinks
 from .liveness import Liveness
-from .requests import RequestBook, Ticket, place_pull_reply
+from .requests import RequestBook, Resend, Ticket, place_pull_reply
 from .routing import Routing
 
 __all__ = ["ShardChannel"]
@@ -64,6 +66,8 @@ class ShardChannel:
         self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
         self.stop_at: int | None = None  # the stop clock the coordinating shard announced (preemption)
         self.reshard_at: int | None = None  # the clock at which it announced the tier's shards change
+        self._writer = secrets.randbits(64)  # names this client's push sequences (a restarted leader is another)
+        self._next_sequence = 1
         for shard, endpoint in endpoints.items():
             self.connect(shard, endpoint)
 
@@ -77,17 +81,34 @@ class ShardChannel:
         self.links.disconnect(shard, linger_ms)
         self.requests.outstanding[shard] = 0
 
+    @property
+    def replicated(self) -> bool:
+        """Whether key ranges have backups (pushes then carry a sequence and are sent again on failover)."""
+        return self.routing.placement.replication > 1
+
+    def new_sequence(self) -> int:
+        """A sequence number for one replicated push message (kept by every copy sent of it)."""
+        self._next_sequence += 1
+        return self._next_sequence - 1
+
     def send(self, shard: int, ticket: Ticket, op: wire.Op, clock: int, arrays: list, num_keys: int,
-             *, by_reference: bool = True, extra_flags: int = 0) -> int:
-        """Send one request on ``ticket`` (keys and values through the framing stages); its request id."""
+             *, by_reference: bool = True, extra_flags: int = 0, sequence: int | None = None) -> int:
+        """Send one request on ``ticket`` (keys and values through the framing stages); its request id.
+
+        Args:
+            sequence: a replicated push's sequence number (``new_sequence``; the same when sent again).
+        """
         owed_before = self.requests.outstanding[shard]
         request_id = self.requests.open(shard, ticket)
         dtype = arrays[1].dtype if op is wire.Op.PUSH else wire.DTYPES[0]
         flags, frames = 0, arrays
         if op in (wire.Op.PULL, wire.Op.PUSH):
             flags, frames = self.framing.frames(shard, op, clock, arrays, by_reference)
-            if flags & wire.FLAG_KEYS_BY_REF:  # what to send if the shard has forgotten the list
-                self.requests.keep_for_resend(request_id, op, clock, arrays, num_keys, extra_flags)
+            if flags & wire.FLAG_KEYS_BY_REF or sequence is not None:  # what to send again, keys and all
+                self.requests.keep_for_resend(request_id, Resend(op, clock, arrays, num_keys, extra_flags, sequence))
+        if sequence is not None:
+            acked_below = self.requests.lowest_unacknowledged(default=self._next_sequence)
+            frames = [*frames, wire.PushSequence(self._writer, sequence, acked_below).to_frame()]
         header = wire.Header(op, self.group, request_id, clock, num_keys, self.width, dtype, flags | extra_flags)
         self.links.send(shard, [wire.encode_header(header), *frames])
         self.framing.traffic.count_request(frames)
@@ -107,11 +128,11 @@ class ShardChannel:
                 positions = among if positions is None else among[positions]
             ticket.placement[request_id] = part.size if positions is None else positions
 
-    def broadcast(self, op: wire.Op, clock: int, what: str) -> Ticket:
-        """Send ``op`` without keys to every live shard, on one ticket."""
+    def broadcast(self, op: wire.Op, clock: int, what: str, frames: list | None = None) -> Ticket:
+        """Send ``op`` without keys (with ``frames`` after its header) to every live shard, on one ticket."""
         ticket = Ticket(op, what)
         for shard in self.routing.live_shards:
-            self.send(shard, ticket, op, clock, [], 0)
+            self.send(shard, ticket, op, clock, frames or [], 0)
         return ticket
 
     def wait(self, ticket: Ticket) -> np.ndarray | None:
@@ -173,7 +194,7 @@ class ShardChannel:
         self.disconnect(shard, linger_ms=100)
         for other in self.routing.live_shards:
             self.send(other, Ticket(wire.Op.EVICT, f"eviction of shard {shard}"), wire.Op.EVICT, 0, [evicted], 0)
-        for request_id, ticket in self.requests.orphans_of(shard):
+        for request_id, ticket, resend in self.requests.orphans_of(shard):
             ticket.lost_shard = True
             if ticket.op is wire.Op.PULL:
                 assert ticket.keys is not None, "a pull's ticket carries its keys"
@@ -182,7 +203,19 @@ class ShardChannel:
                 self.send_pull(ticket, np.take(ticket.keys, among), among)
             elif ticket.op is wire.Op.STOP:
                 self.send(self.routing.coordinator, ticket, wire.Op.STOP, 0, [], 0)
-            # pushes: the other replicas have them; clocks, finish, bye, pings: nothing to do
+            elif resend is not None and resend.op is wire.Op.PUSH and resend.sequence is not None:
+                self._push_again(ticket, resend)
+            # clocks, finish, bye, pings: nothing to do
+
+    def _push_again(self, ticket: Ticket, push: Resend) -> None:
+        """Send a push the dead shard did not acknowledge to its keys' new primaries (which apply it once: the
+        backups may have it already). Without ``FLAG_CLOCK``: each live shard has this step's clock already."""
+        keys, grads = push.arrays
+        for shard, positions in self.routing.pull_parts(keys):
+            arrays = [keys, grads] if positions is None else [np.take(keys, positions),
+                                                              np.take(grads, positions, axis=0)]
+            self.send(shard, ticket, wire.Op.PUSH, push.clock, arrays, arrays[0].size,
+                      extra_flags=push.extra_flags & ~wire.FLAG_CLOCK, sequence=push.sequence)
 
     def _told_shard_down(self, teller: int, frames: list[memoryview]) -> None:
         """A shard says another died (its supervisor saw it exit): fail over now, not after the timeout."""
@@ -201,7 +234,7 @@ class ShardChannel:
             return False
         ticket.pending.discard(request_id)
         again = self.send(shard, ticket, request.op, request.clock, request.arrays, request.num_keys,
-                          by_reference=False, extra_flags=request.extra_flags)
+                          by_reference=False, extra_flags=request.extra_flags, sequence=request.sequence)
         if request.op is wire.Op.PULL:
             ticket.placement[again] = ticket.placement.pop(request_id)
         log.debug("group %d: shard %d had forgotten a key list; sent the keys again", self.group, shard)

@@ -1,9 +1,9 @@
 """The group leader's asynchronous PS client: ``pull``/``push`` return a ticket, ``wait(ticket)`` completes it.
 
 A request is split by the hash ring and sent to all the shards it touches at once.
-With replication (``hybrid_ps.placement.replicas``) a push goes to every live replica
-of its keys and completes once all of them acknowledged it; a pull goes to the
-acting primary. The machinery (sockets, request ids, replies, heartbeats, failover)
+With replication (``hybrid_ps.placement.replicas``) pulls and pushes go to the acting
+primary of their keys; it forwards a push to the backups and acknowledges it once they
+have it (``hybrid_ps.server.replication``). The machinery (sockets, request ids, replies, heartbeats, failover)
 is ``channel.ShardChannel``; this class is the operations. No mpi4py here.
 """
 
@@ -17,13 +17,13 @@ import numpy as np
 import zmq
 
 from ..net.curve import JobKeys
+from ..net.links import endpoints_by_shard
 from ..placement.replicas import Placement
 from ..placement.ring import HashRing
 from ..protocol import wire
 from ..tier import TierView
 from .channel import ShardChannel
 from .framing import RequestFraming, Traffic
-from .links import endpoints_by_shard
 from .requests import Ticket
 
 __all__ = ["PSClient", "Ticket", "Announcement"]
@@ -141,7 +141,7 @@ class PSClient:
         grads = np.ascontiguousarray(grads).reshape(keys.size, channel.width)
         ticket = Ticket(wire.Op.PUSH, f"push of {keys.size} keys at clock {clock}")
         messages = []
-        for shard, shard_positions in channel.routing.push_parts(keys):
+        for shard, shard_positions in channel.routing.pull_parts(keys):
             for positions in channel.framing.split_push(shard, clock, keys, shard_positions):
                 if positions is None:
                     messages.append((shard, [np.ascontiguousarray(keys), grads], keys.size))
@@ -151,7 +151,8 @@ class PSClient:
         last_to = {shard: i for i, (shard, _, _) in enumerate(messages)} if tell_clock else {}
         for i, (shard, arrays, count) in enumerate(messages):
             flags = wire.FLAG_CLOCK if last_to.get(shard) == i else 0
-            channel.send(shard, ticket, wire.Op.PUSH, clock, arrays, count, extra_flags=flags)
+            sequence = channel.new_sequence() if channel.replicated else None
+            channel.send(shard, ticket, wire.Op.PUSH, clock, arrays, count, extra_flags=flags, sequence=sequence)
         if tell_clock:
             for shard in channel.routing.live_shards:
                 if shard not in last_to:
@@ -167,7 +168,8 @@ class PSClient:
 
     def join(self) -> int:
         """Tell every shard that this group starts; returns the clock it continues at (the latest any shard gave)."""
-        ticket = self.channel.broadcast(wire.Op.JOIN, 0, "join")
+        view = TierView(dict(self.channel.links.endpoints), self.placement.replication)
+        ticket = self.channel.broadcast(wire.Op.JOIN, 0, "join", [view.to_bytes()])
         self.wait(ticket)
         return ticket.reply_clock
 

@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import ShardUnavailableError
 from ..protocol import wire
 
-__all__ = ["Ticket", "RequestBook", "place_pull_reply"]
+__all__ = ["Ticket", "RequestBook", "Resend", "place_pull_reply"]
 
 
 @dataclass
@@ -35,14 +35,16 @@ class Ticket:
 
 
 @dataclass
-class _Resend:
-    """What to send again if a shard has forgotten the key list a request referenced."""
+class Resend:
+    """What to send again if a shard has forgotten the key list a request referenced, or (a push with
+    replication) died before it acknowledged."""
 
     op: wire.Op
     clock: int
     arrays: list
     num_keys: int
     extra_flags: int
+    sequence: int | None = None  # a replicated push's sequence number (the same in every copy)
 
 
 class RequestBook:
@@ -53,7 +55,7 @@ class RequestBook:
         self.tickets: dict[int, Ticket] = {}
         self.shard_of: dict[int, int] = {}
         self.outstanding: dict[int, int] = {}  # per shard: requests not answered yet
-        self._resends: dict[int, _Resend] = {}
+        self._resends: dict[int, Resend] = {}
 
     def open(self, shard: int, ticket: Ticket) -> int:
         """A new request to ``shard`` on ``ticket``: its id."""
@@ -65,13 +67,16 @@ class RequestBook:
         self.outstanding[shard] = self.outstanding.get(shard, 0) + 1
         return request_id
 
-    def keep_for_resend(self, request_id: int, op: wire.Op, clock: int, arrays: list, num_keys: int,
-                        extra_flags: int) -> None:
-        """The request referenced a key list: keep what it would send with the keys themselves."""
-        self._resends[request_id] = _Resend(op, clock, arrays, num_keys, extra_flags)
+    def keep_for_resend(self, request_id: int, resend: Resend) -> None:
+        """Keep what the request would send again (with its keys themselves) until it is answered."""
+        self._resends[request_id] = resend
 
-    def take_resend(self, request_id: int) -> _Resend | None:
+    def take_resend(self, request_id: int) -> Resend | None:
         return self._resends.pop(request_id, None)
+
+    def lowest_unacknowledged(self, default: int) -> int:
+        """The lowest sequence number of the replicated pushes not answered yet (``default`` if none)."""
+        return min((r.sequence for r in self._resends.values() if r.sequence is not None), default=default)
 
     def answered(self, request_id: int, shard: int) -> Ticket | None:
         """A reply arrived: the request's ticket (``None``: unknown request), no longer owed by ``shard``."""
@@ -84,10 +89,11 @@ class RequestBook:
         ticket.pending.discard(request_id)
         self._resends.pop(request_id, None)
 
-    def orphans_of(self, shard: int) -> list[tuple[int, Ticket]]:
-        """Forget every request ``shard`` still owes (it died): ``(request id, ticket)`` pairs."""
-        orphans = [(r, self.tickets.pop(r)) for r, s in list(self.shard_of.items()) if s == shard]
-        for request_id, ticket in orphans:
+    def orphans_of(self, shard: int) -> list[tuple[int, Ticket, Resend | None]]:
+        """Forget every request ``shard`` still owes (it died): ``(request id, ticket, what to send again)``."""
+        orphans = [(r, self.tickets.pop(r), self._resends.get(r)) for r, s in list(self.shard_of.items())
+                   if s == shard]
+        for request_id, ticket, _ in orphans:
             del self.shard_of[request_id]
             self.close(request_id, ticket)
         self.outstanding[shard] = 0

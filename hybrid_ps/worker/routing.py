@@ -37,12 +37,8 @@ class Routing:
         return self.placement.live_shards[0]
 
     def pull_parts(self, keys: np.ndarray) -> Parts:
-        """Each acting primary's part of sorted ``keys``."""
+        """Each acting primary's part of sorted ``keys`` (where pulls and pushes go)."""
         return self._split(keys, self.placement.pull_parts)
-
-    def push_parts(self, keys: np.ndarray) -> Parts:
-        """Each live replica's part of sorted ``keys``."""
-        return self._split(keys, self.placement.push_parts)
 
     def without(self, shard: int) -> None:
         """``shard`` is dead: its backups take over its ranges.

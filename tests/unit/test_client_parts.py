@@ -14,15 +14,15 @@ import pytest
 import zmq
 
 from hybrid_ps.errors import RangeLostError, ShardUnavailableError
+from hybrid_ps.net.links import ShardLinks, endpoints_by_shard
 from hybrid_ps.net.sockets import bind_router, close_router
 from hybrid_ps.placement.ring import HashRing
 from hybrid_ps.protocol import wire
 from hybrid_ps.tier import TierView
 from hybrid_ps.worker import liveness
 from hybrid_ps.worker.client import PSClient
-from hybrid_ps.worker.links import ShardLinks, endpoints_by_shard
 from hybrid_ps.worker.liveness import Liveness
-from hybrid_ps.worker.requests import RequestBook, Ticket, place_pull_reply
+from hybrid_ps.worker.requests import RequestBook, Resend, Ticket, place_pull_reply
 from hybrid_ps.worker.routing import Routing
 
 KEYS = np.arange(1, 3001, dtype=np.uint64) * np.uint64(7919)  # sorted, spread over the ring
@@ -50,33 +50,43 @@ def _by_key(parts, count: int) -> list[list[int]]:
 def test_one_shard_gets_every_key_without_positions():
     routing = Routing(ring=HashRing([5], 16))
     assert routing.pull_parts(KEYS) == [(5, None)]
-    assert routing.push_parts(KEYS) == [(5, None)]
-    assert routing.pull_parts(np.zeros(0, np.uint64)) == [] and routing.push_parts(np.zeros(0, np.uint64)) == []
+    assert routing.pull_parts(np.zeros(0, np.uint64)) == []
+    assert routing.placement.backup_parts(KEYS, 5) == []  # no replication: nothing to forward
     assert routing.live_shards == [5] and routing.coordinator == 5
 
 
-def test_pulls_go_to_one_acting_primary_and_pushes_to_both_replicas():
+def _forwarded(placement, parts) -> list[list[int]]:
+    """Per key of KEYS, the backups its acting primary (in ``parts``) forwards it to."""
+    backups: list[list[int]] = [[] for _ in range(KEYS.size)]
+    for primary, positions in parts:
+        positions = np.arange(KEYS.size) if positions is None else positions
+        for backup, among in placement.backup_parts(KEYS[positions], primary):
+            for position in positions[among].tolist():
+                backups[position].append(backup)
+    return backups
+
+
+def test_pulls_and_pushes_go_to_one_acting_primary_which_forwards_to_the_other_replica():
     ring = HashRing(range(3), 16)
     routing = Routing(ring=ring, replication=2)
-    pulls, pushes = routing.pull_parts(KEYS), routing.push_parts(KEYS)
-    for shard, positions in pulls + pushes:
+    pulls = routing.pull_parts(KEYS)
+    for shard, positions in pulls:
         assert positions is not None and positions.size and np.all(np.diff(positions) > 0), shard
-    assert sorted(shard for shard, _ in pulls) == [0, 1, 2] and sorted(shard for shard, _ in pushes) == [0, 1, 2]
+    assert sorted(shard for shard, _ in pulls) == [0, 1, 2]
     owners = ring.shard_of(KEYS).tolist()
     assert _by_key(pulls, KEYS.size) == [[owner] for owner in owners]  # nothing dead: the ring's owner
     replicas = routing.placement.replicas_of(KEYS)
-    pushed = _by_key(pushes, KEYS.size)
-    assert all(len(shards) == 2 for shards in pushed)
-    assert [sorted(shards) for shards in pushed] == [sorted(row) for row in replicas.tolist()]
     assert replicas[:, 0].tolist() == owners
+    assert _forwarded(routing.placement, pulls) == [[row[1]] for row in replicas.tolist()]
 
 
 def test_a_shard_that_gets_all_of_a_pushs_keys_gets_no_positions():
     routing = Routing(ring=HashRing(range(3), 16), replication=2)
     key = KEYS[:1]
     replicas = routing.placement.replicas_of(key)[0].tolist()
-    assert routing.push_parts(key) == [(shard, None) for shard in sorted(replicas)]
     assert routing.pull_parts(key) == [(replicas[0], None)]
+    [(backup, positions)] = routing.placement.backup_parts(key, replicas[0])
+    assert backup == replicas[1] and positions.tolist() == [0]
 
 
 def test_without_a_shard_its_pulls_move_to_the_backups_and_nothing_else_moves():
@@ -89,8 +99,9 @@ def test_without_a_shard_its_pulls_move_to_the_backups_and_nothing_else_moves():
     expected = np.where(replicas[:, 0] == 1, replicas[:, 1], replicas[:, 0])
     assert pulled == [[shard] for shard in expected.tolist()]
     assert (replicas[:, 0] == 1).any()  # some pulls did move
-    pushed = _by_key(routing.push_parts(KEYS), KEYS.size)
-    assert [sorted(s) for s in pushed] == [sorted(set(row) - {1}) for row in replicas.tolist()]
+    forwarded = _forwarded(routing.placement, routing.pull_parts(KEYS))
+    others = [sorted(set(row) - {1, p}) for row, p in zip(replicas.tolist(), expected.tolist(), strict=True)]
+    assert forwarded == others
 
 
 def test_the_coordinator_is_the_lowest_live_shard():
@@ -124,7 +135,6 @@ def test_switch_to_a_tier_view_routes_by_its_shards_with_nobody_dead():
     assert placement.ring.vnodes == 16
     expected = HashRing([0, 3, 4], 16).shard_of(KEYS).tolist()
     assert _by_key(routing.pull_parts(KEYS), KEYS.size) == [[s] for s in expected]
-    assert _by_key(routing.push_parts(KEYS), KEYS.size) == [[s] for s in expected]
 
 
 # -- Liveness -----------------------------------------------------------------------------------------
@@ -213,9 +223,9 @@ def test_orphans_of_a_dead_shard_are_forgotten_and_closed():
     book.open(0, a)
     book.open(1, a)
     book.open(1, b)
-    book.keep_for_resend(2, wire.Op.PULL, 4, [np.arange(3, dtype=np.uint64)], 3, 0)
+    book.keep_for_resend(2, Resend(wire.Op.PULL, 4, [np.arange(3, dtype=np.uint64)], 3, 0))
     orphans = book.orphans_of(1)
-    assert [(r, t.what) for r, t in orphans] == [(2, "a"), (3, "b")]
+    assert [(r, t.what, resend is not None) for r, t, resend in orphans] == [(2, "a", True), (3, "b", False)]
     assert book.outstanding[1] == 0 and book.outstanding[0] == 1
     assert a.pending == {1} and b.done
     assert book.take_resend(2) is None  # closed with its request
@@ -227,15 +237,30 @@ def test_a_resend_is_kept_until_taken_once():
     ticket = Ticket(wire.Op.PUSH, "push")
     request = book.open(0, ticket)
     keys = np.array([1, 5], np.uint64)
-    book.keep_for_resend(request, wire.Op.PUSH, 7, [keys, np.ones((2, 1), np.float32)], 2, wire.FLAG_CLOCK)
+    book.keep_for_resend(request, Resend(wire.Op.PUSH, 7, [keys, np.ones((2, 1), np.float32)], 2, wire.FLAG_CLOCK))
     kept = book.take_resend(request)
     assert kept is not None and (kept.op, kept.clock, kept.num_keys, kept.extra_flags) == (
         wire.Op.PUSH, 7, 2, wire.FLAG_CLOCK)
     assert kept.arrays[0] is keys
     assert book.take_resend(request) is None
-    book.keep_for_resend(request, wire.Op.PUSH, 7, [], 2, 0)
+    book.keep_for_resend(request, Resend(wire.Op.PUSH, 7, [], 2, 0))
     book.close(request, ticket)
     assert book.take_resend(request) is None
+
+
+def test_the_lowest_unacknowledged_push_sequence_rises_as_pushes_are_answered():
+    book = RequestBook()
+    ticket = Ticket(wire.Op.PUSH, "push")
+    assert book.lowest_unacknowledged(default=9) == 9
+    requests = [book.open(0, ticket) for _ in range(3)]
+    for request, sequence in zip(requests, [4, 5, 6], strict=True):
+        book.keep_for_resend(request, Resend(wire.Op.PUSH, 0, [], 0, 0, sequence))
+    book.keep_for_resend(book.open(0, ticket), Resend(wire.Op.PULL, 0, [], 0, 0))  # a pull has no sequence
+    assert book.lowest_unacknowledged(default=9) == 4
+    book.close(requests[1], ticket)
+    assert book.lowest_unacknowledged(default=9) == 4
+    book.close(requests[0], ticket)
+    assert book.lowest_unacknowledged(default=9) == 6
 
 
 def _reply(request_id: int, values: np.ndarray, clocks: list[int]) -> tuple[wire.Header, list[memoryview]]:

@@ -15,6 +15,7 @@ from hybrid_ps.protocol.keycache import reference_frame, signature
 from hybrid_ps.server.cuts import Cuts
 from hybrid_ps.server.groups import GroupTable
 from hybrid_ps.server.membership import TierMembership
+from hybrid_ps.server.replication import AppliedPushes
 from hybrid_ps.server.request_keys import RequestKeys
 from hybrid_ps.server.shard import Shard
 from hybrid_ps.tables.optimizers import make_optimizer
@@ -110,3 +111,38 @@ def test_a_cut_is_written_once_every_group_asked_and_refused_without_a_writer():
     with pytest.raises(WireError, match="without a checkpoint directory"):
         Cuts(shard_id=0, shard=shard, groups=groups, placement=lambda: Placement(ring), writer=None).ask(
             b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 2))
+
+
+# -- AppliedPushes (primary-driven replication) ---------------------------------------------------------------
+
+
+def _sequence(sequence: int, acked_below: int = 0, writer: int = 5) -> wire.PushSequence:
+    return wire.PushSequence(writer=writer, sequence=sequence, acked_below=acked_below)
+
+
+def test_a_push_is_new_once_and_then_only_its_keys_not_yet_applied_are():
+    applied = AppliedPushes(num_groups=2)
+    keys = np.array([1, 4, 9], np.uint64)
+    assert applied.not_applied(0, _sequence(3), keys) is None  # never seen: apply it all
+    applied.note(0, _sequence(3), keys)
+    assert not applied.not_applied(0, _sequence(3), keys).any()  # the same copy again: nothing
+    more = np.array([4, 7, 9, 12], np.uint64)  # a copy split otherwise after a failover
+    assert applied.not_applied(0, _sequence(3), more).tolist() == [False, True, False, True]
+    applied.note(0, _sequence(3), more)
+    assert not applied.not_applied(0, _sequence(3), np.array([1, 7, 12], np.uint64)).any()
+    assert applied.not_applied(1, _sequence(3), keys) is None  # another group's push 3 is another push
+    assert applied.not_applied(0, _sequence(4), keys) is None
+
+
+def test_pushes_below_the_acknowledged_mark_and_those_of_a_restarted_writer_are_forgotten():
+    applied = AppliedPushes(num_groups=1)
+    keys = np.array([2], np.uint64)
+    for sequence in (1, 2, 3):
+        applied.note(0, _sequence(sequence), keys)
+    assert applied.remembered(0) == 3
+    assert applied.not_applied(0, _sequence(4, acked_below=3), keys) is None and applied.remembered(0) == 1
+    assert applied.not_applied(0, _sequence(3, acked_below=3), keys) is not None  # push 3 is still kept
+    assert applied.not_applied(0, _sequence(3, writer=6), keys) is None  # a new leader: its push 3 is new
+    assert applied.remembered(0) == 0
+    with pytest.raises(WireError, match="group 1 out of range"):
+        applied.not_applied(1, _sequence(1), keys)

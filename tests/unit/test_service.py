@@ -36,7 +36,7 @@ class Cluster:
     def __init__(self, shards: int = 2, groups: int = 1, staleness: float = 0, width: int = 1,
                  optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24,
                  group_timeout: float = 0.0, checkpoint_writer=None, replication: int = 1,
-                 groups_present: bool = True, curve_keys: JobKeys | None = None) -> None:
+                 groups_present: bool = True, curve_keys: JobKeys | None = None, peers_known: bool = True) -> None:
         self.context = zmq.Context()
         self.curve_keys = curve_keys
         self.ring = HashRing(range(shards), vnodes=64)
@@ -51,6 +51,8 @@ class Cluster:
                          curve_keys=curve_keys)
             for shard in range(shards)
         ]
+        for service in self.services if peers_known else []:  # as a group's JOIN tells a primary its backups'
+            service.forwards.learn(dict(enumerate(self.endpoints)))
         self.results: dict[int, object] = {}
         self.threads = [threading.Thread(target=self._serve, args=(i,), daemon=True) for i in range(shards)]
         for thread in self.threads:
@@ -426,7 +428,7 @@ def test_malformed_messages_get_an_error_and_change_nothing(make_cluster):
     [
         ([b"short"], "header is 5 bytes"),
         ([b"XX" + _header(wire.Op.CLOCK)[2:]], "bad magic"),
-        ([_header(wire.Op.PUSH, num_keys=2), _u64([1, 2])], "PUSH needs 3 frames, got 2"),
+        ([_header(wire.Op.PUSH, num_keys=2), _u64([1, 2])], "PUSH needs 3 or 4 frames, got 2"),
         ([_header(wire.Op.PULL, num_keys=3), _u64([1, 2])], "keys frame is 16 bytes"),
         ([_header(wire.Op.PULL, num_keys=2), _u64([2, 1])], "strictly increasing"),
         ([_header(wire.Op.CLOCK, group=5)], "group 5 out of range (job has 1)"),
@@ -777,6 +779,96 @@ def test_a_shard_told_of_a_death_tells_its_clients_and_a_waiting_client_fails_ov
     assert [shard for shard, _ in client.channel.failovers] == [dead] and dead in client.placement.dead
     assert supervisor.poll(5000) and wire.decode_header(supervisor.recv_multipart()).op is wire.Op.ACK
     supervisor.close(0)
+
+
+# -- primary-driven replication -------------------------------------------------------------------------------
+
+
+def test_a_group_pushes_once_to_the_primary_and_every_replica_ends_bit_identical(make_cluster):
+    cluster = make_cluster(shards=3, replication=2, optimizer="adagrad", learning_rate=0.3, width=2,
+                           peers_known=False)
+    client = cluster.client()
+    client.join()  # tells each shard where the others are
+    universe = _random_keys(4000, seed=21)
+    rng = np.random.default_rng(22)
+    pushed = 0
+    for step in range(5):
+        keys = np.sort(rng.choice(universe, 2500, replace=False))
+        client.push(keys, rng.normal(size=(keys.size, 2)).astype(np.float32), step, tell_clock=True)
+        pushed += keys.size
+    client.drain()
+    assert sum(s.stats.keys_pushed for s in cluster.services) == 2 * pushed  # every key applied on 2 replicas
+    assert sum(s.forwards.forwarded_keys for s in cluster.services) == pushed  # the primaries sent the copies
+    assert client.traffic.sent < 1.2 * pushed * (8 + 8)  # keys and values once (a 2x leader would send 2x)
+    held = [dict(zip(*_rows_of(service), strict=True)) for service in cluster.services]
+    replicas = client.placement.replicas_of(universe)
+    for key, owners in zip(universe.tolist(), replicas.tolist(), strict=True):
+        if key in held[owners[0]]:
+            assert held[owners[0]][key] == held[owners[1]][key], f"replicas of key {key} differ"
+
+
+def _rows_of(service) -> tuple[list[int], list[bytes]]:
+    """A shard's keys and the bytes of each key's values and optimizer state."""
+    keys, values, state = service.shard.export()
+    rows = np.concatenate([values, *state.values()], axis=1)
+    return keys.tolist(), [row.tobytes() for row in rows]
+
+
+@pytest.mark.parametrize("lost", ["the forward", "the acknowledgement"])
+def test_a_push_its_primary_did_not_acknowledge_is_applied_once_on_every_replica(make_cluster, lost):
+    """The primary dies after applying a push and before forwarding it (or before ACKing it): sent again, the push
+    is applied exactly once on the backups, whichever of them had it."""
+    cluster = make_cluster(shards=3, replication=2)
+    client = cluster.client(timeout=20.0, failover_timeout=15.0)
+    client.join()  # every shard knows this client: the survivors tell it of the death
+    keys = cluster.keys_of(0, 600, seed=23)
+    primary = cluster.services[0]
+    if lost == "the forward":
+        primary.forwards.forward = lambda *args: True  # applied, the copies never sent: it waits forever
+    else:
+        primary._answer_push = lambda push: None  # forwarded, the ACK never sent
+    grads = np.arange(1, keys.size + 1, dtype=np.float32).reshape(-1, 1)
+    ticket = client.push(keys, grads, 0)
+    time.sleep(0.3)
+    assert not ticket.done
+    cluster.dealer(0).send_multipart([_header(wire.Op.SHUTDOWN)])
+    cluster.threads[0].join(timeout=5)
+    from hybrid_ps.server.death_notice import tell_shards_of_death
+
+    assert tell_shards_of_death(dict(enumerate(cluster.endpoints)), 0, curve_keys=None) == [1, 2]
+    started = time.monotonic()
+    client.wait(ticket)
+    assert time.monotonic() - started < 5.0, "sent again on the notice, not after the 15 s timeout"
+    assert ticket.lost_shard and 0 in client.placement.dead
+    np.testing.assert_array_equal(client.wait(client.pull(keys, 0)), -grads)  # once, not twice, not never
+    backups = client.placement.replicas_of(keys)[:, 1]
+    for backup in (1, 2):
+        mine = keys[backups == backup]
+        np.testing.assert_array_equal(cluster.services[backup].shard.pull(mine), -grads[backups == backup])
+
+
+def test_a_primary_waiting_on_a_dead_backup_acknowledges_once_told_of_its_death(make_cluster):
+    cluster = make_cluster(shards=2, replication=2)
+    client = cluster.client(timeout=20.0, failover_timeout=15.0)
+    cluster.dealer(1).send_multipart([_header(wire.Op.SHUTDOWN)])
+    cluster.threads[1].join(timeout=5)
+    keys = cluster.keys_of(0, 100, seed=24)
+    ticket = client.push(keys, np.ones((keys.size, 1), np.float32), 0)
+    assert not _answered_within(client, ticket, 0.5), "the primary waits for its backup"
+    sock = cluster.dealer(0)
+    assert wire.decode_header(_request(sock, [_header(wire.Op.EVICT), wire.encode_shard_id(1)])).op is wire.Op.ACK
+    assert _answered_within(client, ticket, 5.0)
+    assert cluster.services[0].forwards.waiting == 0
+
+
+def test_a_push_without_its_sequence_is_refused_by_a_replicated_shard(make_cluster):
+    cluster = make_cluster(shards=2, replication=2)
+    keys = cluster.keys_of(0, 3, seed=25)
+    reply = _request(cluster.dealer(0), [_header(wire.Op.PUSH, num_keys=3), _u64(keys),
+                                         np.ones(3, np.float32).tobytes()])
+    assert wire.decode_header(reply).op is wire.Op.ERROR
+    assert "needs its sequence frame" in wire.error_text(reply[1])
+    assert not cluster.services[0].shard.contains(keys).any()
 
 
 def test_a_supervisor_tells_every_other_shard_of_its_shards_death(make_cluster):

@@ -13,7 +13,7 @@ from hybrid_ps.protocol import wire
 # Frames each op carries (header included), straight from the table in the module docstring.
 FRAMES = {
     wire.Op.PULL: 2,
-    wire.Op.PUSH: 3,
+    wire.Op.PUSH: 3,  # or 4, with the sequence frame of replication
     wire.Op.CLOCK: 1,
     wire.Op.FINISH: 1,
     wire.Op.BYE: 1,
@@ -22,9 +22,10 @@ FRAMES = {
     wire.Op.STOP: 1,
     wire.Op.PING: 1,
     wire.Op.EVICT: 2,
-    wire.Op.JOIN: 1,
+    wire.Op.JOIN: 2,
     wire.Op.VIEW: 2,
     wire.Op.RESHARD: 2,
+    wire.Op.FORWARD: 4,
     wire.Op.ACK: 1,
     wire.Op.PULL_REPLY: 3,
     wire.Op.ERROR: 2,
@@ -119,13 +120,13 @@ def test_bad_magic(magic):
         wire.decode_header([_raw_header(magic=magic)])
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 255])
 def test_bad_version(version):
     with pytest.raises(WireError, match=f"wire version {version}, this build speaks {wire.VERSION}"):
         wire.decode_header([_raw_header(version=version)])
 
 
-@pytest.mark.parametrize("op", [0, 14, 42, 63, 68, 255])
+@pytest.mark.parametrize("op", [0, 15, 42, 63, 68, 255])
 def test_unknown_op(op):
     with pytest.raises(WireError, match=f"unknown op {op}$"):
         wire.decode_header([_raw_header(op=op)])
@@ -139,11 +140,20 @@ def test_unknown_dtype(dtype):
 
 @pytest.mark.parametrize("op", list(wire.Op), ids=lambda op: op.name)
 def test_wrong_frame_count_for_every_op(op):
-    expected = FRAMES[op]
-    for count in {1, 2, 3, 4} - {expected}:
+    allowed = {3, 4} if op is wire.Op.PUSH else {FRAMES[op]}
+    expected = " or ".join(map(str, sorted(allowed)))
+    for count in {1, 2, 3, 4, 5} - allowed:
         frames = _message(op, wire.encode_header(wire.Header(op)), count)
         with pytest.raises(WireError, match=f"{op.name} needs {expected} frames, got {count}"):
             wire.decode_header(frames)
+
+
+def test_a_push_sequence_round_trips_and_a_bad_frame_is_refused():
+    sequence = wire.PushSequence(writer=2**64 - 1, sequence=7, acked_below=3)
+    assert wire.PushSequence.from_frame(sequence.to_frame()) == sequence
+    assert wire.PushSequence.from_frame(memoryview(sequence.to_frame())) == sequence
+    with pytest.raises(WireError, match="sequence frame is 24 bytes, got 23"):
+        wire.PushSequence.from_frame(sequence.to_frame()[:-1])
 
 
 @pytest.mark.parametrize("op", [wire.Op.PULL, wire.Op.PUSH, wire.Op.CLOCK])

@@ -5,33 +5,38 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import zmq
 
-from ..net.curve import JobKeys
-from ..net.sockets import connect_dealer, recv_frames, send_frames
+from .curve import JobKeys
+from .sockets import connect_dealer, recv_frames, send_frames
 
 __all__ = ["ShardLinks", "endpoints_by_shard"]
 
 
 class ShardLinks:
-    """The sockets of one client, by shard id.
+    """The sockets of one client of the shards (a group leader, or a primary forwarding to its backups), by shard id.
 
     Args:
         context: ZeroMQ context.
         curve_keys: the job's CURVE keys (``None``: plain TCP).
+        also_poll: another poller to register every socket in (a shard's loop, which wakes up for replies too).
     """
 
-    def __init__(self, *, context: zmq.Context, curve_keys: JobKeys | None = None) -> None:
+    def __init__(self, *, context: zmq.Context, curve_keys: JobKeys | None = None,
+                 also_poll: zmq.Poller | None = None) -> None:
         self.endpoints: dict[int, str] = {}
         self._context = context
         self._curve_keys = curve_keys
-        self._poller = zmq.Poller()
+        self._pollers = [zmq.Poller()] + ([also_poll] if also_poll is not None else [])
+        self._poller = self._pollers[0]
         self._sockets: dict[int, zmq.Socket] = {}
         self._shard_of_socket: dict[zmq.Socket, int] = {}
 
     def connect(self, shard: int, endpoint: str) -> None:
         sock = connect_dealer(self._context, endpoint, self._curve_keys)
-        self._poller.register(sock, zmq.POLLIN)
+        for poller in self._pollers:
+            poller.register(sock, zmq.POLLIN)
         self._sockets[shard], self._shard_of_socket[sock] = sock, shard
         self.endpoints[shard] = endpoint
 
@@ -40,7 +45,8 @@ class ShardLinks:
 
     def disconnect(self, shard: int, linger_ms: int = 1000) -> None:
         sock = self._sockets[shard]
-        self._poller.unregister(sock)
+        for poller in self._pollers:
+            poller.unregister(sock)
         sock.close(linger=linger_ms)
 
     def close(self) -> None:
@@ -49,7 +55,7 @@ class ShardLinks:
             if not sock.closed:
                 sock.close()
 
-    def send(self, shard: int, frames: Sequence[bytes | memoryview]) -> None:
+    def send(self, shard: int, frames: Sequence[bytes | memoryview | np.ndarray]) -> None:
         send_frames(self._sockets[shard], frames)
 
     def send_if_room(self, shard: int, frames: Sequence[bytes]) -> None:
