@@ -13,7 +13,7 @@ A message is a ZeroMQ multipart message (the ROUTER's identity frame aside)::
     frame 2  clocks   num_groups * int64, the shard's vector clock   (PULL_REPLY, after values;
                       FINAL_CLOCK for groups that finished training)
     frame 1  text     UTF-8 error message                           (ERROR)
-    frame 1  view     UTF-8 JSON {"endpoints": {id: endpoint}, "replication": R}  (VIEW, RESHARD, JOIN)
+    frame 1  view     UTF-8 JSON {"endpoints": {id: endpoint}, "replication": R}  (VIEW, RESHARD, PEERS)
     frame 3  sequence 3 * uint64 (``PushSequence``): writer, sequence, acked_below  (PUSH with replication,
                       FORWARD): which push this is, so that a replica applies it once however often it arrives
 
@@ -40,9 +40,10 @@ Requests and the frames they carry:
     EVICT      header shard       the shard named by ``shard`` (``encode_shard_id``) is dead: stop routing
                                   to it (a shard told that it is dead itself stops serving: a falsely
                                   suspected shard fences itself)
-    JOIN       header view        group ``group`` starts (or restarts): the ACK carries the clock it
-                                  continues at (the slowest running group's, if it was away); ``view``
-                                  is the shards as the group knows them (a primary forwards to them)
+    JOIN       header             group ``group`` starts (or restarts): the ACK carries the clock it
+                                  continues at (the slowest running group's, if it was away)
+    PEERS      header view        (with replication, a leader's first message to each shard) the shards
+                                  as the leader knows them: a primary forwards pushes to them
     VIEW       header view        (admin, to the coordinating shard) the tier's shards change to
                                   ``view``: pick the clock every group reshards at
     RESHARD    header view        group ``group`` stopped at ``clock`` (after checkpointing that cut):
@@ -158,6 +159,7 @@ class Op(enum.IntEnum):
     VIEW = 12
     RESHARD = 13
     FORWARD = 14
+    PEERS = 15
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
@@ -175,10 +177,11 @@ _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
     Op.STOP: 1,
     Op.PING: 1,
     Op.EVICT: 2,
-    Op.JOIN: 2,
+    Op.JOIN: 1,
     Op.VIEW: 2,
     Op.RESHARD: 2,
     Op.FORWARD: 4,
+    Op.PEERS: 2,
     Op.ACK: 1,
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,

@@ -248,7 +248,6 @@ class ShardService:
     def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back), told of
         the shards that died before it came."""
-        self.forwards.learn(self.membership.endpoints_of(body[1]))
         clock = self.groups.join(header.group)
         self.membership.joined()
         log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
@@ -259,6 +258,9 @@ class ShardService:
 
     def _on_ping(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         pass  # _dispatch heard from the group and ACKs
+
+    def _on_peers(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.forwards.learn(self.membership.endpoints_of(body[1]))
 
     def _on_pull(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Answer now, or (the SSP rule) hold the pull back until the slowest group catches up."""
@@ -430,6 +432,7 @@ _ROUTES: dict[wire.Op, _Route] = {
     wire.Op.EVICT: _Route(ShardService._on_evict, from_a_group=False),
     wire.Op.JOIN: _Route(ShardService._on_join, heard_from=False, acked=False),
     wire.Op.PING: _Route(ShardService._on_ping),
+    wire.Op.PEERS: _Route(ShardService._on_peers),
     wire.Op.PULL: _Route(ShardService._on_pull, acked=False),
     wire.Op.PUSH: _Route(ShardService._on_push, acked=False),
     wire.Op.FORWARD: _Route(ShardService._on_forward, from_a_group=False),

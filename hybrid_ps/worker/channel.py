@@ -24,6 +24,7 @@ from ..net.curve import JobKeys
 from ..net.links import ShardLinks
 from ..placement.ring import HashRing
 from ..protocol import wire
+from ..tier import TierView
 from .framing import RequestFraming
 from .liveness import Liveness
 from .requests import RequestBook, Resend, Ticket, place_pull_reply
@@ -70,6 +71,16 @@ class ShardChannel:
         self._next_sequence = 1
         for shard, endpoint in endpoints.items():
             self.connect(shard, endpoint)
+        self.tell_peers()
+
+    def tell_peers(self) -> None:
+        """With replication, tell every shard where the others are (a primary forwards pushes to its backups);
+        the ACKs are collected by later waits."""
+        if self.replicated:
+            view = TierView(dict(self.links.endpoints), self.routing.placement.replication)
+            ticket = Ticket(wire.Op.PEERS, "shard endpoints")
+            for shard in self.links.endpoints:
+                self.send(shard, ticket, wire.Op.PEERS, 0, [view.to_bytes()], 0)
 
     def connect(self, shard: int, endpoint: str) -> None:
         self.links.connect(shard, endpoint)

@@ -168,8 +168,7 @@ class PSClient:
 
     def join(self) -> int:
         """Tell every shard that this group starts; returns the clock it continues at (the latest any shard gave)."""
-        view = TierView(dict(self.channel.links.endpoints), self.placement.replication)
-        ticket = self.channel.broadcast(wire.Op.JOIN, 0, "join", [view.to_bytes()])
+        ticket = self.channel.broadcast(wire.Op.JOIN, 0, "join")
         self.wait(ticket)
         return ticket.reply_clock
 

@@ -22,10 +22,11 @@ FRAMES = {
     wire.Op.STOP: 1,
     wire.Op.PING: 1,
     wire.Op.EVICT: 2,
-    wire.Op.JOIN: 2,
+    wire.Op.JOIN: 1,
     wire.Op.VIEW: 2,
     wire.Op.RESHARD: 2,
     wire.Op.FORWARD: 4,
+    wire.Op.PEERS: 2,
     wire.Op.ACK: 1,
     wire.Op.PULL_REPLY: 3,
     wire.Op.ERROR: 2,
@@ -126,7 +127,7 @@ def test_bad_version(version):
         wire.decode_header([_raw_header(version=version)])
 
 
-@pytest.mark.parametrize("op", [0, 15, 42, 63, 68, 255])
+@pytest.mark.parametrize("op", [0, 16, 42, 63, 68, 255])
 def test_unknown_op(op):
     with pytest.raises(WireError, match=f"unknown op {op}$"):
         wire.decode_header([_raw_header(op=op)])
