@@ -58,6 +58,9 @@ class ClusterConfig:
     failover_timeout: float = _option(
         10.0, "seconds a shard may leave heartbeats unanswered before leaders declare it dead and its "
         "backups take over", "--failover-timeout")
+    shard_restarts: int = _option(
+        3, "times a server rank (or hybrid_ps.serve) restarts its shard after it died; with replication the "
+        "new shard is filled from the other replicas while training goes on (0 = never)", "--shard-restarts")
     max_keys_per_message: int = _option(1 << 24, "largest key count a shard accepts in one message")
     ps_tier: str = _option(
         "", "tier file of a PS tier started with python -m hybrid_ps.serve: every rank of this job is a "
@@ -236,6 +239,7 @@ class Config:
             ("cluster.vnodes", self.cluster.vnodes >= 1, ">= 1"),
             ("cluster.replication", self.cluster.replication >= 0, ">= 0"),
             ("cluster.failover_timeout", self.cluster.failover_timeout > 0, "> 0"),
+            ("cluster.shard_restarts", self.cluster.shard_restarts >= 0, ">= 0"),
             ("cluster.first_group", self.cluster.first_group >= 0, ">= 0"),
             ("cluster.max_keys_per_message", self.cluster.max_keys_per_message >= 1, ">= 1"),
             ("data.rows", self.data.rows >= 1, ">= 1"),

@@ -22,8 +22,8 @@ from ..models.base import BIAS_KEY
 from ..net.curve import JobKeys
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
-from ..server.death_notice import tell_shards_of_death
-from ..server.process import ShardProcess, ShardSpec
+from ..server.process import ShardSpec
+from ..server.restarts import RestartingShard
 from ..tier import TierView, read_tier_file
 from ..worker.client import PSClient
 from ..worker.group import WorkerGroup
@@ -96,13 +96,15 @@ def _job_keys(config: Config, topology: Topology, plan: JobPlan) -> JobKeys | No
 
 def _run_server(topology: Topology, config: Config, width: int, stop: StopRequest | None, debug: bool,
                 curve_keys: JobKeys | None) -> np.ndarray:
-    """Host this rank's shard in a child process and supervise it: a dead shard does not end the job."""
+    """Host this rank's shard in a child process and supervise it: a dead shard does not end the job, and is
+    restarted and filled from its replicas (``cluster.shard_restarts``)."""
     spec = ShardSpec(config, topology.shard_id, list(range(topology.layout.num_servers)), topology.layout.num_groups,
                      width, coordinator=topology.shard_id == 0, curve_keys=curve_keys)
-    with ShardProcess(spec, debug, label=config.train.output_dir) as shard:
-        log.info("shard %d runs as pid %d at %s", topology.shard_id, shard.pid, shard.endpoint)
+    with RestartingShard(spec, restarts=config.cluster.shard_restarts, debug=debug, label=config.train.output_dir,
+                         curve_keys=curve_keys) as shard:
+        log.info("shard %d runs as pid %d at %s", topology.shard_id, shard.process.pid, shard.endpoint)
         endpoints = dict(enumerate(exchange_endpoints(topology, shard.endpoint)))
-        shard.supervise(stop, on_death=lambda dead: tell_shards_of_death(endpoints, dead, curve_keys=curve_keys))
+        shard.run(endpoints, stop)
     return np.zeros(len(GroupResult().as_array()))
 
 

@@ -6,6 +6,9 @@ primary*, the first live shard of the list; it forwards each push to the other
 live replicas (``backup_parts``) and acknowledges it once they have it. When a shard dies, each of its
 ranges is served by its next replica (the backup is promoted) and nothing
 else moves. A range whose replicas are all dead is lost: ``RangeLostError``.
+A dead shard restarted and filled from the others (``rejoined``) is a backup
+again, but is acting primary of a range only once no other replica of it is
+live (moving a primary while pushes are in flight would reorder them).
 
 Client and shards share this class: a client routes with it, a shard checks
 that a request belongs to it under its own view of the dead shards.
@@ -37,16 +40,27 @@ class Placement:
         ring: the consistent-hash ring of every shard of the tier.
         replication: replicas per key range (capped at the number of shards).
         dead: shard ids known dead.
+        rejoined: shard ids restarted after a death, in the order they rejoined: live backups, primaries only where
+            no other replica lives (or only replicas that rejoined later).
     """
 
-    def __init__(self, ring: HashRing, replication: int = 1, dead: Iterable[int] = ()) -> None:
+    def __init__(self, ring: HashRing, replication: int = 1, dead: Iterable[int] = (),
+                 rejoined: Iterable[int] = ()) -> None:
         self.ring = ring
         self.replication = max(1, min(int(replication), ring.num_shards))
         self.dead = frozenset(int(s) for s in dead)
+        self.rejoined = tuple(int(s) for s in dict.fromkeys(rejoined) if int(s) not in self.dead)
         self._preference = ring.preference_slots(self.replication)  # [points, R] slots, primary first
         live_slots = ~np.isin(ring.shard_ids, sorted(self.dead))
         alive = live_slots[self._preference]
-        first_alive = np.argmax(alive, axis=1)
+        # the acting primary: the first live replica in preference order, those that rejoined after the others
+        # (and in the order they rejoined: the earlier was filled first)
+        rank = np.zeros(ring.num_shards, dtype=np.int64)
+        for order, shard in enumerate(self.rejoined, start=1):
+            rank[np.searchsorted(ring.shard_ids, shard)] = order
+        columns = np.arange(self.replication)
+        order_key = np.where(alive, rank[self._preference] * self.replication + columns, np.iinfo(np.int64).max)
+        first_alive = np.argmin(order_key, axis=1)
         primary = self._preference[np.arange(self._preference.shape[0]), first_alive]
         self._primary_slot = np.where(alive.any(axis=1), primary, -1)  # per point; -1 = every replica dead
         self._live_slots = np.flatnonzero(live_slots)
@@ -68,7 +82,12 @@ class Placement:
 
     def without(self, shard: int) -> Placement:
         """This placement with ``shard`` dead too."""
-        return Placement(self.ring, self.replication, self.dead | {int(shard)})
+        return Placement(self.ring, self.replication, self.dead | {int(shard)}, self.rejoined)
+
+    def with_rejoined(self, shard: int) -> Placement:
+        """This placement with dead ``shard`` restarted (filled from the other replicas): a live backup again."""
+        rejoined = [s for s in self.rejoined if s != int(shard)] + [int(shard)]
+        return Placement(self.ring, self.replication, self.dead - {int(shard)}, rejoined)
 
     def primary_of(self, keys: np.ndarray) -> np.ndarray:
         """The acting primary shard id of every key (-1 where every replica is dead)."""

@@ -44,6 +44,14 @@ Requests and the frames they carry:
                                   continues at (the slowest running group's, if it was away)
     PEERS      header view        (with replication, a leader's first message to each shard) the shards
                                   as the leader knows them: a primary forwards pushes to them
+    REJOIN     header shard       (a supervisor, to every other shard) the dead shard ``shard`` runs again at
+               endpoint           ``endpoint`` (UTF-8), empty: fill it with the rows this shard is acting
+                                  primary of and it replicates, forward to it from now on, tell the clients
+                                  (SHARD_UP); ACKed, with the rows sent in ``clock``, once it has them all
+    FILL       header keys rows   (to a rejoined shard) set ``keys``' values and optimizer state (float32,
+                                  ``width`` values then each state's ``width``)
+    FILLED     header clocks dead (to a rejoined shard) the fill from this shard is complete; its vector
+                                  clock, and the shards it knows dead (uint32 each)
     VIEW       header view        (admin, to the coordinating shard) the tier's shards change to
                                   ``view``: pick the clock every group reshards at
     RESHARD    header view        group ``group`` stopped at ``clock`` (after checkpointing that cut):
@@ -55,7 +63,8 @@ Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
 ``PULL_REPLY`` (header values clocks) or ``ERROR`` (header text). One message is no reply:
 ``SHARD_DOWN`` (header shard, request id 0), which a shard sends unasked to every client it has
 heard from when it learns that the shard named in its frame died (and after a JOIN's ACK, for every
-shard it knows dead); the ACK of a
+shard it knows dead); likewise ``SHARD_UP`` (header shard endpoint) when a dead shard was restarted and
+filled (REJOIN): the client connects to it, a live backup again; the ACK of a
 CHECKPOINT carries the cut's clock (the directory name). Once the coordinating
 shard (the lowest live one) has a stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
 that clock: each group stops there and checkpoints. Likewise ``FLAG_RESHARD``
@@ -160,10 +169,14 @@ class Op(enum.IntEnum):
     RESHARD = 13
     FORWARD = 14
     PEERS = 15
+    REJOIN = 16
+    FILL = 17
+    FILLED = 18
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
     SHARD_DOWN = 67
+    SHARD_UP = 68
 
 
 _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
@@ -182,10 +195,14 @@ _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
     Op.RESHARD: 2,
     Op.FORWARD: 4,
     Op.PEERS: 2,
-    Op.ACK: 1,
+    Op.REJOIN: 3,
+    Op.FILL: 3,
+    Op.FILLED: 3,
+    Op.ACK: (1, 2),  # the shards as a shard knows them, answering a supervisor's EVICT or REJOIN
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,
     Op.SHARD_DOWN: 2,
+    Op.SHARD_UP: 3,
 }
 
 

@@ -1,47 +1,120 @@
-"""A supervisor that saw its shard die tells the other shards at once (EVICT naming the dead shard); each
-then tells every client it serves (``SHARD_DOWN``), and the leaders fail over without waiting for their
-``failover_timeout``. The heartbeat timeout still covers hangs and partitions, which no exit shows."""
+"""What a supervisor tells the other shards about its shard: that it died (EVICT), and that it runs again (REJOIN).
+
+A supervisor that saw its shard die tells the other shards at once; each then tells
+every client it serves (``SHARD_DOWN``), and the leaders fail over without waiting for
+their ``failover_timeout``. The heartbeat timeout still covers hangs and partitions,
+which no exit shows. Once the supervisor restarted the shard, REJOIN has every acting
+primary fill it with the rows it replicates and tell the clients (``SHARD_UP``).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Mapping
 
 import zmq
 
+from ..errors import WireError
 from ..net.curve import JobKeys
 from ..net.sockets import connect_dealer
 from ..protocol import wire
 
-__all__ = ["tell_shards_of_death"]
+__all__ = ["tell_shards_of_death", "tell_shards_of_rejoin"]
 
 log = logging.getLogger(__name__)
 
 
-def tell_shards_of_death(endpoints: Mapping[int, str], dead: int, *, curve_keys: JobKeys | None,
+def tell_shards_of_death(endpoints: dict[int, str], dead: int, *, curve_keys: JobKeys | None,
                          timeout: float = 2.0) -> list[int]:
-    """Send EVICT of ``dead`` to every other shard of ``endpoints``; returns those that acknowledged within
-    ``timeout`` seconds (a shard that does not is dead or hung too: its own supervisor and the leaders'
-    heartbeats deal with it)."""
-    context: zmq.Context = zmq.Context.instance()
-    sockets = {shard: connect_dealer(context, endpoint, curve_keys, linger_ms=0)
-               for shard, endpoint in endpoints.items() if shard != dead}
-    acknowledged: list[int] = []
-    try:
-        poller = zmq.Poller()
-        for shard, sock in sockets.items():
-            header = wire.encode_header(wire.Header(wire.Op.EVICT, 0, request_id=shard + 1))
-            sock.send_multipart([header, wire.encode_shard_id(dead)])
-            poller.register(sock, zmq.POLLIN)
-        deadline = time.monotonic() + timeout
-        while len(acknowledged) < len(sockets) and (remaining := deadline - time.monotonic()) > 0:
-            for sock, _ in poller.poll(int(remaining * 1000) + 1):
-                sock.recv_multipart()
-                poller.unregister(sock)
-                acknowledged.append(next(s for s, other in sockets.items() if other is sock))
-    finally:
-        for sock in sockets.values():
-            sock.close(0)
+    """Send EVICT of ``dead`` to every other shard; returns those that acknowledged within ``timeout`` seconds (a
+    shard that does not is dead or hung too: its own supervisor and the leaders' heartbeats deal with it).
+
+    ``endpoints`` (every shard's, by id) is updated with what the answers say (a restarted shard's new endpoint).
+    """
+    acknowledged = _tell_the_others(endpoints, dead, wire.Op.EVICT, [wire.encode_shard_id(dead)],
+                                    curve_keys=curve_keys, timeout=timeout)
     log.info("shard %d died: told shard(s) %s", dead, sorted(acknowledged))
     return sorted(acknowledged)
+
+
+def tell_shards_of_rejoin(endpoints: dict[int, str], shard: int, *, curve_keys: JobKeys | None,
+                          timeout: float = 600.0) -> dict[int, int]:
+    """Send REJOIN of restarted ``shard`` (at ``endpoints[shard]``) to every other shard and wait until each has
+    filled it: the rows each sent, by shard (a shard missing did not answer within ``timeout`` seconds)."""
+    started = time.monotonic()
+    frames = [wire.encode_shard_id(shard), endpoints[shard].encode()]
+    filled = _tell_the_others(endpoints, shard, wire.Op.REJOIN, frames, curve_keys=curve_keys, timeout=timeout)
+    log.warning("shard %d rebuilt: %d rows from shard(s) %s in %.2fs", shard, sum(filled.values()), sorted(filled),
+                time.monotonic() - started)
+    return filled
+
+
+class _Notice:
+    """One notice (``op`` about shard ``about``) sent to every other shard, at every endpoint known for it."""
+
+    def __init__(self, op: wire.Op, about: int, frames: list[bytes], curve_keys: JobKeys | None) -> None:
+        self.message = [wire.encode_header(wire.Header(op, 0, request_id=1)), *frames]
+        self.op, self.about, self.curve_keys = op, about, curve_keys
+        self.poller = zmq.Poller()
+        self.sent: dict[zmq.Socket, tuple[int, str]] = {}  # socket -> (shard, endpoint)
+        self.answers: dict[int, int] = {}  # shard -> the clock field of its ACK
+        self.refused: set[int] = set()
+        self.called_dead: dict[int, int] = {}  # shard -> how many answers say it is dead
+
+    def send(self, shard: int, endpoint: str) -> None:
+        if shard == self.about or any(known == endpoint for _, known in self.sent.values()):
+            return
+        sock = connect_dealer(zmq.Context.instance(), endpoint, self.curve_keys, linger_ms=0)
+        sock.send_multipart(self.message)
+        self.poller.register(sock, zmq.POLLIN)
+        self.sent[sock] = (shard, endpoint)
+
+    def waiting(self) -> set[int]:
+        """Shards that have not answered, unless every answer says they are dead."""
+        dead = {s for s, count in self.called_dead.items() if self.answers and count >= len(self.answers)}
+        return {shard for shard, _ in self.sent.values()} - set(self.answers) - self.refused - dead
+
+    def take(self, sock: zmq.Socket, endpoints: dict[int, str]) -> None:
+        """Read an answer: note it, learn the endpoints it names (and send there too)."""
+        reply = sock.recv_multipart()
+        self.poller.unregister(sock)
+        shard, endpoint = self.sent[sock]
+        try:
+            header = wire.decode_header(reply)
+            if header.op is wire.Op.ERROR:
+                log.error("shard %d refused the %s of shard %d: %s", shard, self.op.name, self.about,
+                          wire.error_text(reply[1]))
+                self.refused.add(shard)
+                return
+            self.answers[shard] = header.clock
+            endpoints[shard] = endpoint
+            view = json.loads(bytes(reply[1])) if len(reply) > 1 else {"endpoints": {}, "dead": []}
+            for dead in view["dead"]:
+                self.called_dead[int(dead)] = self.called_dead.get(int(dead), 0) + 1
+            for other, at in view["endpoints"].items():
+                self.send(int(other), str(at))
+        except (WireError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("shard %d sent a bad answer to the %s of shard %d: %s", shard, self.op.name, self.about, e)
+            self.refused.add(shard)
+
+    def close(self) -> None:
+        for sock in self.sent:
+            sock.close(0)
+
+
+def _tell_the_others(endpoints: dict[int, str], about: int, op: wire.Op, frames: list[bytes], *,
+                     curve_keys: JobKeys | None, timeout: float) -> dict[int, int]:
+    """Send ``op`` with ``frames`` to every shard but ``about`` (at the endpoints the answers name, too: a restarted
+    shard's new one); the clock field of each shard's ACK within ``timeout``, by shard."""
+    notice = _Notice(op, about, frames, curve_keys)
+    try:
+        for shard, endpoint in endpoints.items():
+            notice.send(shard, endpoint)
+        deadline = time.monotonic() + timeout
+        while notice.waiting() and (remaining := deadline - time.monotonic()) > 0:
+            for sock, _ in notice.poller.poll(int(remaining * 1000) + 1):
+                notice.take(sock, endpoints)
+    finally:
+        notice.close()
+    return notice.answers

@@ -150,6 +150,31 @@ class TierMembership:
                         self.shard_id, shard)
         return False
 
+    def rejoin(self, shard: int) -> bool:
+        """Dead ``shard`` was restarted: a live backup again (``Placement.with_rejoined``); ``False`` if it is
+        this shard or not on the ring (nothing changes)."""
+        if shard == self.shard_id or not bool((self.placement.ring.shard_ids == shard).any()):
+            log.warning("shard %d: told that shard %d rejoined, which is not another shard of its ring: ignored",
+                        self.shard_id, shard)
+            return False
+        self.placement = self.placement.without(shard).with_rejoined(shard)
+        log.warning("shard %d: shard %d runs again; this shard fills it with the ranges it serves for it",
+                    self.shard_id, shard)
+        return True
+
+    def adopt(self, *, dead: list[int], rejoined: list[int]) -> None:
+        """(A restarted shard) take the dead and rejoined shards an acting primary knows of, as it filled this one.
+
+        Raises:
+            WireError: a shard not on this ring.
+        """
+        ring = self.placement.ring
+        if not np.isin(dead + rejoined, ring.shard_ids).all():
+            raise WireError(f"shards {dead} dead and {rejoined} rejoined are not all on this ring")
+        mine = [self.shard_id]
+        self.placement = Placement(ring, self.placement.replication, (set(self.placement.dead) | set(dead)) - set(mine),
+                                   [s for s in rejoined if s != self.shard_id] + mine)
+
     def _learn_groups_from_the_cut(self, cut: int) -> None:
         """A shard added to a running tier takes the clock table of the cut (which groups run, at which clock)."""
         assert self._cut_reader is not None

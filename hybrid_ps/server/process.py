@@ -58,6 +58,7 @@ class ShardSpec:
     groups_present: bool = True  # False: a tier of its own, group slots absent until they JOIN
     curve_keys: JobKeys | None = None  # the job's CURVE keys (None: plain TCP)
     parent_pid: int = field(default_factory=os.getpid)
+    restarted: bool = False  # a restart after a death: empty, filled by the other replicas (REJOIN)
 
     def to_json(self) -> str:
         """The spec as one JSON document (what the shard reads on stdin)."""
@@ -65,7 +66,7 @@ class ShardSpec:
             "config": self.config.to_json_dict(), "shard_id": self.shard_id, "shard_ids": self.shard_ids,
             "num_groups": self.num_groups, "width": self.width, "coordinator": self.coordinator,
             "groups_present": self.groups_present, "parent_pid": self.parent_pid,
-            "curve_keys": self.curve_keys.to_dict() if self.curve_keys else None,
+            "curve_keys": self.curve_keys.to_dict() if self.curve_keys else None, "restarted": self.restarted,
         })
 
     @classmethod
@@ -79,7 +80,7 @@ class ShardSpec:
         return cls(Config.from_dict(data["config"]), int(data["shard_id"]), [int(s) for s in data["shard_ids"]],
                    int(data["num_groups"]), int(data["width"]), bool(data["coordinator"]),
                    bool(data["groups_present"]), JobKeys.from_dict(data["curve_keys"]) if data["curve_keys"] else None,
-                   int(data["parent_pid"]))
+                   int(data["parent_pid"]), bool(data["restarted"]))
 
     @property
     def replication(self) -> int:
@@ -113,9 +114,9 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
         group_timeout=config.cluster.group_timeout, replication=spec.replication,
         groups_present=spec.groups_present,
         cut_reader=lambda cut, owned: checkpoint.cut_parts(checkpoint.partial_dir(root, cut), owned, optimizer.name),
-        curve_keys=spec.curve_keys,
+        curve_keys=spec.curve_keys, restarted=spec.restarted,
     )
-    if config.train.resume:
+    if config.train.resume and not spec.restarted:
         _restore(service, spec)
     return service
 

@@ -11,10 +11,16 @@ group; the group then sends the push again, to the new primaries. Every push car
 its ``PushSequence``, and each shard notes which keys of each recent push it applied
 (``AppliedPushes``): whatever copies arrive, in whatever order, each key of a push is
 applied once.
+
+A dead shard its supervisor restarted is filled the same way (``Forwards.fill``): on REJOIN
+each acting primary sends it, in one go of its loop, the rows it must hold (FILL), then its
+clocks (FILLED), and forwards every later push to it. The new shard's connection from that
+primary delivers the rows first and the forwards after, so nothing is applied twice or missed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -27,11 +33,12 @@ from ..net.links import ShardLinks
 from ..placement.replicas import Placement
 from ..protocol import wire
 
-__all__ = ["AppliedPushes", "Forwards", "WaitingPush"]
+__all__ = ["AppliedPushes", "Forwards", "WaitingRequest"]
 
 log = logging.getLogger(__name__)
 
 _REMEMBERED_PER_GROUP = 4096  # pushes a group may have unacknowledged (its clients wait far earlier: 16)
+_FILL_CHUNK = 1 << 16  # rows per FILL message
 
 
 class AppliedPushes:
@@ -84,13 +91,14 @@ class AppliedPushes:
 
 
 @dataclass
-class WaitingPush:
-    """A group's push applied by this primary, waiting for its backups' ACKs."""
+class WaitingRequest:
+    """A request this primary handled (a group's push, a REJOIN), waiting for other shards' ACKs."""
 
     identity: bytes
     header: wire.Header
-    backups: set[int] = field(default_factory=set)  # backups that have not acknowledged yet
-    error: str | None = None  # a backup refused it: the group gets this error instead of the ACK
+    backups: set[int] = field(default_factory=set)  # shards that have not acknowledged yet
+    error: str | None = None  # a backup refused it: the sender gets this error instead of the ACK
+    value: int | None = None  # the ACK carries this in its clock field (a REJOIN: the rows filled)
 
 
 class Forwards:
@@ -108,7 +116,8 @@ class Forwards:
         self.shard_id = shard_id
         self.links = ShardLinks(context=context, curve_keys=curve_keys, also_poll=poller)
         self._next_id = 1
-        self._waiting: dict[int, tuple[WaitingPush, int]] = {}  # forward's request id -> (push, backup)
+        self._waiting: dict[int, tuple[WaitingRequest, int]] = {}  # forward's request id -> (push, backup)
+        self._fills: dict[int, WaitingRequest] = {}  # FILL's request id -> the REJOIN (its FILLED is waited for)
         self.forwarded_keys = 0
 
     def learn(self, endpoints: dict[int, str]) -> None:
@@ -120,7 +129,7 @@ class Forwards:
                 self.links.disconnect(shard, linger_ms=0)
             self.links.connect(shard, endpoint)
 
-    def forward(self, push: WaitingPush, keys: np.ndarray, grads: np.ndarray, sequence: wire.PushSequence,
+    def forward(self, push: WaitingRequest, keys: np.ndarray, grads: np.ndarray, sequence: wire.PushSequence,
                 placement: Placement) -> bool:
         """Send ``keys``' part to each of their other live replicas; ``False`` if there is none (ACK at once).
 
@@ -133,8 +142,7 @@ class Forwards:
                 raise WireError(f"shard {self.shard_id} does not know backup shard {backup}'s endpoint")
             part_keys = np.take(keys, positions) if positions.size != keys.size else keys
             part_grads = np.take(grads, positions, axis=0) if positions.size != keys.size else grads
-            request_id = self._next_id
-            self._next_id += 1
+            request_id = self._new_request_id()
             header = wire.Header(wire.Op.FORWARD, push.header.group, request_id, push.header.clock,
                                  part_keys.size, push.header.width)
             self.links.send(backup, [wire.encode_header(header), np.ascontiguousarray(part_keys),
@@ -144,7 +152,31 @@ class Forwards:
             self.forwarded_keys += part_keys.size
         return bool(parts)
 
-    def replies(self) -> list[WaitingPush]:
+    def fill(self, request: WaitingRequest, new: int, rows: tuple[np.ndarray, np.ndarray], width: int,
+             clocks: np.ndarray, table: dict) -> None:
+        """Send rejoined shard ``new`` the ``(keys, rows)`` it must hold from this shard (FILL), then FILLED with
+        ``clocks`` and ``table`` (JSON: the shards known dead, the groups that finished or left); ``request``
+        waits for its ACK of FILLED, which it sends once it applied every row before it."""
+        keys, values = rows
+        for start in range(0, keys.size, _FILL_CHUNK):
+            part = slice(start, start + _FILL_CHUNK)
+            request_id = self._new_request_id()
+            header = wire.Header(wire.Op.FILL, 0, request_id, 0, keys[part].size, width)
+            self.links.send(new, [wire.encode_header(header), np.ascontiguousarray(keys[part]),
+                                  np.ascontiguousarray(values[part], dtype=np.float32)])
+            self._fills[request_id] = request
+        request_id = self._new_request_id()
+        self.links.send(new, [wire.encode_header(wire.Header(wire.Op.FILLED, 0, request_id, 0)),
+                              np.ascontiguousarray(clocks, dtype="<i8"), json.dumps(table).encode()])
+        self._waiting[request_id] = (request, new)
+        request.backups.add(new)
+        request.value = keys.size
+
+    def _new_request_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def replies(self) -> list[WaitingRequest]:
         """Take the backups' replies that arrived; the pushes every backup has answered now."""
         done = []
         for backup, frames in self.links.receive(0):
@@ -155,6 +187,9 @@ class Forwards:
                 continue
             if header.op is wire.Op.SHARD_DOWN:
                 continue  # the backup tells its clients of deaths; this shard hears of them by EVICT
+            rejoin = self._fills.pop(header.request_id, None)
+            if rejoin is not None and header.op is wire.Op.ERROR:
+                rejoin.error = f"shard {backup} refused a FILL: {wire.error_text(frames[1])}"
             waiting = self._waiting.pop(header.request_id, None)
             if waiting is None:
                 continue
@@ -166,7 +201,7 @@ class Forwards:
                 done.append(push)
         return done
 
-    def without(self, dead: int) -> list[WaitingPush]:
+    def without(self, dead: int) -> list[WaitingRequest]:
         """``dead`` died: stop waiting for it; the pushes every other backup has answered now."""
         done = []
         for request_id, (push, backup) in list(self._waiting.items()):

@@ -48,9 +48,11 @@ class Replies:
             header = wire.Header(wire.Op.ACK, request.group, request.request_id, self.clock.min_clock())
         self._send(identity, [wire.encode_header(header)])
 
-    def ack_with(self, identity: bytes, request: wire.Header, clock: int) -> None:
-        """An ACK of ``request`` carrying ``clock`` (a cut, a join or reshard clock)."""
-        self._send(identity, [wire.encode_header(wire.Header(wire.Op.ACK, request.group, request.request_id, clock))])
+    def ack_with(self, identity: bytes, request: wire.Header, clock: int, frame: bytes | None = None) -> None:
+        """An ACK of ``request`` carrying ``clock`` (a cut, a join or reshard clock; the rows a REJOIN filled),
+        and ``frame`` (the shards as this one knows them, to a supervisor)."""
+        header = wire.encode_header(wire.Header(wire.Op.ACK, request.group, request.request_id, clock))
+        self._send(identity, [header] if frame is None else [header, frame])
 
     def values(self, identity: bytes, request: wire.Header, values: np.ndarray) -> None:
         """The PULL_REPLY of ``request``: ``values`` (``[keys, width]``) and every group's clock."""
@@ -68,6 +70,11 @@ class Replies:
         """Tell a client, unasked, that ``shard`` died (``SHARD_DOWN``: it fails over at once)."""
         header = wire.encode_header(wire.Header(wire.Op.SHARD_DOWN, group, 0, 0))
         self._send(identity, [header, wire.encode_shard_id(shard)])
+
+    def shard_up(self, identity: bytes, group: int, shard: int, endpoint: str) -> None:
+        """Tell a client, unasked, that dead ``shard`` runs again at ``endpoint`` (``SHARD_UP``), filled."""
+        header = wire.encode_header(wire.Header(wire.Op.SHARD_UP, group, 0, 0))
+        self._send(identity, [header, wire.encode_shard_id(shard), endpoint.encode()])
 
     def answer(self, replies: CutReplies) -> None:
         """Answer the requests that waited on a cut: an ACK of the cut, or its error."""

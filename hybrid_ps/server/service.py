@@ -6,6 +6,7 @@ plain process (a supervised child, a job of its own) tomorrow.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from .cuts import CheckpointWriter, Cuts
 from .groups import GroupTable
 from .held_pulls import HeldPulls
 from .membership import CutReader, TierMembership
-from .replication import AppliedPushes, Forwards, WaitingPush
+from .replication import AppliedPushes, Forwards, WaitingRequest
 from .replies import Announcement, Replies, is_clock
 from .request_keys import RequestKeys
 from .shard import Shard
@@ -82,6 +83,8 @@ class ShardService:
             ``False`` (a PS tier of its own): group slots are absent until their group
             sends JOIN, and the shard stops once every group that joined has left.
         curve_keys: serve with CURVE, admitting only these keys' clients (``None``: plain TCP).
+        restarted: a dead shard started again, empty: a backup of its ranges once the acting primaries filled it
+            (REJOIN), their primary only where no other replica lives.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class ShardService:
         groups_present: bool = True,
         cut_reader: CutReader | None = None,
         curve_keys: JobKeys | None = None,
+        restarted: bool = False,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -110,7 +114,9 @@ class ShardService:
         self.groups = GroupTable(num_groups=num_groups, present=groups_present, group_timeout=group_timeout)
         self.clock = self.groups.clock  # the SSP vector clock
         self.membership = TierMembership(shard_id=shard_id, shard=shard, groups=self.groups,
-                                         placement=Placement(ring, replication), cut_reader=cut_reader,
+                                         placement=Placement(ring, replication,
+                                                             rejoined=[shard_id] if restarted else []),
+                                         cut_reader=cut_reader,
                                          checkpoints=checkpoint_writer is not None,
                                          joins_a_running_tier=not groups_present)
         self.request_keys = RequestKeys(shard_id=shard_id, width=shard.width, max_keys=max_keys,
@@ -244,6 +250,7 @@ class ShardService:
                 self.replies.shard_down(client, group, dead)
         for push in self.forwards.without(dead):
             self._answer_push(push)
+        self.replies.ack_with(identity, header, 0, self._peer_view())
 
     def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back), told of
@@ -286,7 +293,7 @@ class ShardService:
         self._apply(header.group, sequence, keys, grads)
         if clock is not None:
             self.clock.advance(header.group, clock)
-        push = WaitingPush(identity, header)
+        push = WaitingRequest(identity, header)
         if sequence is None or not self.forwards.forward(push, keys, grads, sequence, self.placement):
             self.replies.ack(identity, header)
 
@@ -312,12 +319,71 @@ class ShardService:
         for push in self.forwards.replies():
             self._answer_push(push)
 
-    def _answer_push(self, push: WaitingPush) -> None:
-        if push.error is None:
+    def _peer_view(self) -> bytes:
+        """The shards as this one knows them (JSON: endpoints by id, ids known dead), for a supervisor: its own
+        list may name a restarted shard's old endpoint."""
+        endpoints = {str(shard): endpoint for shard, endpoint in self.forwards.links.endpoints.items()}
+        endpoints[str(self.shard_id)] = self.endpoint
+        return json.dumps({"endpoints": endpoints, "dead": sorted(self.placement.dead)}).encode()
+
+    def _answer_push(self, push: WaitingRequest) -> None:
+        if push.error is None and push.value is not None:
+            self.replies.ack_with(push.identity, push.header, push.value, self._peer_view())
+        elif push.error is None:
             self.replies.ack(push.identity, push.header)
         else:
             self.stats.errors += 1
             self.replies.error(push.identity, push.header, push.error)
+
+    def _on_rejoin(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """A supervisor restarted a dead shard: send it the rows it replicates of those this shard is acting
+        primary of, forward to it from now on, tell the clients; ACK (with the rows sent) once it has them."""
+        shard = wire.decode_shard_id(body[1])
+        endpoint = bytes(body[2]).decode("utf-8", errors="replace")
+        if not self.membership.rejoin(shard):
+            self.replies.ack_with(identity, header, 0, self._peer_view())
+            return
+        self.forwards.learn({shard: endpoint})
+        keys, rows = self.shard.rows()
+        placement = self.placement
+        mine = np.flatnonzero(placement.is_primary(keys, self.shard_id) & placement.is_replica(keys, shard))
+        mine = mine[np.argsort(keys[mine])]  # a FILL's keys are sorted, as every keys frame
+        groups = self.groups
+        table = {"dead": sorted(placement.dead), "rejoined": list(placement.rejoined),
+                 "finished": self.clock.finished.tolist(), "left": groups.left.tolist()}
+        self.forwards.fill(WaitingRequest(identity, header), shard, (keys[mine], rows[mine]), self.shard.width,
+                           self.clock.clocks, table)
+        log.info("shard %d: filling rejoined shard %d (%s) with %d rows", self.shard_id, shard, endpoint, mine.size)
+        for client, group in self._clients.items():
+            self.replies.shard_up(client, group, shard, endpoint)
+
+    def _on_fill(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """(This shard rejoined) set rows an acting primary sends, with their optimizer state."""
+        keys = self.request_keys.checked(identity, body[1], header, primary=False)
+        columns = self.shard.columns
+        if len(body[2]) != keys.size * columns * 4:
+            raise WireError(f"a FILL of {keys.size} keys carries {len(body[2])} bytes of rows, expected "
+                            f"{keys.size} * {columns} float32")
+        self.shard.load_rows(keys, np.frombuffer(body[2], dtype="<f4").reshape(keys.size, columns))
+
+    def _on_filled(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """(This shard rejoined) an acting primary sent all its rows: take its clocks and what it knows dead."""
+        clocks = np.frombuffer(body[1], dtype="<i8")
+        try:
+            table = json.loads(bytes(body[2]))
+            dead, rejoined = [int(s) for s in table["dead"]], [int(s) for s in table["rejoined"]]
+            finished, left = table["finished"], table["left"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise WireError(f"a bad FILLED table: {e}") from None
+        if clocks.size != self.clock.num_groups or len(finished) != clocks.size or len(left) != clocks.size:
+            raise WireError(f"a FILLED for {clocks.size} groups, this shard has {self.clock.num_groups}")
+        np.maximum(self.clock.clocks, clocks, out=self.clock.clocks)
+        self.clock.finished |= np.asarray(finished, dtype=bool)
+        self.groups.left |= np.asarray(left, dtype=bool)
+        self.membership.adopt(dead=dead, rejoined=rejoined)
+        log.info("shard %d: filled by a primary: %d keys held, clocks %s", self.shard_id, len(self.shard),
+                 self.clock.clocks.tolist())
+        self._stop_when_every_group_is_gone()  # restarted after every group left: nothing to serve
 
     def _on_clock(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         _check_clock(header.clock)
@@ -429,10 +495,13 @@ class _Route:
 
 _ROUTES: dict[wire.Op, _Route] = {
     wire.Op.SHUTDOWN: _Route(ShardService._on_shutdown, from_a_group=False),
-    wire.Op.EVICT: _Route(ShardService._on_evict, from_a_group=False),
+    wire.Op.EVICT: _Route(ShardService._on_evict, from_a_group=False, acked=False),
     wire.Op.JOIN: _Route(ShardService._on_join, heard_from=False, acked=False),
     wire.Op.PING: _Route(ShardService._on_ping),
     wire.Op.PEERS: _Route(ShardService._on_peers),
+    wire.Op.REJOIN: _Route(ShardService._on_rejoin, from_a_group=False, acked=False),
+    wire.Op.FILL: _Route(ShardService._on_fill, from_a_group=False),
+    wire.Op.FILLED: _Route(ShardService._on_filled, from_a_group=False, ends_a_step=True),
     wire.Op.PULL: _Route(ShardService._on_pull, acked=False),
     wire.Op.PUSH: _Route(ShardService._on_push, acked=False),
     wire.Op.FORWARD: _Route(ShardService._on_forward, from_a_group=False),

@@ -29,7 +29,7 @@ class Shard:
         self.width = width
         self.optimizer = optimizer
         self._rule = optimizer.rule
-        self.table = KeyTable(width, width * (1 + len(optimizer.state_names)), capacity)
+        self.table = KeyTable(width, self.columns, capacity)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -62,6 +62,19 @@ class Shard:
         rows += [np.asarray(state[name], dtype=np.float32).reshape(-1, self.width)
                  for name in self.optimizer.state_names]
         self.table.assign(_keys(keys), np.ascontiguousarray(np.concatenate(rows, axis=1)))
+
+    def load_rows(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Set ``keys``' whole rows (values, then each optimizer state: ``rows``' layout), inserting them."""
+        self.table.assign(_keys(keys), np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, self.columns))
+
+    @property
+    def columns(self) -> int:
+        """Floats in a key's row: its values and optimizer state."""
+        return self.width * (1 + len(self.optimizer.state_names))
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and whole rows of every held key (``load_rows``' layout)."""
+        return self.table.export()
 
     def retain(self, keep: np.ndarray) -> None:
         """Keep only the keys where ``keep`` (a mask over ``export``'s order) is true (a shard giving up ranges)."""

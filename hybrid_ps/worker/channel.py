@@ -73,13 +73,13 @@ class ShardChannel:
             self.connect(shard, endpoint)
         self.tell_peers()
 
-    def tell_peers(self) -> None:
-        """With replication, tell every shard where the others are (a primary forwards pushes to its backups);
-        the ACKs are collected by later waits."""
+    def tell_peers(self, only: int | None = None) -> None:
+        """With replication, tell every shard (or ``only`` that one) where the others are (a primary forwards
+        pushes to its backups); the ACKs are collected by later waits."""
         if self.replicated:
             view = TierView(dict(self.links.endpoints), self.routing.placement.replication)
             ticket = Ticket(wire.Op.PEERS, "shard endpoints")
-            for shard in self.links.endpoints:
+            for shard in self.links.endpoints if only is None else [only]:
                 self.send(shard, ticket, wire.Op.PEERS, 0, [view.to_bytes()], 0)
 
     def connect(self, shard: int, endpoint: str) -> None:
@@ -238,6 +238,20 @@ class ShardChannel:
             log.warning("group %d: shard %d says %s died", self.group, teller, self.links.where(dead))
             self._declare_dead(dead, silent=None)
 
+    def _told_shard_up(self, teller: int, frames: list[memoryview]) -> None:
+        """A shard says a dead shard runs again and is being filled: connect to it, a live backup from now on."""
+        try:
+            rejoined = wire.decode_shard_id(frames[1])
+            endpoint = bytes(frames[2]).decode()
+        except (WireError, UnicodeDecodeError) as e:
+            raise ShardUnavailableError(f"{self.links.where(teller)} sent a bad SHARD_UP: {e}") from e
+        if rejoined not in self.routing.placement.dead:
+            return  # told already by another shard
+        log.warning("group %d: shard %d says shard %d runs again at %s", self.group, teller, rejoined, endpoint)
+        self.routing.rejoined(rejoined)
+        self.connect(rejoined, endpoint)
+        self.tell_peers(only=rejoined)
+
     def _send_again_with_keys(self, shard: int, ticket: Ticket | None, request_id: int) -> bool:
         """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""
         request = self.requests.take_resend(request_id)
@@ -259,6 +273,9 @@ class ShardChannel:
             raise ShardUnavailableError(f"{where} sent a bad reply: {e}") from e
         if header.op is wire.Op.SHARD_DOWN:
             self._told_shard_down(shard, frames)
+            return
+        if header.op is wire.Op.SHARD_UP:
+            self._told_shard_up(shard, frames)
             return
         ticket = self.requests.answered(header.request_id, shard)
         if header.op is wire.Op.ERROR:

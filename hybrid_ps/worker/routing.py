@@ -49,6 +49,10 @@ class Routing:
         self.placement = self.placement.without(shard)
         self.placement.check_complete()
 
+    def rejoined(self, shard: int) -> None:
+        """Dead ``shard`` runs again, filled by the acting primaries: a live backup (``Placement.with_rejoined``)."""
+        self.placement = self.placement.with_rejoined(shard)
+
     def switch_to(self, view: TierView) -> None:
         """Route by the tier's new shards from now on."""
         self.placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)

@@ -102,10 +102,16 @@ class RunningJob:
             time.sleep(0.05)
         pytest.fail(f"no {what} within {timeout:g}s:\n{self.stderr[-3000:]}")
 
-    def shard_pid(self, shard: int) -> int:
-        """The pid of shard ``shard``'s process (its server rank logs it)."""
-        pattern = re.compile(rf"shard {shard} runs as pid (\d+)")
-        return int(self.wait_for(lambda: pattern.search(self.stderr), f"shard {shard}'s pid").group(1))
+    def shard_pid(self, shard: int, other_than: int | None = None) -> int:
+        """The pid of shard ``shard``'s latest process (its server rank logs it; ``other_than``: wait for a restart
+        of that one)."""
+        pattern = re.compile(rf"shard {shard} (?:runs|restarted) as pid (\d+)")
+
+        def latest() -> int | None:
+            pids = [int(pid) for pid in pattern.findall(self.stderr)]
+            return pids[-1] if pids and pids[-1] != other_than else None
+
+        return int(self.wait_for(latest, f"shard {shard}'s pid"))
 
     def leader_pid(self, group: int) -> int:
         """The pid of group ``group``'s leader (it logs it)."""

@@ -870,6 +870,61 @@ def test_a_push_without_its_sequence_is_refused_by_a_replicated_shard(make_clust
     assert not cluster.services[0].shard.contains(keys).any()
 
 
+def _restart(cluster, shard_id: int) -> None:
+    """Replace dead ``shard_id``'s service with a new, empty one (as its supervisor respawns it), serving."""
+    old = cluster.services[shard_id]
+    cluster.threads[shard_id].join(timeout=5)
+    old.close()
+    optimizer = make_optimizer(*cluster.optimizer)
+    cluster.services[shard_id] = ShardService(Shard(cluster.width, optimizer, capacity=16), shard_id, cluster.ring,
+                                              cluster.groups, 0, context=cluster.context,
+                                              replication=cluster.replication, restarted=True)
+    cluster.threads[shard_id] = threading.Thread(target=cluster._serve, args=(shard_id,), daemon=True)
+    cluster.threads[shard_id].start()
+
+
+def test_a_restarted_shard_is_filled_while_pushes_go_on_and_every_replica_ends_bit_identical(make_cluster):
+    from hybrid_ps.server.death_notice import tell_shards_of_death, tell_shards_of_rejoin
+
+    cluster = make_cluster(shards=3, replication=2, optimizer="adagrad", learning_rate=0.3, width=2)
+    client = cluster.client(timeout=20.0, failover_timeout=15.0)
+    client.join()
+    universe = _random_keys(5000, seed=31)
+    rng = np.random.default_rng(32)
+
+    def steps(clocks: range) -> None:
+        for step in clocks:
+            keys = np.sort(rng.choice(universe, 3000, replace=False))
+            client.push(keys, rng.normal(size=(keys.size, 2)).astype(np.float32), step, tell_clock=True)
+
+    steps(range(0, 3))
+    client.drain()
+    cluster.dealer(1).send_multipart([_header(wire.Op.SHUTDOWN)])
+    assert tell_shards_of_death(dict(enumerate(cluster.endpoints)), 1, curve_keys=None) == [0, 2]
+    steps(range(3, 5))
+    client.drain()
+    assert 1 in client.placement.dead
+    _restart(cluster, 1)
+    steps(range(5, 7))  # in flight while shard 1 is filled
+    filled = tell_shards_of_rejoin(dict(enumerate(cluster.endpoints)), 1, curve_keys=None)
+    client.drain()  # the client hears SHARD_UP: from now on its clocks reach shard 1 too
+    steps(range(7, 9))
+    client.drain()
+    assert sorted(filled) == [0, 2] and sum(filled.values()) > 0
+    assert client.placement.rejoined == (1,) and not client.placement.dead, "the client was told (SHARD_UP)"
+    new = cluster.services[1]
+    held = [dict(zip(*_rows_of(service), strict=True)) for service in cluster.services]
+    placement = client.placement
+    assert sorted(held[1]) == sorted(k for k in universe.tolist() if k in held[0] or k in held[2]
+                                     if placement.is_replica(np.array([k], np.uint64), 1)[0])
+    replicas = placement.replicas_of(universe)
+    for key, owners in zip(universe.tolist(), replicas.tolist(), strict=True):
+        if key in held[owners[0]] or key in held[owners[1]]:
+            assert held[owners[0]][key] == held[owners[1]][key], f"replicas of key {key} differ"
+    assert not new.placement.dead and new.placement.rejoined == (1,) and new.clock.clocks.tolist() == [9]
+    assert not placement.is_primary(universe, 1).any(), "a rejoined shard serves as a backup"
+
+
 def test_a_supervisor_tells_every_other_shard_of_its_shards_death(make_cluster):
     from hybrid_ps.server.death_notice import tell_shards_of_death
 
