@@ -11,6 +11,10 @@ Run: ``python -m benchmarks.replication [--ranks 8] [--repeats 3]``.
    with the shards' supervisor (as a server rank or ``hybrid_ps.serve`` runs
    them), which tells the other shards of the death and they the client, at the
    default timeout (10 s): the target is <= 0.5 s.
+3. Rebuild: three shard processes at replication 2 hold ``--rebuild-keys`` keys (AdaGrad); one is
+   SIGKILLed, restarted empty and filled by the others (REJOIN) while a client keeps pushing and
+   pulling: the seconds from the restart's REJOIN to every primary's fill acknowledged, the longest
+   step meanwhile, and that the rebuilt replica equals its peers (a pull from it after the others die).
 """
 
 from __future__ import annotations
@@ -94,13 +98,83 @@ def _stall_after_a_kill(failover_timeout: float, supervised: bool = False, steps
             shard.__exit__()
 
 
+def _rebuild(num_keys: int) -> dict[str, float]:
+    """Seconds to fill a restarted shard of three (replication 2, AdaGrad) holding ``num_keys`` keys in all, and
+    the longest push + pull step of a client training meanwhile."""
+    import dataclasses
+
+    import zmq
+
+    from hybrid_ps.placement.ring import HashRing
+    from hybrid_ps.server.death_notice import tell_shards_of_death, tell_shards_of_rejoin
+    from hybrid_ps.server.process import ShardProcess, ShardSpec
+    from hybrid_ps.worker.client import PSClient
+
+    config = Config()
+    config.cluster.bind_host, config.cluster.staleness, config.train.checkpoint = "127.0.0.1", float("inf"), False
+    config.optimizer.name = "adagrad"
+    specs = [ShardSpec(config.validate(), i, [0, 1, 2], 1, 1) for i in range(3)]
+    shards = [ShardProcess(spec) for spec in specs]
+    endpoints = {s.shard_id: s.endpoint for s in shards}
+    context = zmq.Context()
+    client = PSClient(endpoints, 0, 1, HashRing(range(3)), context=context, replication=2, timeout=600)
+    keys = np.unique(np.random.default_rng(0).integers(0, 2**63, num_keys, dtype=np.uint64))
+    for chunk in np.array_split(keys, max(1, keys.size // 1_000_000)):
+        client.wait(client.push(chunk, np.ones((chunk.size, 1), np.float32), 0))
+    step_keys, steps = keys[:: max(1, keys.size // 20_000)], []
+    done = threading.Event()
+
+    def train() -> None:
+        step = 1
+        while not done.is_set():
+            started = time.monotonic()
+            client.wait(client.push(step_keys, np.ones((step_keys.size, 1), np.float32), step))
+            client.wait(client.pull(step_keys, step))
+            steps.append(time.monotonic() - started)
+            step += 1
+
+    trainer = threading.Thread(target=train, daemon=True)
+    try:
+        trainer.start()
+        time.sleep(1.0)
+        os.kill(shards[1].pid, signal.SIGKILL)
+        shards[1].process.wait()
+        tell_shards_of_death(endpoints, 1, curve_keys=None)
+        before = len(steps)
+        shards[1] = ShardProcess(dataclasses.replace(specs[1], restarted=True))
+        endpoints[1] = shards[1].endpoint
+        started = time.monotonic()
+        filled = tell_shards_of_rejoin(endpoints, 1, curve_keys=None)
+        seconds = time.monotonic() - started
+        time.sleep(1.0)
+        done.set()
+        trainer.join()
+        longest = max(steps[before:], default=0.0)
+        return {"keys": float(keys.size), "rows_filled": float(sum(filled.values())), "rebuild_seconds": seconds,
+                "longest_step_seconds": longest, "median_step_seconds": statistics.median(steps)}
+    finally:
+        done.set()
+        client.close()
+        context.term()
+        for shard in shards:
+            shard.__exit__()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeouts", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    parser.add_argument("--rebuild-keys", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--only-rebuild", action="store_true", help="measure the rebuild only")
     args = parser.parse_args()
+    rebuilds = {str(n): _rebuild(n) for n in args.rebuild_keys}
+    print_table(["keys", "rows filled", "rebuild s", "longest step meanwhile s", "median step s"],
+                [[r["keys"], r["rows_filled"], r["rebuild_seconds"], r["longest_step_seconds"],
+                  r["median_step_seconds"]] for r in rebuilds.values()])
+    if args.only_rebuild:
+        return
 
     rates = _throughput(args.ranks, args.rows, args.repeats)
     median = {r: statistics.median(values) for r, values in rates.items()}
@@ -114,7 +188,7 @@ def main() -> None:
     ratio = median[2] / median[1]
     finish("replication", {"ranks": args.ranks, "rows": args.rows, "samples_per_s": rates,
                            "failover_stall_seconds": {str(t): s for t, s in stalls.items()},
-                           "supervised_stall_seconds": supervised},
+                           "supervised_stall_seconds": supervised, "rebuild": rebuilds},
            "replication 2 vs 1, end-to-end samples/s", ratio, "replication 1", ">= 0.75", ratio >= 0.75)
 
 

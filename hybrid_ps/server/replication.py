@@ -12,16 +12,18 @@ its ``PushSequence``, and each shard notes which keys of each recent push it app
 (``AppliedPushes``): whatever copies arrive, in whatever order, each key of a push is
 applied once.
 
-A dead shard its supervisor restarted is filled the same way (``Forwards.fill``): on REJOIN
-each acting primary sends it, in one go of its loop, the rows it must hold (FILL), then its
-clocks (FILLED), and forwards every later push to it. The new shard's connection from that
-primary delivers the rows first and the forwards after, so nothing is applied twice or missed.
+A dead shard its supervisor restarted is filled the same way (``Forwards.start_fill``): on
+REJOIN each acting primary forwards every later push to it and sends it, a chunk per turn of
+its loop (so that it keeps serving), the rows it must hold (FILL) as they are at that moment,
+then its clocks (FILLED). A chunk overwrites what forwards before it did to its keys and
+already holds their effect; forwards after it apply on top: nothing is lost or applied twice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,6 +93,18 @@ class AppliedPushes:
 
 
 @dataclass
+class _Fill:
+    """A rejoined shard being filled: the keys to go through, and how many were."""
+
+    request: WaitingRequest
+    new: int
+    keys: np.ndarray
+    sent: int = 0
+    unanswered: int | None = None  # the FILL sent last, until acknowledged: one at a time, so that forwards to
+    # the new shard never queue behind many chunks
+
+
+@dataclass
 class WaitingRequest:
     """A request this primary handled (a group's push, a REJOIN), waiting for other shards' ACKs."""
 
@@ -117,7 +131,8 @@ class Forwards:
         self.links = ShardLinks(context=context, curve_keys=curve_keys, also_poll=poller)
         self._next_id = 1
         self._waiting: dict[int, tuple[WaitingRequest, int]] = {}  # forward's request id -> (push, backup)
-        self._fills: dict[int, WaitingRequest] = {}  # FILL's request id -> the REJOIN (its FILLED is waited for)
+        self._fills: dict[int, _Fill] = {}  # FILL's request id -> its fill
+        self._filling: list[_Fill] = []
         self.forwarded_keys = 0
 
     def learn(self, endpoints: dict[int, str]) -> None:
@@ -152,25 +167,45 @@ class Forwards:
             self.forwarded_keys += part_keys.size
         return bool(parts)
 
-    def fill(self, request: WaitingRequest, new: int, rows: tuple[np.ndarray, np.ndarray], width: int,
-             clocks: np.ndarray, table: dict) -> None:
-        """Send rejoined shard ``new`` the ``(keys, rows)`` it must hold from this shard (FILL), then FILLED with
-        ``clocks`` and ``table`` (JSON: the shards known dead, the groups that finished or left); ``request``
-        waits for its ACK of FILLED, which it sends once it applied every row before it."""
-        keys, values = rows
-        for start in range(0, keys.size, _FILL_CHUNK):
-            part = slice(start, start + _FILL_CHUNK)
-            request_id = self._new_request_id()
-            header = wire.Header(wire.Op.FILL, 0, request_id, 0, keys[part].size, width)
-            self.links.send(new, [wire.encode_header(header), np.ascontiguousarray(keys[part]),
-                                  np.ascontiguousarray(values[part], dtype=np.float32)])
-            self._fills[request_id] = request
-        request_id = self._new_request_id()
-        self.links.send(new, [wire.encode_header(wire.Header(wire.Op.FILLED, 0, request_id, 0)),
-                              np.ascontiguousarray(clocks, dtype="<i8"), json.dumps(table).encode()])
-        self._waiting[request_id] = (request, new)
-        request.backups.add(new)
-        request.value = keys.size
+    def start_fill(self, request: WaitingRequest, new: int, keys: np.ndarray) -> None:
+        """Begin filling rejoined shard ``new`` with the rows of ``keys`` (every key this shard held as the REJOIN
+        came, in any order), a chunk at a time (``fill_next``); ``request`` (the REJOIN) is answered once ``new``
+        acknowledged the FILLED at the end. Pushes are forwarded to ``new`` from now on."""
+        # in a random order: keys in the table's (hash) order would crowd a few buckets of the new shard's
+        # growing table, which uses the same hash, into long probe runs (4 us a key instead of 50 ns)
+        self._filling.append(_Fill(request, new, np.random.default_rng().permutation(keys)))
+        request.value = 0
+
+    @property
+    def filling(self) -> bool:
+        """Whether a fill can send its next chunk now (the loop then calls ``fill_next`` without waiting)."""
+        return any(fill.unanswered is None for fill in self._filling)
+
+    def fill_next(self, rows_for: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]], width: int,
+                  table: Callable[[], tuple[np.ndarray, dict]]) -> None:
+        """Send each fill's next chunk: ``rows_for(new, keys)`` picks the keys it replicates (sorted) and reads
+        their rows as they are now, so a push applied (and forwarded) before is in them, and one after is
+        forwarded after them. A fill's last chunk is followed by FILLED with ``table()``: the clocks and a JSON
+        table (the shards known dead and rejoined, the groups that finished or left)."""
+        for fill in [fill for fill in self._filling if fill.unanswered is None]:
+            chunk = fill.keys[fill.sent : fill.sent + _FILL_CHUNK]
+            fill.sent += chunk.size
+            keys, rows = rows_for(fill.new, chunk)
+            if keys.size:
+                request_id = self._new_request_id()
+                header = wire.Header(wire.Op.FILL, 0, request_id, 0, keys.size, width)
+                self.links.send(fill.new, [wire.encode_header(header), keys, rows])
+                self._fills[request_id] = fill
+                fill.unanswered = request_id
+                fill.request.value = (fill.request.value or 0) + keys.size
+            if fill.sent == fill.keys.size:
+                self._filling.remove(fill)
+                clocks, info = table()
+                request_id = self._new_request_id()
+                self.links.send(fill.new, [wire.encode_header(wire.Header(wire.Op.FILLED, 0, request_id, 0)),
+                                           np.ascontiguousarray(clocks, dtype="<i8"), json.dumps(info).encode()])
+                self._waiting[request_id] = (fill.request, fill.new)
+                fill.request.backups.add(fill.new)
 
     def _new_request_id(self) -> int:
         self._next_id += 1
@@ -187,9 +222,11 @@ class Forwards:
                 continue
             if header.op is wire.Op.SHARD_DOWN:
                 continue  # the backup tells its clients of deaths; this shard hears of them by EVICT
-            rejoin = self._fills.pop(header.request_id, None)
-            if rejoin is not None and header.op is wire.Op.ERROR:
-                rejoin.error = f"shard {backup} refused a FILL: {wire.error_text(frames[1])}"
+            fill = self._fills.pop(header.request_id, None)
+            if fill is not None:
+                fill.unanswered = None
+                if header.op is wire.Op.ERROR:
+                    fill.request.error = f"shard {backup} refused a FILL: {wire.error_text(frames[1])}"
             waiting = self._waiting.pop(header.request_id, None)
             if waiting is None:
                 continue
@@ -204,6 +241,10 @@ class Forwards:
     def without(self, dead: int) -> list[WaitingRequest]:
         """``dead`` died: stop waiting for it; the pushes every other backup has answered now."""
         done = []
+        for fill in [fill for fill in self._filling if fill.new == dead]:
+            self._filling.remove(fill)
+            fill.request.error = f"shard {dead} died while it was filled"
+            done.append(fill.request)
         for request_id, (push, backup) in list(self._waiting.items()):
             if backup == dead:
                 del self._waiting[request_id]

@@ -172,7 +172,9 @@ class ShardService:
                     log.error("shard %d: no group joined within the group timeout (%gs); stopping",
                               self.shard_id, group_timeout)
                     break
-            if not self._poller.poll(poll_ms):
+            if self.forwards.filling:
+                self.forwards.fill_next(self._rows_to_fill, self.shard.width, self._fill_table)
+            if not self._poller.poll(0 if self.forwards.filling else poll_ms):
                 continue
             self._answer_forwarded()
             for _ in range(_MAX_BATCH):
@@ -344,18 +346,25 @@ class ShardService:
             self.replies.ack_with(identity, header, 0, self._peer_view())
             return
         self.forwards.learn({shard: endpoint})
-        keys, rows = self.shard.rows()
-        placement = self.placement
-        mine = np.flatnonzero(placement.is_primary(keys, self.shard_id) & placement.is_replica(keys, shard))
-        mine = mine[np.argsort(keys[mine])]  # a FILL's keys are sorted, as every keys frame
-        groups = self.groups
-        table = {"dead": sorted(placement.dead), "rejoined": list(placement.rejoined),
-                 "finished": self.clock.finished.tolist(), "left": groups.left.tolist()}
-        self.forwards.fill(WaitingRequest(identity, header), shard, (keys[mine], rows[mine]), self.shard.width,
-                           self.clock.clocks, table)
-        log.info("shard %d: filling rejoined shard %d (%s) with %d rows", self.shard_id, shard, endpoint, mine.size)
+        keys = self.shard.rows()[0]
+        self.forwards.start_fill(WaitingRequest(identity, header), shard, keys)
+        log.info("shard %d: filling rejoined shard %d (%s) from its %d keys", self.shard_id, shard, endpoint,
+                 keys.size)
         for client, group in self._clients.items():
             self.replies.shard_up(client, group, shard, endpoint)
+
+    def _rows_to_fill(self, new: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Of ``keys``, those rejoined shard ``new`` replicates and this shard is acting primary of (sorted), and
+        their whole rows now."""
+        placement = self.placement
+        mine = np.sort(keys[placement.is_primary(keys, self.shard_id) & placement.is_replica(keys, new)])
+        return mine, self.shard.table.pull(mine, self.shard.columns)
+
+    def _fill_table(self) -> tuple[np.ndarray, dict]:
+        """What a FILLED carries: the clocks, and the shards dead and rejoined, the groups finished or left."""
+        placement = self.placement
+        return self.clock.clocks, {"dead": sorted(placement.dead), "rejoined": list(placement.rejoined),
+                                   "finished": self.clock.finished.tolist(), "left": self.groups.left.tolist()}
 
     def _on_fill(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """(This shard rejoined) set rows an acting primary sends, with their optimizer state."""
