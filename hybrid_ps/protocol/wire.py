@@ -26,7 +26,8 @@ Requests and the frames they carry:
     PUSH       header keys grads  apply the optimizer to ``keys`` (to the acting primary; with replication
                [sequence]         it forwards them to the backups and ACKs once they have them)
     FORWARD    header keys grads  (primary to backup) a group's push, applied once per sequence and key:
-               sequence           ``group`` is the pushing group
+               sequence sender    ``group`` is the pushing group, ``sender`` the primary (a shard known dead
+                                  is refused: a fenced primary that wakes may still forward what it had queued)
     CLOCK      header             group ``group`` finished clock ``clock``
     FINISH     header             group ``group`` finished training
     BYE        header             group ``group`` leaves (shard exits when all left)
@@ -49,9 +50,12 @@ Requests and the frames they carry:
                                   primary of and it replicates, forward to it from now on, tell the clients
                                   (SHARD_UP); ACKed, with the rows sent in ``clock``, once it has them all
     FILL       header keys rows   (to a rejoined shard) set ``keys``' values and optimizer state (float32,
-                                  ``width`` values then each state's ``width``)
-    FILLED     header clocks dead (to a rejoined shard) the fill from this shard is complete; its vector
-                                  clock, and the shards it knows dead (uint32 each)
+               sender             ``width`` values then each state's ``width``)
+    FILLED     header clocks      (to a rejoined shard) the fill from this shard is complete; its vector
+               table sender       clock, and a JSON table: the shards it knows dead and rejoined, the groups
+                                  that finished or left
+    ENDPOINTS  header             (a supervisor, now and then, to its own shard) the ACK carries the shards
+                                  as it knows them (a view frame: a restarted peer's new endpoint)
     VIEW       header view        (admin, to the coordinating shard) the tier's shards change to
                                   ``view``: pick the clock every group reshards at
     RESHARD    header view        group ``group`` stopped at ``clock`` (after checkpointing that cut):
@@ -172,6 +176,7 @@ class Op(enum.IntEnum):
     REJOIN = 16
     FILL = 17
     FILLED = 18
+    ENDPOINTS = 19
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
@@ -193,12 +198,13 @@ _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
     Op.JOIN: 1,
     Op.VIEW: 2,
     Op.RESHARD: 2,
-    Op.FORWARD: 4,
+    Op.FORWARD: 5,
     Op.PEERS: 2,
     Op.REJOIN: 3,
-    Op.FILL: 3,
-    Op.FILLED: 3,
-    Op.ACK: (1, 2),  # the shards as a shard knows them, answering a supervisor's EVICT or REJOIN
+    Op.FILL: 4,
+    Op.FILLED: 4,
+    Op.ENDPOINTS: 1,
+    Op.ACK: (1, 2),  # the shards as a shard knows them, answering a supervisor's EVICT, REJOIN or ENDPOINTS
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,
     Op.SHARD_DOWN: 2,

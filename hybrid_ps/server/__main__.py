@@ -14,7 +14,7 @@ from ..cli import run_main
 from ..errors import HybridPSError
 from ..logs import configure_logging
 from ..preemption import StopRequest
-from .process import ShardSpec, build_service, die_with_parent
+from .process import FENCED, ShardSpec, build_service, die_with_parent
 
 __all__ = ["main"]
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve() -> int:
-    """Read the spec, bind, print the endpoint on stdout, serve; returns 0."""
+    """Read the spec, bind, print the endpoint on stdout, serve; returns 0 (``FENCED`` if fenced)."""
     stop = StopRequest().install()  # SIGTERM/SIGUSR1 (forwarded by the supervisor) must not kill a shard
     spec = ShardSpec.from_json(sys.stdin.read())  # KeyError, ValueError: not a spec
     die_with_parent(spec.parent_pid)
@@ -40,7 +40,7 @@ def _serve() -> int:
         print(service.endpoint, flush=True)
         sys.stdout = sys.stderr  # the supervisor reads one line only
         service.serve()
-    return 0
+    return FENCED if service.fenced else 0
 
 
 if __name__ == "__main__":

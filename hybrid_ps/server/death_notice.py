@@ -20,7 +20,7 @@ from ..net.curve import JobKeys
 from ..net.sockets import connect_dealer
 from ..protocol import wire
 
-__all__ = ["tell_shards_of_death", "tell_shards_of_rejoin"]
+__all__ = ["tell_shards_of_death", "tell_shards_of_rejoin", "EndpointWatch", "view_of_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,67 @@ def tell_shards_of_rejoin(endpoints: dict[int, str], shard: int, *, curve_keys: 
     log.warning("shard %d rebuilt: %d rows from shard(s) %s in %.2fs", shard, sum(filled.values()), sorted(filled),
                 time.monotonic() - started)
     return filled
+
+
+def view_of_answer(reply: list[bytes]) -> tuple[dict[int, str], list[int]]:
+    """The shards' endpoints by id and the ids known dead, from a shard's ACK to a supervisor (none without a view).
+
+    Raises:
+        ValueError: the view frame is not such a document.
+    """
+    if len(reply) < 2:
+        return {}, []
+    try:
+        view = json.loads(bytes(reply[1]))
+        return {int(k): str(v) for k, v in view["endpoints"].items()}, [int(s) for s in view["dead"]]
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not a view of the shards: {e}") from None
+
+
+class EndpointWatch:
+    """A supervisor's view of the other shards' endpoints, kept fresh by asking its own shard now and then
+    (ENDPOINTS): a peer restarted meanwhile has a new one, which its REJOIN taught every live shard.
+
+    Args:
+        endpoints: every shard's endpoint by id (updated in place).
+        shard_id: the supervised shard.
+        curve_keys: the job's CURVE keys (``None``: plain TCP).
+        every: seconds between two questions.
+    """
+
+    def __init__(self, endpoints: dict[int, str], shard_id: int, *, curve_keys: JobKeys | None,
+                 every: float = 1.0) -> None:
+        self.endpoints, self.shard_id, self.curve_keys, self.every = endpoints, shard_id, curve_keys, every
+        self._sock: zmq.Socket | None = None
+        self._asked = 0.0
+        self._waiting = False
+
+    def tick(self) -> None:
+        """Read the answer if it came; ask again once ``every`` seconds passed (never blocks)."""
+        if self._sock is None:
+            self._sock = connect_dealer(zmq.Context.instance(), self.endpoints[self.shard_id], self.curve_keys,
+                                        linger_ms=0)
+        if self._waiting and self._sock.poll(0):
+            self._waiting = False
+            try:
+                known, _ = view_of_answer(self._sock.recv_multipart())
+            except ValueError as e:
+                log.warning("shard %d sent a bad view: %s", self.shard_id, e)
+                return
+            self.endpoints.update({s: at for s, at in known.items() if s != self.shard_id})
+        if not self._waiting and time.monotonic() - self._asked >= self.every:
+            self._sock.send_multipart([wire.encode_header(wire.Header(wire.Op.ENDPOINTS, 0, 1))])
+            self._asked, self._waiting = time.monotonic(), True
+
+    def moved(self) -> None:
+        """The supervised shard was restarted (at ``endpoints[shard_id]``): ask the new one from now on."""
+        self.close()
+        self._waiting = False
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
 
 
 class _Notice:
@@ -89,12 +150,12 @@ class _Notice:
                 return
             self.answers[shard] = header.clock
             endpoints[shard] = endpoint
-            view = json.loads(bytes(reply[1])) if len(reply) > 1 else {"endpoints": {}, "dead": []}
-            for dead in view["dead"]:
-                self.called_dead[int(dead)] = self.called_dead.get(int(dead), 0) + 1
-            for other, at in view["endpoints"].items():
-                self.send(int(other), str(at))
-        except (WireError, ValueError, KeyError, TypeError, AttributeError) as e:
+            known, dead = view_of_answer(reply)
+            for gone in dead:
+                self.called_dead[gone] = self.called_dead.get(gone, 0) + 1
+            for other, at in known.items():
+                self.send(other, at)
+        except (WireError, ValueError) as e:
             log.warning("shard %d sent a bad answer to the %s of shard %d: %s", shard, self.op.name, self.about, e)
             self.refused.add(shard)
 

@@ -36,13 +36,15 @@ from ..tables.optimizers import optimizer_from_config
 from .service import ShardService
 from .shard import Shard
 
-__all__ = ["ShardSpec", "ShardProcess", "supervise", "build_service", "describe_exit"]
+__all__ = ["ShardSpec", "ShardProcess", "supervise", "build_service", "describe_exit", "FENCED"]
 
 log = logging.getLogger(__name__)
 
 _LAUNCHER_PREFIXES = ("PMI", "PMIX", "OMPI", "PRTE", "HYDRA", "MPIR", "SLURM_STEP", "I_MPI")
 _STARTUP_TIMEOUT = 120.0  # seconds for a shard to bind and restore a checkpoint
 _POLL_SECONDS = 0.05  # how soon a supervisor sees its shard exit (a sleeping wait: no busy polling)
+FENCED = 3
+"""Exit code of a shard that stopped because it was declared dead (its supervisor restarts it, as after a crash)."""
 
 
 @dataclass
@@ -139,6 +141,8 @@ def describe_exit(returncode: int) -> str:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
             return f"killed by signal {-returncode}"
+    if returncode == FENCED:
+        return f"exit code {FENCED} (fenced: declared dead while it did not answer)"
     return f"exit code {returncode}"
 
 
@@ -208,13 +212,14 @@ class ShardProcess:
             self.process.kill()
             self.process.wait()
 
-    def supervise(self, stop: StopRequest | None = None, on_death: Callable[[int], object] | None = None) -> int:
+    def supervise(self, stop: StopRequest | None = None, on_death: Callable[[int], object] | None = None,
+                  tick: Callable[[], object] | None = None) -> int:
         """Wait (sleeping) until the shard exits, forwarding a preemption request once; returns its exit code.
 
         A shard that dies is logged and ``on_death`` called with its id, not raised: its backups serve
-        its ranges.
+        its ranges. ``tick`` is called at every wake-up (every 50 ms).
         """
-        return supervise([self], stop, on_death)[0]
+        return supervise([self], stop, on_death, tick)[0]
 
     def poll(self, stop: StopRequest | None, on_death: Callable[[int], object] | None = None) -> int | None:
         """The exit code once the shard exited (logged, and ``on_death`` called, if it died), else ``None``;
@@ -233,14 +238,16 @@ class ShardProcess:
 
 
 def supervise(shards: list[ShardProcess], stop: StopRequest | None = None,
-              on_death: Callable[[int], object] | None = None) -> list[int]:
+              on_death: Callable[[int], object] | None = None, tick: Callable[[], object] | None = None) -> list[int]:
     """Wait (sleeping, not spinning) until every shard exited; forwards a preemption request; calls
-    ``on_death`` with each shard that died; returns exit codes."""
+    ``on_death`` with each shard that died (and ``tick`` at every wake-up); returns exit codes."""
     while True:
         codes = [shard.poll(stop, on_death) for shard in shards]
         exited = [code for code in codes if code is not None]
         if len(exited) == len(codes):
             return exited
+        if tick is not None:
+            tick()
         time.sleep(_POLL_SECONDS)
 
 

@@ -128,6 +128,7 @@ class Forwards:
     def __init__(self, *, shard_id: int, context: zmq.Context, curve_keys: JobKeys | None,
                  poller: zmq.Poller) -> None:
         self.shard_id = shard_id
+        self._sender = wire.encode_shard_id(shard_id)  # the last frame of every message: a zombie's are refused
         self.links = ShardLinks(context=context, curve_keys=curve_keys, also_poll=poller)
         self._next_id = 1
         self._waiting: dict[int, tuple[WaitingRequest, int]] = {}  # forward's request id -> (push, backup)
@@ -161,7 +162,8 @@ class Forwards:
             header = wire.Header(wire.Op.FORWARD, push.header.group, request_id, push.header.clock,
                                  part_keys.size, push.header.width)
             self.links.send(backup, [wire.encode_header(header), np.ascontiguousarray(part_keys),
-                                     np.ascontiguousarray(part_grads, dtype=np.float32), sequence.to_frame()])
+                                     np.ascontiguousarray(part_grads, dtype=np.float32), sequence.to_frame(),
+                                     self._sender])
             self._waiting[request_id] = (push, backup)
             push.backups.add(backup)
             self.forwarded_keys += part_keys.size
@@ -194,7 +196,7 @@ class Forwards:
             if keys.size:
                 request_id = self._new_request_id()
                 header = wire.Header(wire.Op.FILL, 0, request_id, 0, keys.size, width)
-                self.links.send(fill.new, [wire.encode_header(header), keys, rows])
+                self.links.send(fill.new, [wire.encode_header(header), keys, rows, self._sender])
                 self._fills[request_id] = fill
                 fill.unanswered = request_id
                 fill.request.value = (fill.request.value or 0) + keys.size
@@ -203,7 +205,8 @@ class Forwards:
                 clocks, info = table()
                 request_id = self._new_request_id()
                 self.links.send(fill.new, [wire.encode_header(wire.Header(wire.Op.FILLED, 0, request_id, 0)),
-                                           np.ascontiguousarray(clocks, dtype="<i8"), json.dumps(info).encode()])
+                                           np.ascontiguousarray(clocks, dtype="<i8"), json.dumps(info).encode(),
+                                           self._sender])
                 self._waiting[request_id] = (fill.request, fill.new)
                 fill.request.backups.add(fill.new)
 

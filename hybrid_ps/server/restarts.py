@@ -16,7 +16,7 @@ import time
 
 from ..net.curve import JobKeys
 from ..preemption import StopRequest
-from .death_notice import tell_shards_of_death, tell_shards_of_rejoin
+from .death_notice import EndpointWatch, tell_shards_of_death, tell_shards_of_rejoin
 from .process import ShardProcess, ShardSpec
 
 __all__ = ["RestartingShard"]
@@ -62,15 +62,24 @@ class RestartingShard:
             stop: the preemption flag: forwarded to the shard; once set, a death is not restarted.
         """
         shard_id = self.spec.shard_id
+        watch = EndpointWatch(endpoints, shard_id, curve_keys=self.curve_keys)
+        try:
+            return self._run(endpoints, stop, watch)
+        finally:
+            watch.close()
+
+    def _run(self, endpoints: dict[int, str], stop: StopRequest | None, watch: EndpointWatch) -> int:
+        shard_id = self.spec.shard_id
         while True:
             code = self.process.supervise(stop, on_death=lambda dead: tell_shards_of_death(
-                endpoints, dead, curve_keys=self.curve_keys))
+                endpoints, dead, curve_keys=self.curve_keys), tick=watch.tick if self.restarts_left else None)
             if code == 0 or self.restarts_left == 0 or (stop is not None and stop.requested):
                 return code
             self.restarts_left -= 1
             started = time.monotonic()
             self.process = ShardProcess(self._fresh_spec(), self.debug, label=self.label)
             endpoints[shard_id] = self.process.endpoint
+            watch.moved()
             log.warning("shard %d restarted as pid %d at %s (%d restart(s) left); the other replicas fill it",
                         shard_id, self.process.pid, self.process.endpoint, self.restarts_left)
             filled = tell_shards_of_rejoin(endpoints, shard_id, curve_keys=self.curve_keys)

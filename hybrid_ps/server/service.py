@@ -128,6 +128,7 @@ class ShardService:
                          writer=checkpoint_writer)
         self._stop_request = stop_request
         self._running = False
+        self.fenced = False  # a client declared this shard dead and it stopped (its process exits non-zero)
         self._context = context or zmq.Context.instance()
         self._curve_keys = curve_keys
         # keys or float32 values (zstd may add a little), or a tier view; a peer sending more is disconnected
@@ -247,6 +248,7 @@ class ShardService:
         known = dead in self.placement.dead
         if self.membership.evict(dead):
             self._running = False
+            self.fenced = True
         elif not known and dead in self.placement.dead:
             for client, group in self._clients.items():
                 self.replies.shard_down(client, group, dead)
@@ -261,15 +263,24 @@ class ShardService:
         self.membership.joined()
         log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
         self.replies.ack_with(identity, header, clock)
-        for dead in sorted(self.placement.dead):
-            self.replies.shard_down(identity, header.group, dead)
+        self._tell_of_changes(identity, header.group)
         self._release_deferred()  # a restarted group may have finished before: the others wait for it again
 
     def _on_ping(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         pass  # _dispatch heard from the group and ACKs
 
     def _on_peers(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """A client's first message: where the other shards are; it is told of deaths and restarts first."""
         self.forwards.learn(self.membership.endpoints_of(body[1]))
+        self._tell_of_changes(identity, header.group)
+
+    def _tell_of_changes(self, identity: bytes, group: int) -> None:
+        """Tell a client that is new here of every shard known dead, then of every restarted one (in order)."""
+        for dead in sorted(self.placement.dead):
+            self.replies.shard_down(identity, group, dead)
+        endpoints = {**self.forwards.links.endpoints, self.shard_id: self.endpoint}
+        for shard in self.placement.rejoined:
+            self.replies.shard_up(identity, group, shard, endpoints.get(shard, ""))
 
     def _on_pull(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Answer now, or (the SSP rule) hold the pull back until the slowest group catches up."""
@@ -301,6 +312,7 @@ class ShardService:
 
     def _on_forward(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """A primary's forward of a group's push: apply what of it this replica has not applied yet."""
+        self._check_sender(body[4])
         keys = self.request_keys.checked(identity, body[1], header, primary=False)
         grads = wire.values_from_frame(body[2], header)
         self._apply(header.group, wire.PushSequence.from_frame(body[3]), keys, grads)
@@ -353,6 +365,16 @@ class ShardService:
         for client, group in self._clients.items():
             self.replies.shard_up(client, group, shard, endpoint)
 
+    def _check_sender(self, frame: memoryview) -> None:
+        """Refuse a forward or a fill from a shard known dead (fenced: it woke and sent what it had queued).
+
+        Raises:
+            WireError: the sender is dead to this shard.
+        """
+        sender = wire.decode_shard_id(frame)
+        if sender in self.placement.dead:
+            raise WireError(f"shard {sender} is dead to shard {self.shard_id}: its message is refused")
+
     def _rows_to_fill(self, new: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Of ``keys``, those rejoined shard ``new`` replicates and this shard is acting primary of (sorted), and
         their whole rows now."""
@@ -366,8 +388,12 @@ class ShardService:
         return self.clock.clocks, {"dead": sorted(placement.dead), "rejoined": list(placement.rejoined),
                                    "finished": self.clock.finished.tolist(), "left": self.groups.left.tolist()}
 
+    def _on_endpoints(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.replies.ack_with(identity, header, 0, self._peer_view())
+
     def _on_fill(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """(This shard rejoined) set rows an acting primary sends, with their optimizer state."""
+        self._check_sender(body[3])
         keys = self.request_keys.checked(identity, body[1], header, primary=False)
         columns = self.shard.columns
         if len(body[2]) != keys.size * columns * 4:
@@ -377,6 +403,7 @@ class ShardService:
 
     def _on_filled(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """(This shard rejoined) an acting primary sent all its rows: take its clocks and what it knows dead."""
+        self._check_sender(body[3])
         clocks = np.frombuffer(body[1], dtype="<i8")
         try:
             table = json.loads(bytes(body[2]))
@@ -510,6 +537,7 @@ _ROUTES: dict[wire.Op, _Route] = {
     wire.Op.PEERS: _Route(ShardService._on_peers),
     wire.Op.REJOIN: _Route(ShardService._on_rejoin, from_a_group=False, acked=False),
     wire.Op.FILL: _Route(ShardService._on_fill, from_a_group=False),
+    wire.Op.ENDPOINTS: _Route(ShardService._on_endpoints, from_a_group=False, acked=False),
     wire.Op.FILLED: _Route(ShardService._on_filled, from_a_group=False, ends_a_step=True),
     wire.Op.PULL: _Route(ShardService._on_pull, acked=False),
     wire.Op.PUSH: _Route(ShardService._on_push, acked=False),

@@ -71,16 +71,17 @@ class ShardChannel:
         self._next_sequence = 1
         for shard, endpoint in endpoints.items():
             self.connect(shard, endpoint)
-        self.tell_peers()
+        if self.replicated:  # and learn of deaths and restarts before the first request is routed
+            self.wait(self.tell_peers())
 
-    def tell_peers(self, only: int | None = None) -> None:
-        """With replication, tell every shard (or ``only`` that one) where the others are (a primary forwards
-        pushes to its backups); the ACKs are collected by later waits."""
-        if self.replicated:
-            view = TierView(dict(self.links.endpoints), self.routing.placement.replication)
-            ticket = Ticket(wire.Op.PEERS, "shard endpoints")
-            for shard in self.links.endpoints if only is None else [only]:
-                self.send(shard, ticket, wire.Op.PEERS, 0, [view.to_bytes()], 0)
+    def tell_peers(self, only: int | None = None) -> Ticket:
+        """Tell every shard (or ``only`` that one) where the others are (a primary forwards pushes to its backups);
+        each answers with the deaths and restarts it knows of (``SHARD_DOWN``, ``SHARD_UP``), then its ACK."""
+        view = TierView(dict(self.links.endpoints), self.routing.placement.replication)
+        ticket = Ticket(wire.Op.PEERS, "shard endpoints")
+        for shard in self.links.endpoints if only is None else [only]:
+            self.send(shard, ticket, wire.Op.PEERS, 0, [view.to_bytes()], 0)
+        return ticket
 
     def connect(self, shard: int, endpoint: str) -> None:
         self.links.connect(shard, endpoint)
@@ -205,7 +206,19 @@ class ShardChannel:
         self.disconnect(shard, linger_ms=100)
         for other in self.routing.live_shards:
             self.send(other, Ticket(wire.Op.EVICT, f"eviction of shard {shard}"), wire.Op.EVICT, 0, [evicted], 0)
-        for request_id, ticket, resend in self.requests.orphans_of(shard):
+        self._send_again_elsewhere(shard)
+
+    def _send_again_elsewhere(self, shard: int) -> None:
+        """``shard``'s process is gone: send what it owes elsewhere (pulls, a stop request, unacknowledged pushes)."""
+        orphans = self.requests.orphans_of(shard)
+        self.requests.sending_again = [resend for _, _, resend in orphans if resend is not None]
+        try:
+            self._send_orphans_again(orphans)
+        finally:
+            self.requests.sending_again = []
+
+    def _send_orphans_again(self, orphans: list[tuple[int, Ticket, Resend | None]]) -> None:
+        for request_id, ticket, resend in orphans:
             ticket.lost_shard = True
             if ticket.op is wire.Op.PULL:
                 assert ticket.keys is not None, "a pull's ticket carries its keys"
@@ -234,7 +247,9 @@ class ShardChannel:
             dead = wire.decode_shard_id(frames[1])
         except WireError as e:
             raise ShardUnavailableError(f"{self.links.where(teller)} sent a bad SHARD_DOWN: {e}") from e
-        if dead in self.routing.live_shards and dead != teller:
+        if dead not in self.links.endpoints:  # a shard this client never used
+            self.routing.placement = self.routing.placement.without(dead)
+        elif dead in self.routing.live_shards and dead != teller:
             log.warning("group %d: shard %d says %s died", self.group, teller, self.links.where(dead))
             self._declare_dead(dead, silent=None)
 
@@ -245,12 +260,17 @@ class ShardChannel:
             endpoint = bytes(frames[2]).decode()
         except (WireError, UnicodeDecodeError) as e:
             raise ShardUnavailableError(f"{self.links.where(teller)} sent a bad SHARD_UP: {e}") from e
-        if rejoined not in self.routing.placement.dead:
+        placement = self.routing.placement
+        if not endpoint or (rejoined in placement.rejoined and self.links.endpoints.get(rejoined) == endpoint):
             return  # told already by another shard
         log.warning("group %d: shard %d says shard %d runs again at %s", self.group, teller, rejoined, endpoint)
         self.routing.rejoined(rejoined)
-        self.connect(rejoined, endpoint)
-        self.tell_peers(only=rejoined)
+        if self.links.endpoints.get(rejoined) != endpoint or not self.links.connected(rejoined):
+            if self.links.connected(rejoined):  # a process this client never knew dead: gone, its replies too
+                self.disconnect(rejoined, linger_ms=0)
+                self._send_again_elsewhere(rejoined)
+            self.connect(rejoined, endpoint)
+            self.tell_peers(only=rejoined)
 
     def _send_again_with_keys(self, shard: int, ticket: Ticket | None, request_id: int) -> bool:
         """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""

@@ -56,6 +56,7 @@ class RequestBook:
         self.shard_of: dict[int, int] = {}
         self.outstanding: dict[int, int] = {}  # per shard: requests not answered yet
         self._resends: dict[int, Resend] = {}
+        self.sending_again: list[Resend] = []  # orphans of a dead shard not sent again yet: still unacknowledged
 
     def open(self, shard: int, ticket: Ticket) -> int:
         """A new request to ``shard`` on ``ticket``: its id."""
@@ -75,8 +76,10 @@ class RequestBook:
         return self._resends.pop(request_id, None)
 
     def lowest_unacknowledged(self, default: int) -> int:
-        """The lowest sequence number of the replicated pushes not answered yet (``default`` if none)."""
-        return min((r.sequence for r in self._resends.values() if r.sequence is not None), default=default)
+        """The lowest sequence number of the replicated pushes not answered yet, those being sent again after a
+        failover included (``default`` if none)."""
+        kept = (r.sequence for r in [*self._resends.values(), *self.sending_again] if r.sequence is not None)
+        return min(kept, default=default)
 
     def answered(self, request_id: int, shard: int) -> Ticket | None:
         """A reply arrived: the request's ticket (``None``: unknown request), no longer owed by ``shard``."""

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from hybrid_ps.errors import RangeLostError, ShardUnavailableError
+from hybrid_ps.server.process import FENCED
 
 pytestmark = pytest.mark.fault
 
@@ -139,7 +140,7 @@ def test_a_frozen_shard_is_declared_dead_and_fences_itself_when_it_wakes(tier):
         assert sorted(client.placement.dead) == [2]
     finally:
         t.kill(2, signal.SIGCONT)
-    assert t.shards[2].process.wait(timeout=10) == 0, "a shard told it is dead stops serving"
+    assert t.shards[2].process.wait(timeout=10) == FENCED, "a shard told it is dead stops serving (and says so)"
 
 
 def test_shard_processes_admit_only_the_jobs_curve_keys(tier):

@@ -25,11 +25,12 @@ FRAMES = {
     wire.Op.JOIN: 1,
     wire.Op.VIEW: 2,
     wire.Op.RESHARD: 2,
-    wire.Op.FORWARD: 4,
+    wire.Op.FORWARD: 5,
     wire.Op.PEERS: 2,
     wire.Op.REJOIN: 3,
-    wire.Op.FILL: 3,
-    wire.Op.FILLED: 3,
+    wire.Op.FILL: 4,
+    wire.Op.FILLED: 4,
+    wire.Op.ENDPOINTS: 1,
     wire.Op.ACK: 1,
     wire.Op.PULL_REPLY: 3,
     wire.Op.ERROR: 2,
@@ -132,7 +133,7 @@ def test_bad_version(version):
         wire.decode_header([_raw_header(version=version)])
 
 
-@pytest.mark.parametrize("op", [0, 19, 42, 63, 69, 255])
+@pytest.mark.parametrize("op", [0, 20, 42, 63, 69, 255])
 def test_unknown_op(op):
     with pytest.raises(WireError, match=f"unknown op {op}$"):
         wire.decode_header([_raw_header(op=op)])
