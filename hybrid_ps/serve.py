@@ -4,8 +4,10 @@ Starts S shard processes with G group slots and writes the tier file once
 they are up; worker jobs join with ``mpiexec -n K python -m hybrid_ps.train
 --ps-tier FILE --groups g --first-group i`` (one job per group or several), so a
 crashed worker job ends only its own groups: the shards drop them after
-``--group-timeout`` and the others train on; a restarted job rejoins. The
-tier serves until every group that joined has left, then removes the file.
+``--group-timeout`` and the others train on; a restarted job rejoins. A shard
+that dies is restarted (``--shard-restarts``) and filled by the others while
+the groups train, and the tier file names its new endpoint. The tier serves
+until every group that joined has left, then removes the file.
 
 Shards join and leave at run time through ``python -m hybrid_ps.tierctl``:
 this process starts or retires the shard, rewrites the tier file and asks the
@@ -17,6 +19,7 @@ the cut's files (only ~1/S of the keys move).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -37,7 +40,7 @@ from .net.sockets import bind_router, close_router, connect_dealer, resolve_bind
 from .placement.replicas import default_replication
 from .preemption import StopRequest
 from .protocol import wire
-from .server.death_notice import tell_shards_of_death
+from .server.death_notice import tell_shards_of_death, tell_shards_of_rejoin
 from .server.process import ShardProcess, ShardSpec, describe_exit
 from .tier import TierInfo, TierView, write_tier_file
 
@@ -68,6 +71,8 @@ class TierSupervisor:
         self.config, self.tier_file, self.debug = config, tier_file, debug
         self.width = build_model(config.model).width
         self.shards: dict[int, ShardProcess] = {}  # every shard started, members or not
+        self.specs: dict[int, ShardSpec] = {}
+        self.restarts_left: dict[int, int] = {}  # per shard: how many more times a death is restarted
         self.members: list[int] = []  # the shards of the current view (a removed one may still be leaving)
         self.codes: dict[int, int] = {}
         self.curve_keys = JobKeys.generate() if config.cluster.security == "curve" else None
@@ -83,6 +88,8 @@ class TierSupervisor:
         spec = ShardSpec(self.config, shard_id, shard_ids, self.config.cluster.groups, self.width,
                          coordinator=shard_id == shard_ids[0], groups_present=False, curve_keys=self.curve_keys)
         self.shards[shard_id] = ShardProcess(spec, self.debug, label=self.tier_file)
+        self.specs[shard_id] = spec
+        self.restarts_left[shard_id] = self.config.cluster.shard_restarts if spec.replication > 1 else 0
         self.members.append(shard_id)
 
     @property
@@ -104,10 +111,28 @@ class TierSupervisor:
         while len(self.codes) < len(self.shards):
             if poller.poll(_POLL_MS):
                 self._serve_control()
-            for shard_id, shard in self.shards.items():
+            for shard_id, shard in list(self.shards.items()):
                 if shard_id not in self.codes and (code := shard.poll(stop, self._tell_of_death)) is not None:
-                    self.codes[shard_id] = code
+                    if code != 0 and self._may_restart(shard_id, stop):
+                        self._restart(shard_id)
+                    else:
+                        self.codes[shard_id] = code
         return self.codes
+
+    def _may_restart(self, shard_id: int, stop: StopRequest | None) -> bool:
+        """A member that died with restarts left, and no stop requested: start it again."""
+        stopping = stop is not None and stop.requested
+        return shard_id in self.members and self.restarts_left[shard_id] > 0 and not stopping
+
+    def _restart(self, dead: int) -> None:
+        """Start ``dead`` again, empty, and have the other shards fill it (REJOIN); republish the tier file."""
+        self.restarts_left[dead] -= 1
+        spec = dataclasses.replace(self.specs[dead], restarted=True)
+        self.shards[dead] = ShardProcess(spec, self.debug, label=self.tier_file)
+        log.warning("shard %d restarted as pid %d at %s (%d restart(s) left); the other replicas fill it", dead,
+                    self.shards[dead].pid, self.shards[dead].endpoint, self.restarts_left[dead])
+        self._publish()  # new worker jobs find it at once (the shards tell them it is a backup being filled)
+        tell_shards_of_rejoin({i: self.shards[i].endpoint for i in self.members}, dead, curve_keys=self.curve_keys)
 
     def _tell_of_death(self, dead: int) -> None:
         endpoints = {i: self.shards[i].endpoint for i in self.members}

@@ -50,7 +50,9 @@ Requests and the frames they carry:
                                   primary of and it replicates, forward to it from now on, tell the clients
                                   (SHARD_UP); ACKed, with the rows sent in ``clock``, once it has them all
     FILL       header keys rows   (to a rejoined shard) set ``keys``' values and optimizer state (float32,
-               sender             ``width`` values then each state's ``width``)
+               applied sender     ``width`` values then each state's ``width``); ``applied``: the recent pushes
+                                  they hold (uint64: group, writer, sequence, count, keys; repeated), not to
+                                  apply again
     FILLED     header clocks      (to a rejoined shard) the fill from this shard is complete; its vector
                table sender       clock, and a JSON table: the shards it knows dead and rejoined, the groups
                                   that finished or left
@@ -201,7 +203,7 @@ _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
     Op.FORWARD: 5,
     Op.PEERS: 2,
     Op.REJOIN: 3,
-    Op.FILL: 4,
+    Op.FILL: 5,
     Op.FILLED: 4,
     Op.ENDPOINTS: 1,
     Op.ACK: (1, 2),  # the shards as a shard knows them, answering a supervisor's EVICT, REJOIN or ENDPOINTS

@@ -71,12 +71,44 @@ class AppliedPushes:
         return None if applied is None else ~np.isin(keys, applied, assume_unique=True)
 
     def note(self, group: int, sequence: wire.PushSequence, keys: np.ndarray) -> None:
-        """``keys`` of the push are applied now (after ``not_applied``)."""
+        """``keys`` of the push are applied now (after ``not_applied``).
+
+        Raises:
+            WireError: ``group`` is not one of the job's groups.
+        """
+        if not 0 <= group < self.num_groups:
+            raise WireError(f"group {group} out of range (job has {self.num_groups})")
         pushes = self._pushes_of(group, sequence)
         applied = pushes.get(sequence.sequence)
         pushes[sequence.sequence] = np.array(keys) if applied is None else np.union1d(applied, keys)
         while len(pushes) > _REMEMBERED_PER_GROUP:
             del pushes[next(iter(pushes))]
+
+    def among(self, keys: np.ndarray) -> np.ndarray:
+        """What this shard applied of sorted ``keys`` under each push it remembers, as one uint64 array (the frame
+        of a FILL: a restarted shard filled with these rows must not apply those pushes to them again):
+        per push ``group, writer, sequence, count`` and its keys."""
+        parts: list[np.ndarray] = []
+        for group, pushes in self._applied.items():
+            for sequence, applied in pushes.items():
+                common = np.intersect1d(applied, keys, assume_unique=True)
+                if common.size:
+                    parts += [np.array([group, self._writers[group], sequence, common.size], np.uint64), common]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+    def take(self, frame: np.ndarray) -> None:
+        """Note as applied what ``among`` of a FILL's sender says.
+
+        Raises:
+            WireError: not such a frame.
+        """
+        at = 0
+        while at < frame.size:
+            if at + 4 > frame.size or at + 4 + int(frame[at + 3]) > frame.size:
+                raise WireError("a FILL's applied-pushes frame is cut short")
+            group, writer, sequence, count = (int(v) for v in frame[at : at + 4])
+            self.note(group, wire.PushSequence(writer, sequence, 0), frame[at + 4 : at + 4 + count])
+            at += 4 + count
 
     def remembered(self, group: int) -> int:
         """How many of the group's pushes are kept."""
@@ -183,20 +215,21 @@ class Forwards:
         """Whether a fill can send its next chunk now (the loop then calls ``fill_next`` without waiting)."""
         return any(fill.unanswered is None for fill in self._filling)
 
-    def fill_next(self, rows_for: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]], width: int,
+    def fill_next(self, rows_for: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]], width: int,
                   table: Callable[[], tuple[np.ndarray, dict]]) -> None:
         """Send each fill's next chunk: ``rows_for(new, keys)`` picks the keys it replicates (sorted) and reads
         their rows as they are now, so a push applied (and forwarded) before is in them, and one after is
-        forwarded after them. A fill's last chunk is followed by FILLED with ``table()``: the clocks and a JSON
-        table (the shards known dead and rejoined, the groups that finished or left)."""
+        forwarded after them; and which pushes they hold (``AppliedPushes.among``), which the new shard must
+        not apply again if one is sent again. A fill's last chunk is followed by FILLED with ``table()``: the
+        clocks and a JSON table (the shards known dead and rejoined, the groups that finished or left)."""
         for fill in [fill for fill in self._filling if fill.unanswered is None]:
             chunk = fill.keys[fill.sent : fill.sent + _FILL_CHUNK]
             fill.sent += chunk.size
-            keys, rows = rows_for(fill.new, chunk)
+            keys, rows, applied = rows_for(fill.new, chunk)
             if keys.size:
                 request_id = self._new_request_id()
                 header = wire.Header(wire.Op.FILL, 0, request_id, 0, keys.size, width)
-                self.links.send(fill.new, [wire.encode_header(header), keys, rows, self._sender])
+                self.links.send(fill.new, [wire.encode_header(header), keys, rows, applied, self._sender])
                 self._fills[request_id] = fill
                 fill.unanswered = request_id
                 fill.request.value = (fill.request.value or 0) + keys.size

@@ -375,12 +375,12 @@ class ShardService:
         if sender in self.placement.dead:
             raise WireError(f"shard {sender} is dead to shard {self.shard_id}: its message is refused")
 
-    def _rows_to_fill(self, new: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Of ``keys``, those rejoined shard ``new`` replicates and this shard is acting primary of (sorted), and
-        their whole rows now."""
+    def _rows_to_fill(self, new: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Of ``keys``, those rejoined shard ``new`` replicates and this shard is acting primary of (sorted), their
+        whole rows now, and the recent pushes applied to them (``AppliedPushes.among``)."""
         placement = self.placement
         mine = np.sort(keys[placement.is_primary(keys, self.shard_id) & placement.is_replica(keys, new)])
-        return mine, self.shard.table.pull(mine, self.shard.columns)
+        return mine, self.shard.table.pull(mine, self.shard.columns), self.applied.among(mine)
 
     def _fill_table(self) -> tuple[np.ndarray, dict]:
         """What a FILLED carries: the clocks, and the shards dead and rejoined, the groups finished or left."""
@@ -392,13 +392,16 @@ class ShardService:
         self.replies.ack_with(identity, header, 0, self._peer_view())
 
     def _on_fill(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        """(This shard rejoined) set rows an acting primary sends, with their optimizer state."""
-        self._check_sender(body[3])
+        """(This shard rejoined) set rows an acting primary sends, with their optimizer state, and note the pushes
+        they hold as applied."""
+        self._check_sender(body[4])
         keys = self.request_keys.checked(identity, body[1], header, primary=False)
         columns = self.shard.columns
-        if len(body[2]) != keys.size * columns * 4:
+        if len(body[2]) != keys.size * columns * 4 or len(body[3]) % 8:
             raise WireError(f"a FILL of {keys.size} keys carries {len(body[2])} bytes of rows, expected "
-                            f"{keys.size} * {columns} float32")
+                            f"{keys.size} * {columns} float32, and {len(body[3])} bytes of pushes")
+        applied = np.frombuffer(body[3], dtype="<u8")
+        self.applied.take(applied)
         self.shard.load_rows(keys, np.frombuffer(body[2], dtype="<f4").reshape(keys.size, columns))
 
     def _on_filled(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:

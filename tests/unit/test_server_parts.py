@@ -146,3 +146,17 @@ def test_pushes_below_the_acknowledged_mark_and_those_of_a_restarted_writer_are_
     assert applied.remembered(0) == 0
     with pytest.raises(WireError, match="group 1 out of range"):
         applied.not_applied(1, _sequence(1), keys)
+
+
+def test_the_pushes_a_fill_holds_travel_with_it_and_are_not_applied_again_on_the_filled_shard():
+    primary, filled = AppliedPushes(num_groups=2), AppliedPushes(num_groups=2)
+    primary.note(0, _sequence(7), np.array([1, 4, 9], np.uint64))
+    primary.note(1, _sequence(3, writer=8), np.array([4, 5], np.uint64))
+    chunk = np.array([4, 5, 9, 11], np.uint64)
+    filled.take(primary.among(chunk))
+    assert not filled.not_applied(0, _sequence(7), np.array([4, 9], np.uint64)).any()
+    assert filled.not_applied(0, _sequence(7), np.array([1], np.uint64)).all()  # key 1 was not in the chunk
+    assert not filled.not_applied(1, _sequence(3, writer=8), np.array([4, 5], np.uint64)).any()
+    assert primary.among(np.array([2], np.uint64)).size == 0
+    with pytest.raises(WireError, match="cut short"):
+        filled.take(primary.among(chunk)[:-1])

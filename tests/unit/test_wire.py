@@ -28,7 +28,7 @@ FRAMES = {
     wire.Op.FORWARD: 5,
     wire.Op.PEERS: 2,
     wire.Op.REJOIN: 3,
-    wire.Op.FILL: 4,
+    wire.Op.FILL: 5,
     wire.Op.FILLED: 4,
     wire.Op.ENDPOINTS: 1,
     wire.Op.ACK: 1,
