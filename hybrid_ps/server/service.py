@@ -6,7 +6,6 @@ plain process (a supervised child, a job of its own) tomorrow.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from .cuts import CheckpointWriter, Cuts
 from .groups import GroupTable
 from .held_pulls import HeldPulls
 from .membership import CutReader, TierMembership
+from .rebuild import Rebuild
 from .replication import AppliedPushes, Forwards, WaitingRequest
 from .replies import Announcement, Replies, is_clock
 from .request_keys import RequestKeys
@@ -139,6 +139,9 @@ class ShardService:
         self._poller.register(self.socket, zmq.POLLIN)
         self.forwards = Forwards(shard_id=shard_id, context=self._context, curve_keys=curve_keys, poller=self._poller)
         self.applied = AppliedPushes(num_groups=num_groups)
+        self.rebuild = Rebuild(shard_id=shard_id, shard=shard, membership=self.membership, groups=self.groups,
+                               forwards=self.forwards, applied=self.applied, replies=self.replies,
+                               request_keys=self.request_keys, endpoint=self.endpoint)
 
     @property
     def placement(self) -> Placement:
@@ -174,7 +177,7 @@ class ShardService:
                               self.shard_id, group_timeout)
                     break
             if self.forwards.filling:
-                self.forwards.fill_next(self._rows_to_fill, self.shard.width, self._fill_table)
+                self.rebuild.fill_next()
             if not self._poller.poll(0 if self.forwards.filling else poll_ms):
                 continue
             self._answer_forwarded()
@@ -254,7 +257,7 @@ class ShardService:
                 self.replies.shard_down(client, group, dead)
         for push in self.forwards.without(dead):
             self._answer_push(push)
-        self.replies.ack_with(identity, header, 0, self._peer_view())
+        self.replies.ack_with(identity, header, 0, self.rebuild.peer_view())
 
     def _on_join(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """A group starts or restarts: it runs from the clock ``VectorClock.join`` gives (sent back), told of
@@ -263,7 +266,7 @@ class ShardService:
         self.membership.joined()
         log.info("shard %d: group %d joined at clock %d", self.shard_id, header.group, clock)
         self.replies.ack_with(identity, header, clock)
-        self._tell_of_changes(identity, header.group)
+        self.rebuild.tell_of_changes(identity, header.group)
         self._release_deferred()  # a restarted group may have finished before: the others wait for it again
 
     def _on_ping(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
@@ -272,15 +275,20 @@ class ShardService:
     def _on_peers(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """A client's first message: where the other shards are; it is told of deaths and restarts first."""
         self.forwards.learn(self.membership.endpoints_of(body[1]))
-        self._tell_of_changes(identity, header.group)
+        self.rebuild.tell_of_changes(identity, header.group)
 
-    def _tell_of_changes(self, identity: bytes, group: int) -> None:
-        """Tell a client that is new here of every shard known dead, then of every restarted one (in order)."""
-        for dead in sorted(self.placement.dead):
-            self.replies.shard_down(identity, group, dead)
-        endpoints = {**self.forwards.links.endpoints, self.shard_id: self.endpoint}
-        for shard in self.placement.rejoined:
-            self.replies.shard_up(identity, group, shard, endpoints.get(shard, ""))
+    def _on_endpoints(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.replies.ack_with(identity, header, 0, self.rebuild.peer_view())
+
+    def _on_rejoin(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.rebuild.rejoin(identity, header, body, self._clients)
+
+    def _on_fill(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.rebuild.fill(identity, header, body)
+
+    def _on_filled(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        self.rebuild.filled(body)
+        self._stop_when_every_group_is_gone()  # restarted after every group left: nothing to serve
 
     def _on_pull(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """Answer now, or (the SSP rule) hold the pull back until the slowest group catches up."""
@@ -312,7 +320,7 @@ class ShardService:
 
     def _on_forward(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         """A primary's forward of a group's push: apply what of it this replica has not applied yet."""
-        self._check_sender(body[4])
+        self.rebuild.check_sender(body[4])
         keys = self.request_keys.checked(identity, body[1], header, primary=False)
         grads = wire.values_from_frame(body[2], header)
         self._apply(header.group, wire.PushSequence.from_frame(body[3]), keys, grads)
@@ -333,96 +341,14 @@ class ShardService:
         for push in self.forwards.replies():
             self._answer_push(push)
 
-    def _peer_view(self) -> bytes:
-        """The shards as this one knows them (JSON: endpoints by id, ids known dead), for a supervisor: its own
-        list may name a restarted shard's old endpoint."""
-        endpoints = {str(shard): endpoint for shard, endpoint in self.forwards.links.endpoints.items()}
-        endpoints[str(self.shard_id)] = self.endpoint
-        return json.dumps({"endpoints": endpoints, "dead": sorted(self.placement.dead)}).encode()
-
     def _answer_push(self, push: WaitingRequest) -> None:
         if push.error is None and push.value is not None:
-            self.replies.ack_with(push.identity, push.header, push.value, self._peer_view())
+            self.replies.ack_with(push.identity, push.header, push.value, self.rebuild.peer_view())
         elif push.error is None:
             self.replies.ack(push.identity, push.header)
         else:
             self.stats.errors += 1
             self.replies.error(push.identity, push.header, push.error)
-
-    def _on_rejoin(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        """A supervisor restarted a dead shard: send it the rows it replicates of those this shard is acting
-        primary of, forward to it from now on, tell the clients; ACK (with the rows sent) once it has them."""
-        shard = wire.decode_shard_id(body[1])
-        endpoint = bytes(body[2]).decode("utf-8", errors="replace")
-        if not self.membership.rejoin(shard):
-            self.replies.ack_with(identity, header, 0, self._peer_view())
-            return
-        self.forwards.learn({shard: endpoint})
-        keys = self.shard.rows()[0]
-        self.forwards.start_fill(WaitingRequest(identity, header), shard, keys)
-        log.info("shard %d: filling rejoined shard %d (%s) from its %d keys", self.shard_id, shard, endpoint,
-                 keys.size)
-        for client, group in self._clients.items():
-            self.replies.shard_up(client, group, shard, endpoint)
-
-    def _check_sender(self, frame: memoryview) -> None:
-        """Refuse a forward or a fill from a shard known dead (fenced: it woke and sent what it had queued).
-
-        Raises:
-            WireError: the sender is dead to this shard.
-        """
-        sender = wire.decode_shard_id(frame)
-        if sender in self.placement.dead:
-            raise WireError(f"shard {sender} is dead to shard {self.shard_id}: its message is refused")
-
-    def _rows_to_fill(self, new: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Of ``keys``, those rejoined shard ``new`` replicates and this shard is acting primary of (sorted), their
-        whole rows now, and the recent pushes applied to them (``AppliedPushes.among``)."""
-        placement = self.placement
-        mine = np.sort(keys[placement.is_primary(keys, self.shard_id) & placement.is_replica(keys, new)])
-        return mine, self.shard.table.pull(mine, self.shard.columns), self.applied.among(mine)
-
-    def _fill_table(self) -> tuple[np.ndarray, dict]:
-        """What a FILLED carries: the clocks, and the shards dead and rejoined, the groups finished or left."""
-        placement = self.placement
-        return self.clock.clocks, {"dead": sorted(placement.dead), "rejoined": list(placement.rejoined),
-                                   "finished": self.clock.finished.tolist(), "left": self.groups.left.tolist()}
-
-    def _on_endpoints(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        self.replies.ack_with(identity, header, 0, self._peer_view())
-
-    def _on_fill(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        """(This shard rejoined) set rows an acting primary sends, with their optimizer state, and note the pushes
-        they hold as applied."""
-        self._check_sender(body[4])
-        keys = self.request_keys.checked(identity, body[1], header, primary=False)
-        columns = self.shard.columns
-        if len(body[2]) != keys.size * columns * 4 or len(body[3]) % 8:
-            raise WireError(f"a FILL of {keys.size} keys carries {len(body[2])} bytes of rows, expected "
-                            f"{keys.size} * {columns} float32, and {len(body[3])} bytes of pushes")
-        applied = np.frombuffer(body[3], dtype="<u8")
-        self.applied.take(applied)
-        self.shard.load_rows(keys, np.frombuffer(body[2], dtype="<f4").reshape(keys.size, columns))
-
-    def _on_filled(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
-        """(This shard rejoined) an acting primary sent all its rows: take its clocks and what it knows dead."""
-        self._check_sender(body[3])
-        clocks = np.frombuffer(body[1], dtype="<i8")
-        try:
-            table = json.loads(bytes(body[2]))
-            dead, rejoined = [int(s) for s in table["dead"]], [int(s) for s in table["rejoined"]]
-            finished, left = table["finished"], table["left"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise WireError(f"a bad FILLED table: {e}") from None
-        if clocks.size != self.clock.num_groups or len(finished) != clocks.size or len(left) != clocks.size:
-            raise WireError(f"a FILLED for {clocks.size} groups, this shard has {self.clock.num_groups}")
-        np.maximum(self.clock.clocks, clocks, out=self.clock.clocks)
-        self.clock.finished |= np.asarray(finished, dtype=bool)
-        self.groups.left |= np.asarray(left, dtype=bool)
-        self.membership.adopt(dead=dead, rejoined=rejoined)
-        log.info("shard %d: filled by a primary: %d keys held, clocks %s", self.shard_id, len(self.shard),
-                 self.clock.clocks.tolist())
-        self._stop_when_every_group_is_gone()  # restarted after every group left: nothing to serve
 
     def _on_clock(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         _check_clock(header.clock)
