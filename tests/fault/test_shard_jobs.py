@@ -93,3 +93,35 @@ def test_losing_the_only_replica_stops_the_job_and_resume_latest_finishes_it(sta
     assert f"at clocks [{cut}, {cut}]" in resumed.stderr
     assert resumed.summary["samples"] == 4 * 200_000 - 2 * cut * 3 * 256  # exactly what the cut had not trained
     assert resumed.summary["final_logloss"] < 0.40
+
+
+@pytest.mark.chaos
+def test_a_job_whose_shards_are_killed_and_frozen_at_random_ends_as_if_undisturbed(start_job, undisturbed):
+    """Point 4 of the failure model, as a whole job: SIGKILL and SIGSTOP (longer than the failover timeout, then
+    SIGCONT: the shard is fenced and restarted) of random shards at random steps; same samples, logloss within 1%."""
+    rng = np.random.default_rng(int(time.time()))
+    job = start_job(9, *LAYOUT, "--replication", "2")
+    step, done = 10, []
+    rebuilds = lambda: len(re.findall(r"shard \d rebuilt: \d+ rows", job.stderr))  # noqa: E731
+    for kind in ("kill", "freeze", "kill"):  # the job is ~260 steps: each rebuilt before the next, but the last
+        step += int(rng.integers(15, 30))
+        victim = int(rng.integers(0, 3))
+        pid = job.shard_pid(victim)
+        job.reached_step(step)
+        if kind == "kill":
+            os.kill(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(3.0)  # past the 2 s failover timeout: the leaders evict it, it fences itself on waking
+            os.kill(pid, signal.SIGCONT)
+        done.append(f"{kind} shard {victim} at step {step}")
+        if len(done) < 3:
+            job.wait_for(lambda count=len(done): rebuilds() >= count, f"shard {victim} rebuilt after the {kind}")
+    assert job.finish() == 0, job.stderr[-3000:]
+    summary, keys = undisturbed
+    print(f"{', '.join(done)}: final logloss {job.summary['final_logloss']:.4f} vs {summary['final_logloss']:.4f} "
+          f"undisturbed; {job.summary['samples_per_s']:.0f} vs {summary['samples_per_s']:.0f} samples/s")
+    assert "fenced" in job.stderr
+    assert job.summary["samples"] == summary["samples"]
+    assert abs(job.summary["final_logloss"] - summary["final_logloss"]) <= 0.01 * summary["final_logloss"]
+    assert checkpoint.checkpoint_info(job.output_dir / "checkpoints")["total_keys"] == keys
