@@ -91,11 +91,7 @@ def _stall_after_a_kill(failover_timeout: float, supervised: bool = False, steps
                 killed_at = time.monotonic()
         return stall
     finally:
-        done.set()
-        client.close()
-        context.term()
-        for shard in shards:
-            shard.__exit__()
+        _close(done, client, context, shards)
 
 
 def _rebuild(num_keys: int) -> dict[str, float]:
@@ -153,11 +149,16 @@ def _rebuild(num_keys: int) -> dict[str, float]:
         return {"keys": float(keys.size), "rows_filled": float(sum(filled.values())), "rebuild_seconds": seconds,
                 "longest_step_seconds": longest, "median_step_seconds": statistics.median(steps)}
     finally:
-        done.set()
-        client.close()
-        context.term()
-        for shard in shards:
-            shard.__exit__()
+        _close(done, client, context, shards)
+
+
+def _close(done: threading.Event, client, context, shards: list) -> None:
+    """Stop the measuring thread, close the client and its context, kill the shard processes."""
+    done.set()
+    client.close()
+    context.term()
+    for shard in shards:
+        shard.__exit__()
 
 
 def main() -> None:

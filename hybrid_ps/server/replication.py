@@ -64,8 +64,6 @@ class AppliedPushes:
         Raises:
             WireError: ``group`` is not one of the job's groups.
         """
-        if not 0 <= group < self.num_groups:
-            raise WireError(f"group {group} out of range (job has {self.num_groups})")
         pushes = self._pushes_of(group, sequence)
         applied = pushes.get(sequence.sequence)
         return None if applied is None else ~np.isin(keys, applied, assume_unique=True)
@@ -76,8 +74,6 @@ class AppliedPushes:
         Raises:
             WireError: ``group`` is not one of the job's groups.
         """
-        if not 0 <= group < self.num_groups:
-            raise WireError(f"group {group} out of range (job has {self.num_groups})")
         pushes = self._pushes_of(group, sequence)
         applied = pushes.get(sequence.sequence)
         pushes[sequence.sequence] = np.array(keys) if applied is None else np.union1d(applied, keys)
@@ -115,6 +111,9 @@ class AppliedPushes:
         return len(self._applied.get(group, {}))
 
     def _pushes_of(self, group: int, sequence: wire.PushSequence) -> dict[int, np.ndarray]:
+        """The group's kept pushes (afresh for a new writer, without those below ``acked_below``)."""
+        if not 0 <= group < self.num_groups:
+            raise WireError(f"group {group} out of range (job has {self.num_groups})")
         if self._writers.get(group) != sequence.writer:
             self._writers[group] = sequence.writer
             self._applied[group] = {}

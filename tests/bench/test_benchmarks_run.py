@@ -88,10 +88,12 @@ def test_memory_benchmark(tmp_path):
 
 def test_replication_benchmark(tmp_path):
     out = _run(tmp_path, sys.executable, "-m", "benchmarks.replication", "--ranks", "4", "--rows", "20000",
-               "--repeats", "1", "--timeouts", "0.5")
-    assert "longest step after the kill" in out
+               "--repeats", "1", "--timeouts", "0.5", "--rebuild-keys", "50000")
+    assert "longest step after the kill" in out and "rebuild s" in out
     record = json.loads((tmp_path / "replication.json").read_text())
     assert record["headline"]["ratio"] > 0 and record["failover_stall_seconds"]["0.5"] >= 0.5
+    rebuild = record["rebuild"]["50000"]
+    assert 0 < rebuild["rows_filled"] < rebuild["keys"] and rebuild["rebuild_seconds"] > 0
 
 
 def test_compression_benchmark(tmp_path):
