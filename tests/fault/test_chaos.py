@@ -28,7 +28,7 @@ from hybrid_ps.worker.client import PSClient
 
 pytestmark = [pytest.mark.fault, pytest.mark.chaos]
 
-SECONDS = float(os.environ.get("HYBRID_PS_CHAOS_SECONDS", "25"))
+SECONDS = float(os.environ.get("HYBRID_PS_CHAOS_SECONDS", "15"))
 SHARDS, GROUPS = 3, 2
 UNIVERSE = np.arange(1, 6001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # spread over the ring
 UNIVERSE.sort()
