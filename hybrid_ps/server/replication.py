@@ -294,6 +294,15 @@ class Forwards:
             self.links.disconnect(dead, linger_ms=0)
         return done
 
+    def abandon(self) -> list[WaitingRequest]:
+        """This shard stops: every request still waiting for other shards (pushes, REJOINs), with an error."""
+        waiting = [push for push, _ in self._waiting.values()] + [fill.request for fill in self._filling]
+        self._waiting, self._filling, self._fills = {}, [], {}
+        unique = list({id(request): request for request in waiting}.values())
+        for request in unique:
+            request.error = f"shard {self.shard_id} stopped before the other shards answered"
+        return unique
+
     @property
     def waiting(self) -> int:
         """Forwards not acknowledged yet."""

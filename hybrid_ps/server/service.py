@@ -189,6 +189,8 @@ class ShardService:
                 self.handle(frames)
                 if not self._running:
                     break
+        for request in self.forwards.abandon():  # answered, so that no supervisor or client waits for ever
+            self._answer_push(request)
         log.info(
             "shard %d stopped after %.1fs: %d keys, requests %s, %d errors",
             self.shard_id, time.monotonic() - started, len(self.shard), self.stats.requests, self.stats.errors,
