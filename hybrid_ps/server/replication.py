@@ -174,7 +174,7 @@ class Forwards:
         self.forwarded_keys = 0
 
     def learn(self, endpoints: dict[int, str]) -> None:
-        """The tier's shards (from a JOIN or a RESHARD): connect to the ones new or moved."""
+        """The tier's shards (from a leader's PEERS, a RESHARD or a REJOIN): connect to the ones new or moved."""
         for shard, endpoint in endpoints.items():
             if shard == self.shard_id or self.links.endpoints.get(shard) == endpoint:
                 continue
