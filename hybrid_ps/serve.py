@@ -40,7 +40,7 @@ from .net.sockets import bind_router, close_router, connect_dealer, resolve_bind
 from .placement.replicas import default_replication
 from .preemption import StopRequest
 from .protocol import wire
-from .server.death_notice import tell_shards_of_death, tell_shards_of_rejoin
+from .server.death_notice import tell_shards_of_death, tell_shards_of_rejoin, tell_shards_of_retirement
 from .server.process import ShardProcess, ShardSpec, describe_exit
 from .tier import TierInfo, TierView, write_tier_file
 
@@ -115,14 +115,28 @@ class TierSupervisor:
                 if shard_id not in self.codes and (code := shard.poll(stop, self._tell_of_death)) is not None:
                     if code != 0 and self._may_restart(shard_id, stop):
                         self._restart(shard_id)
-                    else:
-                        self.codes[shard_id] = code
+                        continue
+                    self.codes[shard_id] = code
+                    if code != 0 and self._may_retire(shard_id, stop):
+                        self._retire(shard_id)
         return self.codes
 
     def _may_restart(self, shard_id: int, stop: StopRequest | None) -> bool:
         """A member that died with restarts left, and no stop requested: start it again."""
         stopping = stop is not None and stop.requested
         return shard_id in self.members and self.restarts_left[shard_id] > 0 and not stopping
+
+    def _may_retire(self, shard_id: int, stop: StopRequest | None) -> bool:
+        """A replicated member that died for good, with other members running and no stop requested."""
+        others = [i for i in self.members if i != shard_id and i not in self.codes]
+        return (shard_id in self.members and self.specs[shard_id].replication > 1 and bool(others)
+                and not (stop is not None and stop.requested))
+
+    def _retire(self, dead: int) -> None:
+        """Have the other shards re-replicate ``dead``'s ranges (RETIRE). The tier file keeps it: the ring stays
+        the same, and the shards tell each new client it is retired."""
+        tell_shards_of_retirement({i: self.shards[i].endpoint for i in self.members}, dead,
+                                  curve_keys=self.curve_keys)
 
     def _restart(self, dead: int) -> None:
         """Start ``dead`` again, empty, and have the other shards fill it (REJOIN); republish the tier file."""

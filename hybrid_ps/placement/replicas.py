@@ -24,7 +24,10 @@ from ..errors import RangeLostError
 from ._ring_kernels import first_outside, group_by_owner
 from .ring import HashRing
 
-__all__ = ["Placement", "default_replication"]
+__all__ = ["Placement", "default_replication", "REJOINED", "RETIRED"]
+
+REJOINED = "rejoined"
+RETIRED = "retired"
 
 
 def default_replication(setting: int, num_servers: int) -> int:
@@ -34,32 +37,37 @@ def default_replication(setting: int, num_servers: int) -> int:
 
 
 class Placement:
-    """The ring, the replication factor and the set of shards known dead (immutable: ``without`` makes a new one).
+    """The ring, the replication factor, the shards known dead and the history of restarts and retirements
+    (immutable: ``without``, ``with_rejoined`` and ``with_retired`` make a new one).
 
     Args:
         ring: the consistent-hash ring of every shard of the tier.
         replication: replicas per key range (capped at the number of shards).
         dead: shard ids known dead.
-        rejoined: shard ids restarted after a death, in the order they rejoined: live backups, primaries only where
-            no other replica lives (or only replicas that rejoined later).
+        history: ``("rejoined", shard)`` and ``("retired", shard)`` in the order they happened: a dead shard
+            restarted and filled (a live backup, a primary only where no replica older in the range lives),
+            and a dead shard that never comes back (its ranges go on to the next shards of the ring, which are
+            filled as backups). Rejoins of shards dead again are dropped.
     """
 
     def __init__(self, ring: HashRing, replication: int = 1, dead: Iterable[int] = (),
-                 rejoined: Iterable[int] = ()) -> None:
+                 history: Iterable[tuple[str, int]] = ()) -> None:
         self.ring = ring
         self.replication = max(1, min(int(replication), ring.num_shards))
-        self.dead = frozenset(int(s) for s in dead)
-        self.rejoined = tuple(int(s) for s in dict.fromkeys(rejoined) if int(s) not in self.dead)
-        self._preference = ring.preference_slots(self.replication)  # [points, R] slots, primary first
+        events = [(str(kind), int(shard)) for kind, shard in history]
+        if any(kind not in (REJOINED, RETIRED) for kind, _ in events):
+            raise ValueError(f"a placement history names {REJOINED!r} and {RETIRED!r} events, not {events}")
+        self.retired = tuple(dict.fromkeys(shard for kind, shard in events if kind == RETIRED))
+        self.dead = frozenset(int(s) for s in dead) | frozenset(self.retired)
+        self.history = _without_stale_events(events, self.dead)
+        self.rejoined = tuple(shard for kind, shard in self.history if kind == REJOINED)
+        self._preference, epoch = self._preference_lists()  # [points, R] slots, and when each joined its range
         live_slots = ~np.isin(ring.shard_ids, sorted(self.dead))
         alive = live_slots[self._preference]
-        # the acting primary: the first live replica in preference order, those that rejoined after the others
-        # (and in the order they rejoined: the earlier was filled first)
-        rank = np.zeros(ring.num_shards, dtype=np.int64)
-        for order, shard in enumerate(self.rejoined, start=1):
-            rank[np.searchsorted(ring.shard_ids, shard)] = order
-        columns = np.arange(self.replication)
-        order_key = np.where(alive, rank[self._preference] * self.replication + columns, np.iinfo(np.int64).max)
+        # the acting primary: the live replica that holds its range longest (restarted and added ones rank
+        # after the others, in the order they came), the first in preference order among equals
+        width = self._preference.shape[1]
+        order_key = np.where(alive, epoch * width + np.arange(width), np.iinfo(np.int64).max)
         first_alive = np.argmin(order_key, axis=1)
         primary = self._preference[np.arange(self._preference.shape[0]), first_alive]
         self._primary_slot = np.where(alive.any(axis=1), primary, -1)  # per point; -1 = every replica dead
@@ -69,6 +77,33 @@ class Placement:
         self._push_owners = np.where(alive, self._preference, -1).astype(np.int32)
         self._allowed: dict[tuple[int, bool], np.ndarray] = {}  # (shard, primary) -> uint8 per point
         self._backup_owners: dict[int, np.ndarray] = {}  # shard -> per point, the live replicas but that shard
+
+    def _preference_lists(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each point's replicas (``[points, R]`` slots, the ring's preference list without the retired shards:
+        the next shards of the ring take their place) and the event (index in ``history``, 1-based; 0: from the
+        start) from which each replica holds the range: a later one is acting primary only after the others."""
+        ring, slot_of = self.ring, {int(s): i for i, s in enumerate(self.ring.shard_ids)}
+        retirements = [(at, slot_of[shard]) for at, (kind, shard) in enumerate(self.history, start=1)
+                       if kind == RETIRED and shard in slot_of]
+        base = ring.preference_slots(self.replication + len(retirements))
+        since = np.zeros(base.shape, dtype=np.int64)
+        window = np.ones(base.shape, dtype=bool)
+        gone: list[int] = []
+        for stage in range(len(retirements) + 1):
+            if stage:
+                gone.append(retirements[stage - 1][1])
+            kept = ~np.isin(base, gone)
+            width = max(1, min(self.replication, ring.num_shards - len(gone)))
+            now = kept & (np.cumsum(kept, axis=1) <= width)
+            since[now & ~window] = retirements[stage - 1][0] if stage else 0
+            window = now
+        width = int(window[0].sum())
+        rank = np.zeros(ring.num_shards, dtype=np.int64)
+        for at, (kind, shard) in enumerate(self.history, start=1):
+            if kind == REJOINED and shard in slot_of:
+                rank[slot_of[shard]] = at
+        preference = base[window].reshape(-1, width)
+        return preference, np.maximum(since[window].reshape(-1, width), rank[preference])
 
     @property
     def live_shards(self) -> list[int]:
@@ -82,12 +117,27 @@ class Placement:
 
     def without(self, shard: int) -> Placement:
         """This placement with ``shard`` dead too."""
-        return Placement(self.ring, self.replication, self.dead | {int(shard)}, self.rejoined)
+        return Placement(self.ring, self.replication, self.dead | {int(shard)}, self.history)
 
     def with_rejoined(self, shard: int) -> Placement:
-        """This placement with dead ``shard`` restarted (filled from the other replicas): a live backup again."""
-        rejoined = [s for s in self.rejoined if s != int(shard)] + [int(shard)]
-        return Placement(self.ring, self.replication, self.dead - {int(shard)}, rejoined)
+        """This placement with dead ``shard`` restarted (filled from the other replicas): a live backup again.
+
+        Raises:
+            ValueError: ``shard`` was retired.
+        """
+        if int(shard) in self.retired:
+            raise ValueError(f"shard {shard} was retired: its ranges live on other shards now")
+        history = [event for event in self.history if event != (REJOINED, int(shard))] + [(REJOINED, int(shard))]
+        return Placement(self.ring, self.replication, self.dead - {int(shard)}, history)
+
+    def with_retired(self, shard: int) -> Placement:
+        """This placement with ``shard`` gone for good: in each of its ranges the next shard of the ring takes its
+        place, as a backup (the acting primaries do not change)."""
+        if int(shard) in self.retired:
+            return self
+        if len(self.retired) + 1 >= self.ring.num_shards:
+            raise ValueError(f"shard {shard} is the last shard not retired")
+        return Placement(self.ring, self.replication, self.dead | {int(shard)}, [*self.history, (RETIRED, int(shard))])
 
     def primary_of(self, keys: np.ndarray) -> np.ndarray:
         """The acting primary shard id of every key (-1 where every replica is dead)."""
@@ -193,3 +243,14 @@ class Placement:
                 f"shards {replicas}; dead: {sorted(self.dead)}; replication {self.replication}): their updates "
                 f"are lost; restart the job with --resume latest"
             )
+
+
+def _without_stale_events(events: list[tuple[str, int]], dead: frozenset[int]) -> tuple[tuple[str, int], ...]:
+    """``events`` with each retirement once and, per shard, only its last rejoin, and only if it is not dead."""
+    last_rejoin = {shard: at for at, (kind, shard) in enumerate(events) if kind == REJOINED}
+    kept: list[tuple[str, int]] = []
+    for at, (kind, shard) in enumerate(events):
+        fresh = (kind, shard) not in kept if kind == RETIRED else shard not in dead and last_rejoin[shard] == at
+        if fresh:
+            kept.append((kind, shard))
+    return tuple(kept)

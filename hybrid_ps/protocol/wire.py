@@ -54,8 +54,14 @@ Requests and the frames they carry:
                                   they hold (uint64: group, writer, sequence, count, keys; repeated), not to
                                   apply again
     FILLED     header clocks      (to a rejoined shard) the fill from this shard is complete; its vector
-               table sender       clock, and a JSON table: the shards it knows dead and rejoined, the groups
-                                  that finished or left
+               table sender       clock, and a JSON table: the shards it knows dead, its placement history
+                                  (rejoins and retirements, in order), the groups that finished or left
+    RETIRE     header shard       (a supervisor out of restarts, to every other shard; or a shard, to its
+               [sender]           peers, with ``sender``) dead shard ``shard`` never comes back: its ranges
+                                  go on to the next shards of the ring; a shard that learns it tells its peers
+                                  (before any forward or fill it sends under the new placement), its clients
+                                  (SHARD_RETIRED), and fills each new backup with the rows it is acting
+                                  primary of; a supervisor's is ACKed, with the rows sent, once they have them
     ENDPOINTS  header             (a supervisor, now and then, to its own shard) the ACK carries the shards
                                   as it knows them (a view frame: a restarted peer's new endpoint)
     VIEW       header view        (admin, to the coordinating shard) the tier's shards change to
@@ -70,7 +76,8 @@ Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
 ``SHARD_DOWN`` (header shard, request id 0), which a shard sends unasked to every client it has
 heard from when it learns that the shard named in its frame died (and after a JOIN's ACK, for every
 shard it knows dead); likewise ``SHARD_UP`` (header shard endpoint) when a dead shard was restarted and
-filled (REJOIN): the client connects to it, a live backup again; the ACK of a
+filled (REJOIN): the client connects to it, a live backup again; and ``SHARD_RETIRED`` (header shard)
+when a dead shard was retired (RETIRE): the client routes by the placement without it; the ACK of a
 CHECKPOINT carries the cut's clock (the directory name). Once the coordinating
 shard (the lowest live one) has a stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
 that clock: each group stops there and checkpoints. Likewise ``FLAG_RESHARD``
@@ -122,7 +129,8 @@ __all__ = [
 ]
 
 MAGIC = b"HP"
-VERSION = 3  # 2: EVICT names the dead shard in a frame of its own; 3: primary-driven replication (FORWARD)
+VERSION = 4  # 2: EVICT names the dead shard in a frame of its own; 3: primary-driven replication (FORWARD);
+# 4: RETIRE, SHARD_RETIRED, the placement history in FILLED
 HEADER_FORMAT = "<2sBBBBIQqQI"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 FLAG_STOP = 1
@@ -179,11 +187,13 @@ class Op(enum.IntEnum):
     FILL = 17
     FILLED = 18
     ENDPOINTS = 19
+    RETIRE = 20
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
     SHARD_DOWN = 67
     SHARD_UP = 68
+    SHARD_RETIRED = 69
 
 
 _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
@@ -206,11 +216,13 @@ _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
     Op.FILL: 5,
     Op.FILLED: 4,
     Op.ENDPOINTS: 1,
-    Op.ACK: (1, 2),  # the shards as a shard knows them, answering a supervisor's EVICT, REJOIN or ENDPOINTS
+    Op.RETIRE: (2, 3),  # the sender frame from a shard telling its peers
+    Op.ACK: (1, 2),  # the shards as a shard knows them, answering a supervisor's EVICT, REJOIN, RETIRE or ENDPOINTS
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,
     Op.SHARD_DOWN: 2,
     Op.SHARD_UP: 3,
+    Op.SHARD_RETIRED: 2,
 }
 
 

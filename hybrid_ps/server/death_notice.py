@@ -1,10 +1,12 @@
-"""What a supervisor tells the other shards about its shard: that it died (EVICT), and that it runs again (REJOIN).
+"""What a supervisor tells the other shards about its shard: that it died (EVICT), that it runs again (REJOIN), and
+that it never comes back (RETIRE).
 
 A supervisor that saw its shard die tells the other shards at once; each then tells
 every client it serves (``SHARD_DOWN``), and the leaders fail over without waiting for
 their ``failover_timeout``. The heartbeat timeout still covers hangs and partitions,
 which no exit shows. Once the supervisor restarted the shard, REJOIN has every acting
-primary fill it with the rows it replicates and tell the clients (``SHARD_UP``).
+primary fill it with the rows it replicates and tell the clients (``SHARD_UP``). With no
+restart left, RETIRE has the next shards of the ring take its place, filled the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ..net.curve import JobKeys
 from ..net.sockets import connect_dealer
 from ..protocol import wire
 
-__all__ = ["tell_shards_of_death", "tell_shards_of_rejoin", "EndpointWatch", "view_of_answer"]
+__all__ = ["tell_shards_of_death", "tell_shards_of_rejoin", "tell_shards_of_retirement", "EndpointWatch",
+           "view_of_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,18 @@ def tell_shards_of_rejoin(endpoints: dict[int, str], shard: int, *, curve_keys: 
     filled = _tell_the_others(endpoints, shard, wire.Op.REJOIN, frames, curve_keys=curve_keys, timeout=timeout)
     log.warning("shard %d rebuilt: %d rows from shard(s) %s in %.2fs", shard, sum(filled.values()), sorted(filled),
                 time.monotonic() - started)
+    return filled
+
+
+def tell_shards_of_retirement(endpoints: dict[int, str], shard: int, *, curve_keys: JobKeys | None,
+                              timeout: float = 600.0) -> dict[int, int]:
+    """Send RETIRE of dead ``shard`` to every other shard and wait until each has filled the shards that take its
+    place in the ranges it is acting primary of: the rows each sent, by shard (as ``tell_shards_of_rejoin``)."""
+    started = time.monotonic()
+    filled = _tell_the_others(endpoints, shard, wire.Op.RETIRE, [wire.encode_shard_id(shard)], curve_keys=curve_keys,
+                              timeout=timeout)
+    log.warning("shard %d retired: its ranges re-replicated on the other shards, %d rows from shard(s) %s in %.2fs",
+                shard, sum(filled.values()), sorted(filled), time.monotonic() - started)
     return filled
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import WireError
-from ..placement.replicas import Placement
+from ..placement.replicas import REJOINED, Placement
 from ..placement.ring import HashRing
 from ..protocol import wire
 from ..tier import TierView
@@ -142,7 +142,7 @@ class TierMembership:
         if shard == self.shard_id:
             log.error("shard %d: a client declared this shard dead (it answered too slowly); stopping", shard)
             return True
-        if not bool((self.placement.ring.shard_ids == shard).any()):  # the dead set stays bounded by the ring
+        if not self._on_the_ring(shard):  # the dead set stays bounded by the ring
             log.warning("shard %d: told that shard %d is dead, which is not on its ring: ignored", self.shard_id, shard)
         elif shard not in self.placement.dead:
             self.placement = self.placement.without(shard)
@@ -152,28 +152,51 @@ class TierMembership:
 
     def rejoin(self, shard: int) -> bool:
         """Dead ``shard`` was restarted: a live backup again (``Placement.with_rejoined``); ``False`` if it is
-        this shard or not on the ring (nothing changes)."""
-        if shard == self.shard_id or not bool((self.placement.ring.shard_ids == shard).any()):
-            log.warning("shard %d: told that shard %d rejoined, which is not another shard of its ring: ignored",
-                        self.shard_id, shard)
+        this shard, not on the ring or retired (nothing changes)."""
+        if shard == self.shard_id or not self._on_the_ring(shard) or shard in self.placement.retired:
+            log.warning("shard %d: told that shard %d rejoined, which is not another live shard of its ring: "
+                        "ignored", self.shard_id, shard)
             return False
         self.placement = self.placement.without(shard).with_rejoined(shard)
         log.warning("shard %d: shard %d runs again; this shard fills it with the ranges it serves for it",
                     self.shard_id, shard)
         return True
 
-    def adopt(self, *, dead: list[int], rejoined: list[int]) -> None:
-        """(A restarted shard) take the dead and rejoined shards an acting primary knows of, as it filled this one.
+    def retire(self, shard: int) -> bool:
+        """Dead ``shard`` never comes back: the next shards of the ring take its place (``Placement.with_retired``);
+        ``False`` if nothing changes (this shard, not on the ring, retired already, the last shard, or ranges
+        lost already: a placement without it would hide the loss)."""
+        placement = self.placement
+        if shard in placement.retired:
+            return False
+        if shard == self.shard_id or not self._on_the_ring(shard) or len(placement.live_shards) <= 1 \
+                or placement.without(shard).lost_points:
+            log.error("shard %d: told to retire shard %d, which is not another shard of its ring whose ranges "
+                      "live on (live: %s): ignored", self.shard_id, shard, placement.live_shards)
+            return False
+        self.placement = placement.without(shard).with_retired(shard)
+        log.warning("shard %d: shard %d is retired; its ranges go on to the next shards of the ring", self.shard_id,
+                    shard)
+        return True
+
+    def adopt(self, *, dead: list[int], history: list[tuple[str, int]]) -> None:
+        """(A restarted shard) take the dead shards and the placement history an acting primary knows of, as it
+        filled this one; this shard is a restarted one, the last to rejoin.
 
         Raises:
-            WireError: a shard not on this ring.
+            WireError: a shard not on this ring, or a bad history.
         """
-        ring = self.placement.ring
-        if not np.isin(dead + rejoined, ring.shard_ids).all():
-            raise WireError(f"shards {dead} dead and {rejoined} rejoined are not all on this ring")
-        mine = [self.shard_id]
-        self.placement = Placement(ring, self.placement.replication, (set(self.placement.dead) | set(dead)) - set(mine),
-                                   [s for s in rejoined if s != self.shard_id] + mine)
+        ring, mine = self.placement.ring, self.shard_id
+        if not np.isin(dead + [shard for _, shard in history], ring.shard_ids).all():
+            raise WireError(f"shards {dead} dead and history {history} do not all name shards of this ring")
+        try:
+            self.placement = Placement(ring, self.placement.replication, set(self.placement.dead) | set(dead),
+                                       [*history, (REJOINED, mine)])
+        except ValueError as e:
+            raise WireError(str(e)) from None
+
+    def _on_the_ring(self, shard: int) -> bool:
+        return bool((self.placement.ring.shard_ids == shard).any())
 
     def _learn_groups_from_the_cut(self, cut: int) -> None:
         """A shard added to a running tier takes the clock table of the cut (which groups run, at which clock)."""

@@ -125,7 +125,7 @@ class AppliedPushes:
 
 @dataclass
 class _Fill:
-    """A rejoined shard being filled: the keys to go through, in ``chunks`` strided chunks, and how many were.
+    """A shard being filled: the keys to go through, in ``chunks`` strided chunks, and how many were.
 
     Chunk ``i`` is ``keys[i::chunks]``: keys spread over the whole table. Consecutive keys of the table's (hash)
     order would crowd a few buckets of the new shard's growing table, which uses the same hash, into long probe
@@ -136,6 +136,8 @@ class _Fill:
     new: int
     keys: np.ndarray
     chunks: int
+    select: Callable[[np.ndarray], np.ndarray]  # of a chunk, the keys ``new`` gets (bool mask)
+    table: Callable[[], tuple[np.ndarray, dict]]  # what the FILLED after the last chunk carries
     sent: int = 0  # chunks sent
     unanswered: int | None = None  # the FILL sent last, until acknowledged: one at a time, so that forwards to
     # the new shard never queue behind many chunks
@@ -206,29 +208,32 @@ class Forwards:
             self.forwarded_keys += part_keys.size
         return bool(parts)
 
-    def start_fill(self, request: WaitingRequest, new: int, keys: np.ndarray) -> None:
-        """Begin filling rejoined shard ``new`` with the rows of ``keys`` (every key this shard held as the REJOIN
-        came, in any order), a chunk at a time (``fill_next``); ``request`` (the REJOIN) is answered once ``new``
-        acknowledged the FILLED at the end. Pushes are forwarded to ``new`` from now on."""
-        self._filling.append(_Fill(request, new, keys, chunks=max(1, -(-keys.size // _FILL_CHUNK))))
-        request.value = 0
+    def start_fill(self, request: WaitingRequest, new: int, keys: np.ndarray, *,
+                   select: Callable[[np.ndarray], np.ndarray], table: Callable[[], tuple[np.ndarray, dict]]) -> None:
+        """Begin filling shard ``new`` (restarted, or a new backup of a retired shard's ranges) with the rows of
+        those of ``keys`` that ``select`` picks (``keys``: every key this shard held as the fill began, in any
+        order), a chunk at a time (``fill_next``), then FILLED with ``table()``; ``request`` (the REJOIN or
+        RETIRE) is answered once every shard it fills acknowledged its FILLED. Pushes are forwarded to ``new``
+        from now on (its placement says it replicates them)."""
+        self._filling.append(_Fill(request, new, keys, max(1, -(-keys.size // _FILL_CHUNK)), select, table))
+        request.backups.add(new)
+        request.value = request.value or 0
 
     @property
     def filling(self) -> bool:
         """Whether a fill can send its next chunk now (the loop then calls ``fill_next`` without waiting)."""
         return any(fill.unanswered is None for fill in self._filling)
 
-    def fill_next(self, rows_for: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]], width: int,
-                  table: Callable[[], tuple[np.ndarray, dict]]) -> None:
-        """Send each fill's next chunk: ``rows_for(new, keys)`` picks the keys it replicates (sorted) and reads
-        their rows as they are now, so a push applied (and forwarded) before is in them, and one after is
-        forwarded after them; and which pushes they hold (``AppliedPushes.among``), which the new shard must
-        not apply again if one is sent again. A fill's last chunk is followed by FILLED with ``table()``: the
-        clocks and a JSON table (the shards known dead and rejoined, the groups that finished or left)."""
+    def fill_next(self, rows_for: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+                  width: int) -> None:
+        """Send each fill's next chunk: ``rows_for(keys)`` reads the rows of ``keys`` as they are now (sorted), so
+        a push applied (and forwarded) before is in them, and one after is forwarded after them; and which
+        pushes they hold (``AppliedPushes.among``), which the new shard must not apply again if one is sent
+        again. A fill's last chunk is followed by FILLED with its clocks and JSON table."""
         for fill in [fill for fill in self._filling if fill.unanswered is None]:
             chunk = fill.keys[fill.sent :: fill.chunks]
             fill.sent += 1
-            keys, rows, applied = rows_for(fill.new, chunk)
+            keys, rows, applied = rows_for(chunk[fill.select(chunk)])
             if keys.size:
                 request_id = self._new_request_id()
                 header = wire.Header(wire.Op.FILL, 0, request_id, 0, keys.size, width)
@@ -238,13 +243,20 @@ class Forwards:
                 fill.request.value = (fill.request.value or 0) + keys.size
             if fill.sent == fill.chunks:
                 self._filling.remove(fill)
-                clocks, info = table()
+                clocks, info = fill.table()
                 request_id = self._new_request_id()
                 self.links.send(fill.new, [wire.encode_header(wire.Header(wire.Op.FILLED, 0, request_id, 0)),
                                            np.ascontiguousarray(clocks, dtype="<i8"), json.dumps(info).encode(),
                                            self._sender])
                 self._waiting[request_id] = (fill.request, fill.new)
-                fill.request.backups.add(fill.new)
+
+    def tell_peers_retired(self, retired: int, peers: list[int]) -> None:
+        """Send RETIRE of ``retired`` to each of ``peers`` this shard has a link to, before any forward or fill
+        under the placement without it (a link keeps its messages in order)."""
+        for shard in peers:
+            if shard not in (retired, self.shard_id) and self.links.connected(shard):
+                header = wire.Header(wire.Op.RETIRE, 0, self._new_request_id(), 0)
+                self.links.send(shard, [wire.encode_header(header), wire.encode_shard_id(retired), self._sender])
 
     def _new_request_id(self) -> int:
         self._next_id += 1
@@ -278,21 +290,22 @@ class Forwards:
         return done
 
     def without(self, dead: int) -> list[WaitingRequest]:
-        """``dead`` died: stop waiting for it; the pushes every other backup has answered now."""
-        done = []
-        for fill in [fill for fill in self._filling if fill.new == dead]:
+        """``dead`` died: stop waiting for it; the requests every other shard has answered now."""
+        done: dict[int, WaitingRequest] = {}
+        stopped = [fill for fill in self._filling if fill.new == dead]
+        for fill in stopped:
             self._filling.remove(fill)
             fill.request.error = f"shard {dead} died while it was filled"
-            done.append(fill.request)
-        for request_id, (push, backup) in list(self._waiting.items()):
-            if backup == dead:
-                del self._waiting[request_id]
-                push.backups.discard(dead)
-                if not push.backups:
-                    done.append(push)
+        waiting = [request for request, backup in self._waiting.values() if backup == dead]
+        self._waiting = {rid: (request, backup) for rid, (request, backup) in self._waiting.items() if backup != dead}
+        for request in waiting + [fill.request for fill in stopped]:
+            request.backups.discard(dead)
+            if not request.backups:
+                done[id(request)] = request
+        self._fills = {rid: fill for rid, fill in self._fills.items() if fill.new != dead}
         if self.links.connected(dead):
             self.links.disconnect(dead, linger_ms=0)
-        return done
+        return list(done.values())
 
     def abandon(self) -> list[WaitingRequest]:
         """This shard stops: every request still waiting for other shards (pushes, REJOINs), with an error."""

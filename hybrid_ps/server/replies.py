@@ -76,6 +76,11 @@ class Replies:
         header = wire.encode_header(wire.Header(wire.Op.SHARD_UP, group, 0, 0))
         self._send(identity, [header, wire.encode_shard_id(shard), endpoint.encode()])
 
+    def shard_retired(self, identity: bytes, group: int, shard: int) -> None:
+        """Tell a client, unasked, that dead ``shard`` never comes back (``SHARD_RETIRED``): its ranges moved on."""
+        header = wire.encode_header(wire.Header(wire.Op.SHARD_RETIRED, group, 0, 0))
+        self._send(identity, [header, wire.encode_shard_id(shard)])
+
     def answer(self, replies: CutReplies) -> None:
         """Answer the requests that waited on a cut: an ACK of the cut, or its error."""
         for identity, header in replies.requests:

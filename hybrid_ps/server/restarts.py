@@ -6,6 +6,8 @@ empty shard process with the same id (never resumed from a checkpoint: the other
 newer rows), and sends REJOIN: each acting primary fills it with the rows it replicates
 and forwards every later push to it, and the leaders connect to it as a backup again. R
 replicas are then restored, so a second death later in the job loses nothing either.
+Once no restart is left, the supervisor retires the dead shard instead (RETIRE): the next
+shards of the ring take its place in each of its ranges and are filled the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 
 from ..net.curve import JobKeys
 from ..preemption import StopRequest
-from .death_notice import EndpointWatch, tell_shards_of_death, tell_shards_of_rejoin
+from .death_notice import EndpointWatch, tell_shards_of_death, tell_shards_of_rejoin, tell_shards_of_retirement
 from .process import ShardProcess, ShardSpec
 
 __all__ = ["RestartingShard"]
@@ -30,7 +32,8 @@ class RestartingShard:
     Args:
         spec: the shard to run.
         restarts: how many times to start it again (0: never; without replication it never is, since an empty
-            shard would silently lose its ranges).
+            shard would silently lose its ranges); once none is left, a death retires the shard (with
+            replication): its ranges are re-replicated on the other shards.
         debug, label: as ``ShardProcess``.
         curve_keys: the job's CURVE keys, to reach the other shards (``None``: plain TCP).
     """
@@ -42,6 +45,7 @@ class RestartingShard:
         self.debug, self.label, self.curve_keys = debug, label, curve_keys
         self.process = ShardProcess(spec, debug, label=label)
         self.rebuild_seconds: list[float] = []
+        self.retire_seconds: float | None = None  # how long re-replicating the ranges took, once retired
 
     @property
     def endpoint(self) -> str:
@@ -71,9 +75,15 @@ class RestartingShard:
     def _run(self, endpoints: dict[int, str], stop: StopRequest | None, watch: EndpointWatch) -> int:
         shard_id = self.spec.shard_id
         while True:
+            replicated = self.spec.replication > 1
             code = self.process.supervise(stop, on_death=lambda dead: tell_shards_of_death(
-                endpoints, dead, curve_keys=self.curve_keys), tick=watch.tick if self.restarts_left else None)
-            if code == 0 or self.restarts_left == 0 or (stop is not None and stop.requested):
+                endpoints, dead, curve_keys=self.curve_keys), tick=watch.tick if replicated else None)
+            if code == 0 or (stop is not None and stop.requested) or not replicated:
+                return code
+            if self.restarts_left == 0:
+                started = time.monotonic()
+                if tell_shards_of_retirement(endpoints, shard_id, curve_keys=self.curve_keys):
+                    self.retire_seconds = time.monotonic() - started
                 return code
             self.restarts_left -= 1
             started = time.monotonic()

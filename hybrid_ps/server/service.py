@@ -17,7 +17,7 @@ import zmq
 from ..errors import KeyListMissError, NonFiniteError, WireError
 from ..net.curve import JobKeys
 from ..net.sockets import bind_router, close_router, recv_frames
-from ..placement.replicas import Placement
+from ..placement.replicas import REJOINED, Placement
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
 from ..protocol import wire
@@ -115,7 +115,7 @@ class ShardService:
         self.clock = self.groups.clock  # the SSP vector clock
         self.membership = TierMembership(shard_id=shard_id, shard=shard, groups=self.groups,
                                          placement=Placement(ring, replication,
-                                                             rejoined=[shard_id] if restarted else []),
+                                                             history=[(REJOINED, shard_id)] if restarted else []),
                                          cut_reader=cut_reader,
                                          checkpoints=checkpoint_writer is not None,
                                          joins_a_running_tier=not groups_present)
@@ -285,6 +285,17 @@ class ShardService:
     def _on_rejoin(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         self.rebuild.rejoin(identity, header, body, self._clients)
 
+    def _on_retire(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """A supervisor out of restarts (or a peer that heard of it) retires a dead shard for good."""
+        if len(body) == 3:
+            self.rebuild.check_sender(body[2])
+        retired = wire.decode_shard_id(body[1])
+        answer = self.rebuild.retire(identity, header, retired, self._clients, from_a_peer=len(body) == 3)
+        for push in self.forwards.without(retired):  # if this shard had not heard of the death
+            self._answer_push(push)
+        if answer is not None:
+            self._answer_push(answer)
+
     def _on_fill(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
         self.rebuild.fill(identity, header, body)
 
@@ -344,6 +355,9 @@ class ShardService:
             self._answer_push(push)
 
     def _answer_push(self, push: WaitingRequest) -> None:
+        """Answer a request that waited for other shards (a push, a REJOIN, a RETIRE), unless nobody asked it."""
+        if not push.identity:
+            return
         if push.error is None and push.value is not None:
             self.replies.ack_with(push.identity, push.header, push.value, self.rebuild.peer_view())
         elif push.error is None:
@@ -467,6 +481,7 @@ _ROUTES: dict[wire.Op, _Route] = {
     wire.Op.PING: _Route(ShardService._on_ping),
     wire.Op.PEERS: _Route(ShardService._on_peers),
     wire.Op.REJOIN: _Route(ShardService._on_rejoin, from_a_group=False, acked=False),
+    wire.Op.RETIRE: _Route(ShardService._on_retire, from_a_group=False, acked=False),
     wire.Op.FILL: _Route(ShardService._on_fill, from_a_group=False),
     wire.Op.ENDPOINTS: _Route(ShardService._on_endpoints, from_a_group=False, acked=False),
     wire.Op.FILLED: _Route(ShardService._on_filled, from_a_group=False, ends_a_step=True),

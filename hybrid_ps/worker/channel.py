@@ -76,7 +76,8 @@ class ShardChannel:
 
     def tell_peers(self, only: int | None = None) -> Ticket:
         """Tell every shard (or ``only`` that one) where the others are (a primary forwards pushes to its backups);
-        each answers with the deaths and restarts it knows of (``SHARD_DOWN``, ``SHARD_UP``), then its ACK."""
+        each answers with the deaths, restarts and retirements it knows of (``SHARD_DOWN``, ``SHARD_UP``,
+        ``SHARD_RETIRED``), then its ACK."""
         view = TierView(dict(self.links.endpoints), self.routing.placement.replication)
         ticket = Ticket(wire.Op.PEERS, "shard endpoints")
         for shard in self.links.endpoints if only is None else [only]:
@@ -263,6 +264,8 @@ class ShardChannel:
         placement = self.routing.placement
         if not endpoint or (rejoined in placement.rejoined and self.links.endpoints.get(rejoined) == endpoint):
             return  # told already by another shard
+        if rejoined in placement.retired:  # the shards refuse its REJOIN: it stops again
+            return
         log.warning("group %d: shard %d says shard %d runs again at %s", self.group, teller, rejoined, endpoint)
         self.routing.rejoined(rejoined)
         if self.links.endpoints.get(rejoined) != endpoint or not self.links.connected(rejoined):
@@ -271,6 +274,22 @@ class ShardChannel:
                 self._send_again_elsewhere(rejoined)
             self.connect(rejoined, endpoint)
             self.tell_peers(only=rejoined)
+
+    def _told_shard_retired(self, teller: int, frames: list[memoryview]) -> None:
+        """A shard says a dead shard never comes back: route by the placement without it (the acting primaries do
+        not change; after a later death, a range's next primary may be one of the shards that took its place)."""
+        try:
+            retired = wire.decode_shard_id(frames[1])
+        except WireError as e:
+            raise ShardUnavailableError(f"{self.links.where(teller)} sent a bad SHARD_RETIRED: {e}") from e
+        placement = self.routing.placement
+        if retired in placement.retired or retired == teller or len(placement.live_shards) <= 1:
+            return
+        if retired in placement.live_shards and retired in self.links.endpoints:
+            self._declare_dead(retired, silent=None)
+        log.warning("group %d: shard %d says shard %d is retired: the next shards of the ring hold its ranges",
+                    self.group, teller, retired)
+        self.routing.retired(retired)
 
     def _send_again_with_keys(self, shard: int, ticket: Ticket | None, request_id: int) -> bool:
         """After a key-list miss: send the request again with its keys; ``False`` if it was not sent by reference."""
@@ -296,6 +315,9 @@ class ShardChannel:
             return
         if header.op is wire.Op.SHARD_UP:
             self._told_shard_up(shard, frames)
+            return
+        if header.op is wire.Op.SHARD_RETIRED:
+            self._told_shard_retired(shard, frames)
             return
         ticket = self.requests.answered(header.request_id, shard)
         if header.op is wire.Op.ERROR:

@@ -53,6 +53,10 @@ class Routing:
         """Dead ``shard`` runs again, filled by the acting primaries: a live backup (``Placement.with_rejoined``)."""
         self.placement = self.placement.with_rejoined(shard)
 
+    def retired(self, shard: int) -> None:
+        """Dead ``shard`` never comes back: its ranges go on to the next shards (``Placement.with_retired``)."""
+        self.placement = self.placement.without(shard).with_retired(shard)
+
     def switch_to(self, view: TierView) -> None:
         """Route by the tier's new shards from now on."""
         self.placement = Placement(HashRing(view.shard_ids, self.placement.ring.vnodes), view.replication)

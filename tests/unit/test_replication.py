@@ -104,3 +104,51 @@ def test_is_replica_marks_the_keys_a_shard_holds_dead_or_alive():
     for shard in range(4):
         assert np.array_equal(placement.is_replica(KEYS, shard), (replicas == shard).any(axis=1))
     assert not placement.is_replica(KEYS, 9).any(), "a shard that is not on the ring holds nothing"
+
+
+@pytest.mark.parametrize("replication", [2, 3])
+def test_a_retired_shards_place_goes_to_the_next_shard_of_the_ring_and_no_primary_moves(replication):
+    ring = HashRing(range(5), vnodes=32)
+    dead = Placement(ring, replication).without(1)
+    retired = dead.with_retired(1)
+    old, new = dead.replicas_of(KEYS), retired.replicas_of(KEYS)
+    assert retired.retired == (1,) and 1 in retired.dead and retired.live_shards == [0, 2, 3, 4]
+    np.testing.assert_array_equal(retired.primary_of(KEYS), dead.primary_of(KEYS))
+    assert (new != 1).all() and all(len(set(row)) == replication for row in new.tolist())
+    moved = (old == 1).any(axis=1)
+    np.testing.assert_array_equal((new != old).any(axis=1), moved)  # only ranges it held change
+    for o, n in zip(old[moved].tolist(), new[moved].tolist(), strict=True):
+        assert [s for s in o if s != 1] == n[:replication - 1], "the others keep their order; one comes after"
+    walk = ring.preference_slots(replication + 1)[ring.point_of(KEYS[moved])]
+    firsts = [[s for s in row if s != 1][:replication] for row in ring.shard_ids[walk].tolist()]
+    assert new[moved].tolist() == firsts, "the next shard met walking the ring takes the place"
+
+
+def test_after_retirements_a_second_death_loses_nothing_and_the_last_shard_holds_everything():
+    placement = Placement(HashRing(range(3), vnodes=32), 2).without(0).with_retired(0)
+    assert placement.without(1).lost_points == 0  # without the retirement, ranges on {0, 1} would be lost
+    assert Placement(HashRing(range(3), vnodes=32), 2).without(0).without(1).lost_points > 0
+    last = placement.without(1).with_retired(1)
+    assert last.replicas_of(KEYS).shape == (KEYS.size, 1) and (last.primary_of(KEYS) == 2).all()
+    with pytest.raises(ValueError, match="last shard"):
+        last.with_retired(2)
+    with pytest.raises(ValueError, match="was retired"):
+        last.with_rejoined(1)
+
+
+def test_the_order_of_restarts_and_retirements_decides_the_acting_primary():
+    """A replica holds a range from the start, from its restart, or from the retirement that gave it its place;
+    the acting primary is the live one that held it longest."""
+    ring = HashRing(range(4), vnodes=32)
+    start = Placement(ring, 2)
+    # shard 0 restarted (a backup, filled), then shard 1 retired: where 0 had 1 as its partner, 0 stays primary
+    # and the shard that takes 1's place is a backup
+    a = start.without(0).with_rejoined(0).without(1).with_retired(1)
+    np.testing.assert_array_equal(a.primary_of(KEYS), start.without(0).with_rejoined(0).without(1).primary_of(KEYS))
+    assert a.history == (("rejoined", 0), ("retired", 1))
+    # shard 1 retired first (0 filled its new partners), then 0 died and was restarted: 0 is a backup everywhere
+    b = start.without(1).with_retired(1).without(0).with_rejoined(0)
+    assert not b.is_primary(KEYS, 0).any()
+    assert b.history == (("retired", 1), ("rejoined", 0))
+    assert Placement(ring, 2, history=b.history).history == b.history  # a history passed on rebuilds the same
+    np.testing.assert_array_equal(Placement(ring, 2, history=b.history).primary_of(KEYS), b.primary_of(KEYS))

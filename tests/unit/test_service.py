@@ -925,6 +925,59 @@ def test_a_restarted_shard_is_filled_while_pushes_go_on_and_every_replica_ends_b
     assert not placement.is_primary(universe, 1).any(), "a rejoined shard serves as a backup"
 
 
+def test_a_retired_shards_ranges_are_re_replicated_while_pushes_go_on_and_a_second_death_loses_nothing(
+        make_cluster):
+    """No restart left: the supervisor retires its dead shard; the next shards of the ring take its place in each
+    range, filled by the acting primaries, so that a second death later loses nothing."""
+    from hybrid_ps.server.death_notice import tell_shards_of_death, tell_shards_of_retirement
+
+    cluster = make_cluster(shards=4, replication=2, optimizer="adagrad", learning_rate=0.3, width=2)
+    client = cluster.client(timeout=20.0, failover_timeout=15.0)
+    client.join()
+    universe = _random_keys(6000, seed=41)
+    first_replicas = client.placement.replicas_of(universe)
+    both_gone = np.sort(first_replicas, axis=1).tolist().count([1, 2])
+    assert both_gone > 0, "some ranges live on shards 1 and 2 only: without the retirement they would be lost"
+    rng = np.random.default_rng(42)
+
+    def steps(clocks: range) -> None:
+        for step in clocks:
+            keys = np.sort(rng.choice(universe, 3500, replace=False))
+            client.push(keys, rng.normal(size=(keys.size, 2)).astype(np.float32), step, tell_clock=True)
+
+    steps(range(0, 3))
+    client.drain()
+    cluster.dealer(1).send_multipart([_header(wire.Op.SHUTDOWN)])
+    cluster.threads[1].join(timeout=5)
+    endpoints = dict(enumerate(cluster.endpoints))
+    assert tell_shards_of_death(endpoints, 1, curve_keys=None) == [0, 2, 3]
+    steps(range(3, 5))  # in flight while the new backups are filled
+    primaries = client.placement.without(1).primary_of(universe)
+    filled = tell_shards_of_retirement(endpoints, 1, curve_keys=None)
+    steps(range(5, 7))
+    client.drain()  # the client hears SHARD_RETIRED
+    assert sorted(filled) == [0, 2, 3] and sum(filled.values()) > 0
+    placement = client.placement
+    assert placement.retired == (1,) and placement.lost_points == 0
+    assert [cluster.services[i].placement.retired for i in (0, 2, 3)] == [(1,)] * 3
+    np.testing.assert_array_equal(placement.primary_of(universe), primaries)  # no primary moved
+    replicas = placement.replicas_of(universe)
+    assert (replicas != 1).all() and (replicas[:, 0] != replicas[:, 1]).all()
+    held = {i: dict(zip(*_rows_of(cluster.services[i]), strict=True)) for i in (0, 2, 3)}
+    for key, owners in zip(universe.tolist(), replicas.tolist(), strict=True):
+        if key in held[owners[0]] or key in held[owners[1]]:
+            assert held[owners[0]][key] == held[owners[1]][key], f"replicas of key {key} differ"
+    before = client.wait(client.pull(universe, 7))
+    cluster.dealer(2).send_multipart([_header(wire.Op.SHUTDOWN)])
+    cluster.threads[2].join(timeout=5)
+    assert tell_shards_of_death(endpoints, 2, curve_keys=None) == [0, 3]
+    late = cluster.client(0, timeout=20.0, failover_timeout=15.0)  # a leader restarted now knows nothing yet
+    late.join()
+    assert late.placement.retired == (1,) and sorted(late.placement.dead) == [1, 2]
+    np.testing.assert_array_equal(late.wait(late.pull(universe, 7)), before)  # nothing lost
+    np.testing.assert_array_equal(client.wait(client.pull(universe, 7)), before)
+
+
 def test_a_supervisor_tells_every_other_shard_of_its_shards_death(make_cluster):
     from hybrid_ps.server.death_notice import tell_shards_of_death
 

@@ -31,13 +31,16 @@ FRAMES = {
     wire.Op.FILL: 5,
     wire.Op.FILLED: 4,
     wire.Op.ENDPOINTS: 1,
+    wire.Op.RETIRE: 2,
     wire.Op.ACK: 1,
     wire.Op.PULL_REPLY: 3,
     wire.Op.ERROR: 2,
     wire.Op.SHARD_DOWN: 2,
     wire.Op.SHARD_UP: 3,
+    wire.Op.SHARD_RETIRED: 2,
 }
-OPTIONAL_LAST_FRAME = {wire.Op.PUSH, wire.Op.ACK}  # a push's sequence; the shards' view answering a supervisor
+OPTIONAL_LAST_FRAME = {wire.Op.PUSH, wire.Op.ACK, wire.Op.RETIRE}  # a push's sequence; the shards' view answering
+# a supervisor; the sender of a shard's RETIRE to its peers
 
 
 def _raw_header(**changes) -> bytes:
@@ -73,7 +76,8 @@ def test_every_op_has_a_frame_count_and_requests_are_below_replies():
     assert set(FRAMES) == set(wire.Op)
     requests = [op for op in wire.Op if op < 64]
     replies = [op for op in wire.Op if op >= 64]
-    assert {wire.Op.ACK, wire.Op.PULL_REPLY, wire.Op.ERROR, wire.Op.SHARD_DOWN, wire.Op.SHARD_UP} == set(replies)
+    assert {wire.Op.ACK, wire.Op.PULL_REPLY, wire.Op.ERROR, wire.Op.SHARD_DOWN, wire.Op.SHARD_UP,
+            wire.Op.SHARD_RETIRED} == set(replies)
     assert wire.Op.PULL in requests and wire.Op.PUSH in requests
 
 
@@ -127,13 +131,13 @@ def test_bad_magic(magic):
         wire.decode_header([_raw_header(magic=magic)])
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 255])
 def test_bad_version(version):
     with pytest.raises(WireError, match=f"wire version {version}, this build speaks {wire.VERSION}"):
         wire.decode_header([_raw_header(version=version)])
 
 
-@pytest.mark.parametrize("op", [0, 20, 42, 63, 69, 255])
+@pytest.mark.parametrize("op", [0, 21, 42, 63, 70, 255])
 def test_unknown_op(op):
     with pytest.raises(WireError, match=f"unknown op {op}$"):
         wire.decode_header([_raw_header(op=op)])
