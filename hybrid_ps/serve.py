@@ -25,6 +25,8 @@ import json
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ import zmq
 
 from .cli import run_main
 from .config import Config, build_parser, load_config
-from .errors import ConfigError, HybridPSError
+from .errors import ConfigError, HybridPSError, ShardUnavailableError
 from .logs import configure_logging
 from .models import build_model
 from .net.curve import JobKeys
@@ -75,6 +77,8 @@ class TierSupervisor:
         self.restarts_left: dict[int, int] = {}  # per shard: how many more times a death is restarted
         self.members: list[int] = []  # the shards of the current view (a removed one may still be leaving)
         self.codes: dict[int, int] = {}
+        self.retired: dict[int, dict[int, int]] = {}  # shard -> the rows each other shard re-replicated, once done
+        self._notices: list[threading.Thread] = []  # REJOINs and RETIREs under way: the loop supervises meanwhile
         self.curve_keys = JobKeys.generate() if config.cluster.security == "curve" else None
         self._context = zmq.Context()
         self.control, self.control_endpoint = bind_router(self._context, resolve_bind_host(config.cluster.bind_host),
@@ -109,17 +113,32 @@ class TierSupervisor:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         while len(self.codes) < len(self.shards):
+            self._notices = [notice for notice in self._notices if notice.is_alive()]
             if poller.poll(_POLL_MS):
                 self._serve_control()
             for shard_id, shard in list(self.shards.items()):
                 if shard_id not in self.codes and (code := shard.poll(stop, self._tell_of_death)) is not None:
-                    if code != 0 and self._may_restart(shard_id, stop):
-                        self._restart(shard_id)
+                    if code != 0 and self._may_restart(shard_id, stop) and self._restart(shard_id):
                         continue
                     self.codes[shard_id] = code
                     if code != 0 and self._may_retire(shard_id, stop):
                         self._retire(shard_id)
+        for notice in self._notices:  # cancelled: every shard stopped
+            notice.join()
         return self.codes
+
+    def _in_background(self, notice: Callable[[], object]) -> None:
+        """Send a REJOIN or RETIRE and wait for its answers in a thread: the shards answer once they filled
+        another, and a death meanwhile must still be seen and told at once (or they wait for ever)."""
+        thread = threading.Thread(target=notice, daemon=True, name="tier notice")
+        thread.start()
+        self._notices.append(thread)
+
+    def _live_endpoints(self) -> dict[int, str]:
+        return {i: self.shards[i].endpoint for i in self.members if i not in self.codes}
+
+    def _all_exited(self) -> bool:
+        return len(self.codes) == len(self.shards)
 
     def _may_restart(self, shard_id: int, stop: StopRequest | None) -> bool:
         """A member that died with restarts left, and no stop requested: start it again."""
@@ -135,18 +154,27 @@ class TierSupervisor:
     def _retire(self, dead: int) -> None:
         """Have the other shards re-replicate ``dead``'s ranges (RETIRE). The tier file keeps it: the ring stays
         the same, and the shards tell each new client it is retired."""
-        tell_shards_of_retirement({i: self.shards[i].endpoint for i in self.members}, dead,
-                                  curve_keys=self.curve_keys)
+        endpoints = self._live_endpoints()
+        self._in_background(lambda: self.retired.setdefault(dead, tell_shards_of_retirement(
+            endpoints, dead, curve_keys=self.curve_keys, cancelled=self._all_exited)))
 
-    def _restart(self, dead: int) -> None:
-        """Start ``dead`` again, empty, and have the other shards fill it (REJOIN); republish the tier file."""
+    def _restart(self, dead: int) -> bool:
+        """Start ``dead`` again, empty, and have the other shards fill it (REJOIN); republish the tier file;
+        ``False`` if it did not start."""
         self.restarts_left[dead] -= 1
         spec = dataclasses.replace(self.specs[dead], restarted=True)
-        self.shards[dead] = ShardProcess(spec, self.debug, label=self.tier_file)
+        try:
+            self.shards[dead] = ShardProcess(spec, self.debug, label=self.tier_file)
+        except ShardUnavailableError as e:
+            log.error("shard %d could not be restarted: %s", dead, e)
+            return False
         log.warning("shard %d restarted as pid %d at %s (%d restart(s) left); the other replicas fill it", dead,
                     self.shards[dead].pid, self.shards[dead].endpoint, self.restarts_left[dead])
         self._publish()  # new worker jobs find it at once (the shards tell them it is a backup being filled)
-        tell_shards_of_rejoin({i: self.shards[i].endpoint for i in self.members}, dead, curve_keys=self.curve_keys)
+        endpoints = self._live_endpoints()
+        self._in_background(lambda: tell_shards_of_rejoin(endpoints, dead, curve_keys=self.curve_keys,
+                                                          cancelled=self._all_exited))
+        return True
 
     def _tell_of_death(self, dead: int) -> None:
         endpoints = {i: self.shards[i].endpoint for i in self.members}

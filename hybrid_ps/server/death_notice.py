@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -42,24 +43,26 @@ def tell_shards_of_death(endpoints: dict[int, str], dead: int, *, curve_keys: Jo
 
 
 def tell_shards_of_rejoin(endpoints: dict[int, str], shard: int, *, curve_keys: JobKeys | None,
-                          timeout: float = 600.0) -> dict[int, int]:
+                          timeout: float = 600.0, cancelled: Callable[[], bool] | None = None) -> dict[int, int]:
     """Send REJOIN of restarted ``shard`` (at ``endpoints[shard]``) to every other shard and wait until each has
-    filled it: the rows each sent, by shard (a shard missing did not answer within ``timeout`` seconds)."""
+    filled it: the rows each sent, by shard (a shard missing did not answer within ``timeout`` seconds, or before
+    ``cancelled()``)."""
     started = time.monotonic()
     frames = [wire.encode_shard_id(shard), endpoints[shard].encode()]
-    filled = _tell_the_others(endpoints, shard, wire.Op.REJOIN, frames, curve_keys=curve_keys, timeout=timeout)
+    filled = _tell_the_others(endpoints, shard, wire.Op.REJOIN, frames, curve_keys=curve_keys, timeout=timeout,
+                              cancelled=cancelled)
     log.warning("shard %d rebuilt: %d rows from shard(s) %s in %.2fs", shard, sum(filled.values()), sorted(filled),
                 time.monotonic() - started)
     return filled
 
 
 def tell_shards_of_retirement(endpoints: dict[int, str], shard: int, *, curve_keys: JobKeys | None,
-                              timeout: float = 600.0) -> dict[int, int]:
+                              timeout: float = 600.0, cancelled: Callable[[], bool] | None = None) -> dict[int, int]:
     """Send RETIRE of dead ``shard`` to every other shard and wait until each has filled the shards that take its
     place in the ranges it is acting primary of: the rows each sent, by shard (as ``tell_shards_of_rejoin``)."""
     started = time.monotonic()
     filled = _tell_the_others(endpoints, shard, wire.Op.RETIRE, [wire.encode_shard_id(shard)], curve_keys=curve_keys,
-                              timeout=timeout)
+                              timeout=timeout, cancelled=cancelled)
     log.warning("shard %d retired: its ranges re-replicated on the other shards, %d rows from shard(s) %s in %.2fs",
                 shard, sum(filled.values()), sorted(filled), time.monotonic() - started)
     return filled
@@ -180,16 +183,20 @@ class _Notice:
 
 
 def _tell_the_others(endpoints: dict[int, str], about: int, op: wire.Op, frames: list[bytes], *,
-                     curve_keys: JobKeys | None, timeout: float) -> dict[int, int]:
+                     curve_keys: JobKeys | None, timeout: float,
+                     cancelled: Callable[[], bool] | None = None) -> dict[int, int]:
     """Send ``op`` with ``frames`` to every shard but ``about`` (at the endpoints the answers name, too: a restarted
-    shard's new one); the clock field of each shard's ACK within ``timeout``, by shard."""
+    shard's new one); the clock field of each shard's ACK within ``timeout`` (checking ``cancelled`` every 0.2 s),
+    by shard."""
     notice = _Notice(op, about, frames, curve_keys)
     try:
         for shard, endpoint in endpoints.items():
             notice.send(shard, endpoint)
         deadline = time.monotonic() + timeout
         while notice.waiting() and (remaining := deadline - time.monotonic()) > 0:
-            for sock, _ in notice.poller.poll(int(remaining * 1000) + 1):
+            if cancelled is not None and cancelled():
+                break
+            for sock, _ in notice.poller.poll(int(min(remaining, 0.2) * 1000) + 1):
                 notice.take(sock, endpoints)
     finally:
         notice.close()

@@ -169,8 +169,8 @@ class TierMembership:
         placement = self.placement
         if shard in placement.retired:
             return False
-        if shard == self.shard_id or not self._on_the_ring(shard) or len(placement.live_shards) <= 1 \
-                or placement.without(shard).lost_points:
+        others = [s for s in placement.live_shards if s != shard]
+        if shard == self.shard_id or not self._on_the_ring(shard) or not others or placement.without(shard).lost_points:
             log.error("shard %d: told to retire shard %d, which is not another shard of its ring whose ranges "
                       "live on (live: %s): ignored", self.shard_id, shard, placement.live_shards)
             return False

@@ -115,7 +115,8 @@ class Rebuild:
         done (the request to answer now, else ``None``); a peer's is ACKed now."""
         before = self.membership.placement
         if self.membership.retire(shard):
-            request = self._retirements[shard] = WaitingRequest(b"" if from_a_peer else identity, header)
+            request = WaitingRequest(b"" if from_a_peer else identity, header, value=0)  # value: the rows sent
+            self._retirements[shard] = request
             self.forwards.tell_peers_retired(shard, self.membership.placement.live_shards)
             for client, group in clients.items():
                 self.replies.shard_retired(client, group, shard)
@@ -125,7 +126,8 @@ class Rebuild:
             return None
         fills = self._retirements.get(shard)
         if fills is None:  # refused (membership.retire says why)
-            return WaitingRequest(identity, header, error=f"shard {self.shard_id} cannot retire shard {shard}")
+            return WaitingRequest(identity, header, error=f"shard {self.shard_id} cannot retire shard {shard} (not "
+                                  f"another shard of its ring whose ranges live on elsewhere)")
         if fills.backups:  # fills under way: answered when they end
             fills.identity, fills.header = identity, header
             return None

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 
+from ..errors import ShardUnavailableError
 from ..net.curve import JobKeys
 from ..preemption import StopRequest
 from .death_notice import EndpointWatch, tell_shards_of_death, tell_shards_of_rejoin, tell_shards_of_retirement
@@ -80,14 +81,13 @@ class RestartingShard:
                 endpoints, dead, curve_keys=self.curve_keys), tick=watch.tick if replicated else None)
             if code == 0 or (stop is not None and stop.requested) or not replicated:
                 return code
-            if self.restarts_left == 0:
-                started = time.monotonic()
+            started = time.monotonic()
+            restarted = self._restart() if self.restarts_left else None
+            if restarted is None:
                 if tell_shards_of_retirement(endpoints, shard_id, curve_keys=self.curve_keys):
                     self.retire_seconds = time.monotonic() - started
                 return code
-            self.restarts_left -= 1
-            started = time.monotonic()
-            self.process = ShardProcess(self._fresh_spec(), self.debug, label=self.label)
+            self.process = restarted
             endpoints[shard_id] = self.process.endpoint
             watch.moved()
             log.warning("shard %d restarted as pid %d at %s (%d restart(s) left); the other replicas fill it",
@@ -100,6 +100,12 @@ class RestartingShard:
                 return code
             self.rebuild_seconds.append(time.monotonic() - started)
 
-    def _fresh_spec(self) -> ShardSpec:
-        """The spec of a restart: never resumed from a checkpoint (the other replicas hold newer rows)."""
-        return dataclasses.replace(self.spec, restarted=True)
+    def _restart(self) -> ShardProcess | None:
+        """A new, empty process for the shard (never resumed from a checkpoint: the other replicas hold newer rows);
+        ``None`` if it did not start (the shard is then retired)."""
+        self.restarts_left -= 1
+        try:
+            return ShardProcess(dataclasses.replace(self.spec, restarted=True), self.debug, label=self.label)
+        except ShardUnavailableError as e:
+            log.error("shard %d could not be restarted: %s", self.spec.shard_id, e)
+            return None

@@ -27,9 +27,10 @@ pytestmark = pytest.mark.fault
 UNIVERSE = np.arange(20_000, dtype=np.uint64)
 
 
-def _tier(tmp_path, servers: int, replication: int) -> tuple[TierSupervisor, threading.Thread]:
+def _tier(tmp_path, servers: int, replication: int, restarts: int = 3) -> tuple[TierSupervisor, threading.Thread]:
     config = Config()
     config.cluster.servers, config.cluster.groups, config.cluster.replication = servers, 1, replication
+    config.cluster.shard_restarts = restarts
     config.cluster.staleness, config.cluster.bind_host = float("inf"), "127.0.0.1"
     config.optimizer.name, config.optimizer.learning_rate = "sgd", 1.0
     config.train.checkpoint_dir = str(tmp_path / "checkpoints")
@@ -144,4 +145,35 @@ def test_a_tier_shard_that_dies_is_reported_by_the_tier_a_leader_fails_over_at_o
         context.term()
     runner.join(timeout=10)  # a shard that stops answers the REJOIN it still owed: the tier does not wait it out
     assert not runner.is_alive() and tier.codes == {0: 0, 1: 0, 2: 0}, tier.codes
+    tier.close()
+
+
+def test_a_tier_with_no_restart_left_retires_a_dead_shard_and_survives_a_second_death(tmp_path):
+    tier, runner = _tier(tmp_path, 3, 2, restarts=0)
+    tier_file = read_tier_file(str(tmp_path / "tier.json"))
+    context = zmq.Context()
+    client = PSClient(tier_file.endpoints, 0, 1, HashRing(sorted(tier_file.endpoints)), context=context,
+                      replication=2, timeout=30, failover_timeout=25, curve_keys=tier_file.curve_keys)
+    try:
+        clock = client.join()
+        client.wait(client.push(UNIVERSE, np.ones((UNIVERSE.size, 1), np.float32), clock))
+        os.kill(tier.shards[1].pid, signal.SIGKILL)
+        deadline, pushes = time.monotonic() + 30, 1
+        while client.placement.retired != (1,):  # the tier retires it, the others re-replicate its ranges
+            assert time.monotonic() < deadline, "shard 1 was not retired"
+            clock, pushes = clock + 1, pushes + 1
+            client.wait(client.push(UNIVERSE, np.ones((UNIVERSE.size, 1), np.float32), clock))
+        while 1 not in tier.retired:  # the new backups are filled
+            assert time.monotonic() < deadline, "shard 1's ranges were not re-replicated"
+            time.sleep(0.05)
+        assert sorted(tier.retired[1]) == [0, 2] and sum(tier.retired[1].values()) > 0
+        os.kill(tier.shards[2].pid, signal.SIGKILL)  # every range of shards 1 and 2 only lives on shard 0 now
+        np.testing.assert_array_equal(client.wait(client.pull(UNIVERSE, clock))[:, 0], -float(pushes))
+        assert sorted(client.placement.dead) == [1, 2]
+        client.bye()
+    finally:
+        client.close()
+        context.term()
+    runner.join(timeout=10)
+    assert not runner.is_alive() and tier.codes[0] == 0 and tier.codes[1] != 0 and tier.codes[2] != 0, tier.codes
     tier.close()

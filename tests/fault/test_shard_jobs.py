@@ -53,6 +53,34 @@ def test_a_shard_killed_mid_training_does_not_change_the_result(start_job, undis
     assert re.search(rf"shard {victim} rebuilt: \d+ rows from shard\(s\)", job.stderr), job.stderr[-3000:]
 
 
+def test_with_no_restart_left_a_dead_shard_is_retired_and_a_second_death_loses_nothing(start_job, undisturbed):
+    """``--shard-restarts 0``: each dead shard is retired, its ranges re-replicated on the others; two deaths that
+    3 shards at replication 2 could not survive otherwise, and the job ends as if undisturbed."""
+    rng = np.random.default_rng(int(time.time()))
+    first, second = (int(v) for v in rng.permutation(3)[:2])
+    job = start_job(9, *LAYOUT, "--replication", "2", "--shard-restarts", "0")
+    pids = job.shard_pid(first), job.shard_pid(second)
+    at_step = int(rng.integers(20, 60))
+    job.reached_step(at_step)
+    os.kill(pids[0], signal.SIGKILL)
+    job.wait_for(lambda: f"shard {first} retired: its ranges re-replicated" in job.stderr, f"shard {first} retired")
+    job.reached_step(at_step + 40)
+    os.kill(pids[1], signal.SIGKILL)
+    assert job.finish() == 0, job.stderr[-3000:]
+    summary, keys = undisturbed
+    retired = re.search(rf"shard {first} retired: its ranges re-replicated on the other shards, (\d+) rows from "
+                        rf"shard\(s\) \[[\d, ]+\] in ([\d.]+)s", job.stderr)
+    assert retired, job.stderr[-3000:]
+    print(f"shard {first} killed at step {at_step} and retired ({retired[1]} rows re-replicated in {retired[2]} s), "
+          f"shard {second} killed 40 steps later: final logloss {job.summary['final_logloss']:.4f} vs "
+          f"{summary['final_logloss']:.4f} undisturbed")
+    assert "every replica of" not in job.stderr and "restarted as pid" not in job.stderr
+    assert f"says shard {first} is retired" in job.stderr, "the leaders were told"
+    assert job.summary["samples"] == summary["samples"]
+    assert abs(job.summary["final_logloss"] - summary["final_logloss"]) <= 0.01 * summary["final_logloss"]
+    assert checkpoint.checkpoint_info(job.output_dir / "checkpoints")["total_keys"] == keys
+
+
 def test_losing_the_only_replica_stops_the_job_and_resume_latest_finishes_it(start_job, tmp_path):
     root = tmp_path / "checkpoints"
     args = [*LAYOUT, "--replication", "1", "--checkpoint-every", "20", "--checkpoint-dir", str(root), "--epochs", "4"]
