@@ -15,6 +15,8 @@ Run: ``python -m benchmarks.replication [--ranks 8] [--repeats 3]``.
    SIGKILLed, restarted empty and filled by the others (REJOIN) while a client keeps pushing and
    pulling: the seconds from the restart's REJOIN to every primary's fill acknowledged, the longest
    step meanwhile, and that the rebuilt replica equals its peers (a pull from it after the others die).
+   The same with no restart (``--shard-restarts 0``): the dead shard is retired (RETIRE) and the two
+   others fill each other with the ranges it backed up.
 """
 
 from __future__ import annotations
@@ -94,15 +96,16 @@ def _stall_after_a_kill(failover_timeout: float, supervised: bool = False, steps
         _close(done, client, context, shards)
 
 
-def _rebuild(num_keys: int) -> dict[str, float]:
-    """Seconds to fill a restarted shard of three (replication 2, AdaGrad) holding ``num_keys`` keys in all, and
-    the longest push + pull step of a client training meanwhile."""
+def _rebuild(num_keys: int, retire: bool = False) -> dict[str, float]:
+    """Seconds to fill a restarted shard of three (replication 2, AdaGrad) holding ``num_keys`` keys in all (or,
+    ``retire``, to re-replicate a dead one's ranges on the two others), and the longest push + pull step of a
+    client training meanwhile."""
     import dataclasses
 
     import zmq
 
     from hybrid_ps.placement.ring import HashRing
-    from hybrid_ps.server.death_notice import tell_shards_of_death, tell_shards_of_rejoin
+    from hybrid_ps.server.death_notice import tell_shards_of_death, tell_shards_of_rejoin, tell_shards_of_retirement
     from hybrid_ps.server.process import ShardProcess, ShardSpec
     from hybrid_ps.worker.client import PSClient
 
@@ -137,10 +140,14 @@ def _rebuild(num_keys: int) -> dict[str, float]:
         shards[1].process.wait()
         tell_shards_of_death(endpoints, 1, curve_keys=None)
         before = len(steps)
-        shards[1] = ShardProcess(dataclasses.replace(specs[1], restarted=True))
-        endpoints[1] = shards[1].endpoint
-        started = time.monotonic()
-        filled = tell_shards_of_rejoin(endpoints, 1, curve_keys=None)
+        if retire:
+            started = time.monotonic()
+            filled = tell_shards_of_retirement({i: endpoints[i] for i in (0, 2)}, 1, curve_keys=None)
+        else:
+            shards[1] = ShardProcess(dataclasses.replace(specs[1], restarted=True))
+            endpoints[1] = shards[1].endpoint
+            started = time.monotonic()
+            filled = tell_shards_of_rejoin(endpoints, 1, curve_keys=None)
         seconds = time.monotonic() - started
         time.sleep(1.0)
         done.set()
@@ -170,10 +177,11 @@ def main() -> None:
     parser.add_argument("--rebuild-keys", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--only-rebuild", action="store_true", help="measure the rebuild only")
     args = parser.parse_args()
-    rebuilds = {str(n): _rebuild(n) for n in args.rebuild_keys}
-    print_table(["keys", "rows filled", "rebuild s", "longest step meanwhile s", "median step s"],
-                [[r["keys"], r["rows_filled"], r["rebuild_seconds"], r["longest_step_seconds"],
-                  r["median_step_seconds"]] for r in rebuilds.values()])
+    rebuilds = {f"{how} {n}": _rebuild(n, retire=how == "retire") for how in ("restart", "retire")
+                for n in args.rebuild_keys}
+    print_table(["rebuild", "keys", "rows filled", "rebuild s", "longest step meanwhile s", "median step s"],
+                [[name.split()[0], r["keys"], r["rows_filled"], r["rebuild_seconds"], r["longest_step_seconds"],
+                  r["median_step_seconds"]] for name, r in rebuilds.items()])
     if args.only_rebuild:
         return
 
