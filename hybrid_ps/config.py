@@ -60,7 +60,8 @@ class ClusterConfig:
         "backups take over", "--failover-timeout")
     shard_restarts: int = _option(
         3, "times a server rank (or hybrid_ps.serve) restarts its shard after it died; with replication the "
-        "new shard is filled from the other replicas while training goes on (0 = never)", "--shard-restarts")
+        "new shard is filled from the other replicas while training goes on; once none is left, a death retires "
+        "the shard and its ranges are re-replicated on the others (0 = never restart)", "--shard-restarts")
     max_keys_per_message: int = _option(1 << 24, "largest key count a shard accepts in one message")
     ps_tier: str = _option(
         "", "tier file of a PS tier started with python -m hybrid_ps.serve: every rank of this job is a "
