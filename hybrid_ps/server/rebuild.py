@@ -138,8 +138,12 @@ class Rebuild:
         primary of."""
         after, keys = self.membership.placement, self.shard.rows()[0]
         for backup in after.live_shards:
-            if backup != self.shard_id:
+            if backup == self.shard_id:
+                continue
+            if self.forwards.links.connected(backup):
                 self.forwards.start_fill(request, backup, keys, select=self._new_for(backup, before), table=_no_table)
+            else:  # no leader told this shard where it is: it cannot forward to it either
+                log.error("shard %d does not know shard %d's endpoint: it cannot fill it", self.shard_id, backup)
         log.info("shard %d: filling shards %s with the ranges they now back up, from its %d keys", self.shard_id,
                  sorted(request.backups), keys.size)
 

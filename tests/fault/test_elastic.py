@@ -40,6 +40,16 @@ def _tier(tmp_path, servers: int, replication: int, restarts: int = 3) -> tuple[
     return tier, runner
 
 
+def _pushed_once(tier_file, context: zmq.Context) -> tuple[PSClient, int]:
+    """A leader of group 0 of the tier (a 25 s failover timeout: it must fail over on the tier's word), joined,
+    that pushed -1 to every key of UNIVERSE; and its clock."""
+    client = PSClient(tier_file.endpoints, 0, 1, HashRing(sorted(tier_file.endpoints)), context=context,
+                      replication=2, timeout=30, failover_timeout=25, curve_keys=tier_file.curve_keys)
+    clock = client.join()
+    client.wait(client.push(UNIVERSE, np.ones((UNIVERSE.size, 1), np.float32), clock))
+    return client, clock
+
+
 @pytest.mark.parametrize("replication", [1, 2])
 def test_shards_join_and_leave_while_a_group_trains_and_no_update_is_lost(tmp_path, capsys, replication):
     tier, runner = _tier(tmp_path, 3, replication)
@@ -120,11 +130,8 @@ def test_a_tier_shard_that_dies_is_reported_by_the_tier_a_leader_fails_over_at_o
     tier, runner = _tier(tmp_path, 3, 2)
     tier_file = read_tier_file(str(tmp_path / "tier.json"))
     context = zmq.Context()
-    client = PSClient(tier_file.endpoints, 0, 1, HashRing(sorted(tier_file.endpoints)), context=context,
-                      replication=2, timeout=30, failover_timeout=25, curve_keys=tier_file.curve_keys)
+    client, clock = _pushed_once(tier_file, context)
     try:
-        clock = client.join()
-        client.wait(client.push(UNIVERSE, np.ones((UNIVERSE.size, 1), np.float32), clock))
         os.kill(tier.shards[1].pid, signal.SIGKILL)
         started = time.monotonic()
         values = client.wait(client.pull(UNIVERSE, clock))  # a third of it waited on the dead shard
@@ -150,13 +157,9 @@ def test_a_tier_shard_that_dies_is_reported_by_the_tier_a_leader_fails_over_at_o
 
 def test_a_tier_with_no_restart_left_retires_a_dead_shard_and_survives_a_second_death(tmp_path):
     tier, runner = _tier(tmp_path, 3, 2, restarts=0)
-    tier_file = read_tier_file(str(tmp_path / "tier.json"))
     context = zmq.Context()
-    client = PSClient(tier_file.endpoints, 0, 1, HashRing(sorted(tier_file.endpoints)), context=context,
-                      replication=2, timeout=30, failover_timeout=25, curve_keys=tier_file.curve_keys)
+    client, clock = _pushed_once(read_tier_file(str(tmp_path / "tier.json")), context)
     try:
-        clock = client.join()
-        client.wait(client.push(UNIVERSE, np.ones((UNIVERSE.size, 1), np.float32), clock))
         os.kill(tier.shards[1].pid, signal.SIGKILL)
         deadline, pushes = time.monotonic() + 30, 1
         while client.placement.retired != (1,):  # the tier retires it, the others re-replicate its ranges

@@ -883,6 +883,19 @@ def _restart(cluster, shard_id: int) -> None:
     cluster.threads[shard_id].start()
 
 
+def _adagrad_steps(client: PSClient, universe: np.ndarray, per_step: int, seed: int):
+    """A function pushing random width-2 gradients for ``per_step`` of ``universe``'s keys at each clock it is given
+    (each push also ends its step), without waiting for the acknowledgements."""
+    rng = np.random.default_rng(seed)
+
+    def steps(clocks: range) -> None:
+        for step in clocks:
+            keys = np.sort(rng.choice(universe, per_step, replace=False))
+            client.push(keys, rng.normal(size=(keys.size, 2)).astype(np.float32), step, tell_clock=True)
+
+    return steps
+
+
 def test_a_restarted_shard_is_filled_while_pushes_go_on_and_every_replica_ends_bit_identical(make_cluster):
     from hybrid_ps.server.death_notice import tell_shards_of_death, tell_shards_of_rejoin
 
@@ -890,12 +903,7 @@ def test_a_restarted_shard_is_filled_while_pushes_go_on_and_every_replica_ends_b
     client = cluster.client(timeout=20.0, failover_timeout=15.0)
     client.join()
     universe = _random_keys(5000, seed=31)
-    rng = np.random.default_rng(32)
-
-    def steps(clocks: range) -> None:
-        for step in clocks:
-            keys = np.sort(rng.choice(universe, 3000, replace=False))
-            client.push(keys, rng.normal(size=(keys.size, 2)).astype(np.float32), step, tell_clock=True)
+    steps = _adagrad_steps(client, universe, 3000, seed=32)
 
     steps(range(0, 3))
     client.drain()
@@ -938,12 +946,7 @@ def test_a_retired_shards_ranges_are_re_replicated_while_pushes_go_on_and_a_seco
     first_replicas = client.placement.replicas_of(universe)
     both_gone = np.sort(first_replicas, axis=1).tolist().count([1, 2])
     assert both_gone > 0, "some ranges live on shards 1 and 2 only: without the retirement they would be lost"
-    rng = np.random.default_rng(42)
-
-    def steps(clocks: range) -> None:
-        for step in clocks:
-            keys = np.sort(rng.choice(universe, 3500, replace=False))
-            client.push(keys, rng.normal(size=(keys.size, 2)).astype(np.float32), step, tell_clock=True)
+    steps = _adagrad_steps(client, universe, 3500, seed=42)
 
     steps(range(0, 3))
     client.drain()
