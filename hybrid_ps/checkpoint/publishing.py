@@ -37,6 +37,10 @@ def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -
     """
     root = Path(root)
     partial = partial_dir(root, clock)
+    final = root / f"ckpt-{clock}"
+    if final.exists():  # published already: a shard file written late (a shard restarted during the cut) is
+        shutil.rmtree(partial, ignore_errors=True)  # only part of the cut, and never replaces the whole one
+        return None
     lock = partial / ".publishing"
     try:
         lock.mkdir()
@@ -50,9 +54,6 @@ def publish(root: str | Path, clock: int, info: dict[str, Any], keep: int = 3) -
         with _open(path) as f:
             shards.append((path.name, f["keys"].shape[0], f["values"].shape[1], f["clock_table"][()], dict(f.attrs)))
     _write_model_file(partial / "model.h5", clock, shards, info)  # fsyncs partial/ too
-    final = root / f"ckpt-{clock}"
-    if final.exists():
-        shutil.rmtree(final)
     os.replace(partial, final)  # the lock goes along: a late leader finds no .partial, or a locked one
     (final / lock.name).rmdir()
     fsync_dir(root)

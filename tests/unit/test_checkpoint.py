@@ -83,6 +83,14 @@ def test_keep_prunes_and_second_publish_is_a_no_op(tmp_path):
     assert checkpoint.publish(tmp_path, 4, INFO) is None
 
 
+def test_a_shard_file_written_after_its_cut_was_published_never_replaces_it(tmp_path):
+    """A shard restarted during the cut writes its (empty) part late, and a second leader tries to publish it."""
+    _write_checkpoint(tmp_path, 7, [np.array([1, 2]), np.array([3])])
+    checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path, 7), _shard(2, 3, np.array([], np.uint64), 7))
+    assert checkpoint.publish(tmp_path, 7, INFO) is None
+    assert checkpoint.checkpoint_info(tmp_path)["total_keys"] == 3 and not checkpoint.partial_dir(tmp_path, 7).exists()
+
+
 def test_a_leader_publishing_the_same_cut_at_the_last_moment_backs_off(tmp_path, monkeypatch):
     for shard in range(2):
         checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path, 9), _shard(shard, 2, np.array([shard])))
