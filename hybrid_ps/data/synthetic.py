@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLOCK_ROWS",
+    "MAX_FEATURES",
+    "EXACT_FEATURES",
     "SyntheticSpec",
     "SyntheticShard",
     "mix64",
@@ -59,6 +61,8 @@ LATENT_RANK = 4
 _WEIGHT_SALT = np.uint64(0x5851F42D4C957F2D)
 _LATENT_SALT = np.uint64(0x14057B7EF767814F)
 _MAX_FEATURE_KEY = np.uint64(2**64 - 2)  # 2**64 - 1 is the model's bias key
+MAX_FEATURES = 2**64 - 2
+"""The largest ``features``: as many ids as there are feature keys."""
 _MAX_MARGIN = 500.0  # |margin| above this saturates the sigmoid anyway; keeps exp() finite
 _RECORDED = ("rows", "features", "nnz_per_row", "zipf_exponent", "seed", "interactions")  # [data] settings, kept
 _OPTIONAL = {"interactions": 0.0}  # in a checkpoint's record: absent from those of earlier versions
@@ -103,7 +107,7 @@ class SyntheticSpec:
                 raise ConfigError(f"data.{name} must be a finite number, got {value!r}")
         for name, ok, rule in (
             ("rows", self.rows > 0, "> 0"),
-            ("features", 0 < self.features < 2**31, "> 0 and < 2**31"),
+            ("features", 0 < self.features <= MAX_FEATURES, "> 0 and <= 2**64 - 2"),
             ("nnz_per_row", self.nnz_per_row > 0, "> 0"),
             ("zipf_exponent", self.zipf_exponent > 0, "> 0"),
             ("weight_scale", self.weight_scale >= 0, ">= 0"),
@@ -141,7 +145,8 @@ class SyntheticSpec:
         missing = [name for name in _RECORDED if name not in record and name not in _OPTIONAL]
         if missing:
             raise CheckpointError(f"{origin} does not record the synthetic data's {', '.join(missing)}")
-        return cls(**{name: record.get(name, _OPTIONAL.get(name)) for name in _RECORDED})
+        values = {name: record.get(name, _OPTIONAL.get(name)) for name in _RECORDED}
+        return cls(**{name: int(v) if isinstance(v, np.integer) else v for name, v in values.items()})  # HDF5: uint64
 
 
 def feature_key(index: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -239,7 +244,7 @@ def true_logit(batch: Batch, spec: SyntheticSpec) -> np.ndarray:
 
 
 class _ZipfSampler:
-    """Inverse-CDF sampling of ``p(i) ∝ (i + 1) ** -a``, accelerated by a guide table.
+    """Inverse-CDF sampling of ``p(i) ∝ (i + 1) ** -a`` over a table of the CDF, accelerated by a guide table.
 
     The result is exactly ``np.searchsorted(cdf, u, side="right")``. A guide
     table over ``G`` (a power of two) equal-width buckets of ``[0, 1)`` answers
@@ -249,7 +254,9 @@ class _ZipfSampler:
     """
 
     def __init__(self, features: int, exponent: float) -> None:
-        cdf = np.cumsum(np.arange(1, features + 1, dtype=np.float64) ** -exponent)
+        weights = np.arange(1, features + 1, dtype=np.float64) ** -exponent
+        cdf = np.cumsum(weights)
+        self.mass = float(cdf[-1])  # the sum of the weights (before normalising)
         cdf /= cdf[-1]
         cdf[-1] = 1.0  # every u < 1 lands on a feature
         self._cdf = cdf
@@ -282,6 +289,70 @@ class _ZipfSampler:
         return np.minimum(index, self._last, out=index)
 
 
+EXACT_FEATURES = 1 << 22
+"""Up to this many features the sampler keeps the whole CDF (32 MB); above, its head only (``_PowerLawSampler``)."""
+
+_HEAD_FEATURES = 1 << 20
+
+
+class _PowerLawSampler:
+    """``p(i) ∝ (i + 1) ** -a`` over any number of features (up to ``2**64 - 2``) in memory that does not grow
+    with it: the first ``head`` features by their exact CDF (``_ZipfSampler``), the rest by the analytic
+    inverse of the tail's CDF.
+
+    The tail's weight ``sum_{t=head+1}^{n} t**-a`` is the integral of ``t**-a`` over ``[head + 0.5, n + 0.5]``
+    (the midpoint rule, relative error ``a (a + 1) / (24 t**2)``, below 1e-13 past a million), so a draw
+    inverts ``x**(1 - a)`` (``log x`` at ``a = 1``) and rounds to the nearest ``t``. Above ``2**53`` the
+    float64 draws reach only every ``2**(e - 52)``-th id near ``2**e``: the shape holds, not every id.
+
+    Args:
+        features: distinct feature indices ``[0, features)``.
+        exponent: ``a``.
+        head: features sampled exactly (all of them if ``features <= EXACT_FEATURES``: the data is then
+            today's bit for bit).
+    """
+
+    def __init__(self, features: int, exponent: float, head: int | None = None) -> None:
+        if head is None:
+            head = features if features <= EXACT_FEATURES else _HEAD_FEATURES
+        head = min(head, features)
+        self.features, self.exponent = features, exponent
+        self._head = _ZipfSampler(head, exponent)
+        self._low, self._high = head + 0.5, float(features) + 0.5
+        tail = self._tail_mass()
+        self.head_share = self._head.mass / (self._head.mass + tail)  # P(index < head)
+        self._head_size = head
+
+    def _tail_mass(self) -> float:
+        if self._high <= self._low:
+            return 0.0
+        if abs(1.0 - self.exponent) < 1e-9:
+            return math.log(self._high / self._low)
+        power = 1.0 - self.exponent
+        return (self._high**power - self._low**power) / power
+
+    def __call__(self, uniform: np.ndarray) -> np.ndarray:
+        """Feature indices for uniforms in ``[0, 1)``: int64 up to ``2**63``, uint64 above."""
+        if self._head_size == self.features:
+            return self._head(uniform)
+        in_head = uniform < self.head_share
+        index = np.empty(uniform.shape, dtype=np.uint64)
+        index[in_head] = self._head(uniform[in_head] / self.head_share)
+        index[~in_head] = self._tail((uniform[~in_head] - self.head_share) / (1.0 - self.head_share))
+        return index if self.features > 2**63 else index.astype(np.int64)
+
+    def _tail(self, v: np.ndarray) -> np.ndarray:
+        """Indices ``t - 1`` of the tail's ``t`` in ``[head + 1, features]`` for uniforms in ``[0, 1)``."""
+        if abs(1.0 - self.exponent) < 1e-9:
+            x = self._low * np.exp(v * math.log(self._high / self._low))
+        else:
+            power = 1.0 - self.exponent
+            low, high = self._low**power, self._high**power
+            x = (low + v * (high - low)) ** (1.0 / power)
+        t = np.clip(np.floor(x + 0.5), self._head_size + 1, np.nextafter(2.0**64, 0))
+        return np.minimum(t.astype(np.uint64) - np.uint64(1), np.uint64(self.features - 1))
+
+
 class SyntheticShard:
     """This rank's contiguous share of the synthetic rows, generated lazily block by block.
 
@@ -308,7 +379,7 @@ class SyntheticShard:
         self.num_ranks = num_ranks
         self.start_row = spec.rows * rank // num_ranks
         self.stop_row = spec.rows * (rank + 1) // num_ranks
-        self._sample = _ZipfSampler(spec.features, spec.zipf_exponent)
+        self._sample = _PowerLawSampler(spec.features, spec.zipf_exponent)
 
     def __repr__(self) -> str:
         return f"SyntheticShard({self.spec!r}, rank={self.rank}, num_ranks={self.num_ranks})"

@@ -15,6 +15,7 @@ from hybrid_ps.data.synthetic import (
     LATENT_RANK,
     SyntheticShard,
     SyntheticSpec,
+    _PowerLawSampler,
     _ZipfSampler,
     feature_key,
     generate_all,
@@ -143,6 +144,45 @@ def test_zipf_sampler_is_exactly_the_inverse_cdf(features, exponent):
     np.testing.assert_array_equal(sampler(uniform), want)
 
 
+def test_the_default_data_is_the_same_bit_for_bit_as_before_the_analytic_sampler():
+    """The exact CDF is kept up to EXACT_FEATURES: the default data (and every figure measured on it) is unchanged.
+    These digests were taken from the generator before the analytic tail existed."""
+    digests = []
+    for spec in (SyntheticSpec(), SyntheticSpec(rows=9000, features=3_000_000, zipf_exponent=0.5, interactions=0.5)):
+        data = generate_all(spec)
+        digests.append(hashlib.sha256(data.keys.tobytes() + data.labels.tobytes()).hexdigest()[:16])
+    assert digests == ["30ccb24bba850e4b", "c8c1e0b22992368f"]
+
+
+@pytest.mark.parametrize("exponent", [0.3, 0.5, 1.0, 1.1, 2.0])
+def test_the_analytic_tail_draws_the_same_power_law_as_the_exact_cdf(exponent):
+    """With only 1,000 features kept exactly, a million-feature power law is drawn as by its whole CDF: the same
+    share in the head, the same counts in every log-spaced bin of the tail (within sampling noise)."""
+    uniform = np.random.default_rng(5).random(2_000_000)
+    exact = _ZipfSampler(1_000_000, exponent)(uniform)
+    analytic = _PowerLawSampler(1_000_000, exponent, head=1000)(uniform)
+    assert (analytic < 1000).mean() == pytest.approx((exact < 1000).mean(), abs=1e-4)
+    bins = np.unique(np.logspace(3, 6, 30).astype(np.int64))
+    counts, _ = np.histogram(exact, bins)
+    approx, _ = np.histogram(analytic, bins)
+    assert (np.abs(approx - counts) <= 3 * np.sqrt(counts) + 2).all()
+    assert analytic.min() >= 0 and analytic.max() <= 999_999
+
+
+@pytest.mark.parametrize("features", [10**10, 2**63 + 5, 2**64 - 2])
+def test_any_key_space_up_to_2_64_minus_2_in_memory_that_does_not_grow_with_it(features):
+    sampler = _PowerLawSampler(features, 1.1)
+    held = sum(v.nbytes for v in vars(sampler._head).values() if isinstance(v, np.ndarray))
+    assert held < 20 << 20, "only the head's CDF and guide table (16 MB)"
+    index = sampler(np.random.default_rng(0).random(200_000))
+    assert int(index.max()) < features and (index.astype(np.float64) > features / 1000).any(), "the tail is reached"
+    spec = SyntheticSpec(rows=3 * BLOCK_ROWS + 77, features=features, nnz_per_row=5, zipf_exponent=0.5, seed=9)
+    whole = generate_all(spec)
+    assert whole.keys.max() < np.uint64(2**64 - 1), "never the bias key"
+    parts = [Batch.concat(list(SyntheticShard(spec, rank, 3).batches(1000))) for rank in range(3)]
+    _assert_batches_equal(Batch.concat(parts), whole)  # the same data for any rank count
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -150,6 +190,7 @@ def test_zipf_sampler_is_exactly_the_inverse_cdf(features, exponent):
         ("rows", -5),
         ("rows", 2.5),
         ("features", 0),
+        ("features", 2**64 - 1),
         ("nnz_per_row", 0),
         ("zipf_exponent", 0.0),
         ("zipf_exponent", float("nan")),
