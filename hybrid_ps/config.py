@@ -150,6 +150,12 @@ class TrainConfig:
         True, "write HDF5 checkpoints (after training and every checkpoint_every clocks)", "--checkpoint")
     checkpoint_every: int = _option(0, "also checkpoint every N clocks (0 = only after training)", "--checkpoint-every")
     checkpoint_dir: str = _option("", "checkpoint root (empty = <output_dir>/checkpoints)", "--checkpoint-dir")
+    checkpoint_delta: int = _option(
+        0, "between two full checkpoints, write this many deltas: only the rows changed since the cut before "
+        "(0 = every checkpoint full)", "--checkpoint-delta")
+    checkpoint_snapshot: bool = _option(
+        True, "each shard writes its checkpoint file from a forked snapshot while it serves and the groups train "
+        "on (false = inside its loop, the groups waiting)", "--checkpoint-snapshot")
     keep: int = _option(3, "published checkpoints to keep (older ones are deleted)", "--keep")
     resume: str = _option("", "resume from a checkpoint: 'latest' (in the checkpoint root) or a path", "--resume")
     delay_group: int = _option(-1, "fault injection: group whose every step is slowed (-1 = none)", "--delay-group")
@@ -264,6 +270,7 @@ class Config:
             ("train.delay_factor", self.train.delay_factor >= 1, ">= 1"),
             ("train.straggle_probability", 0 <= self.train.straggle_probability <= 1, "in [0, 1]"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 0, ">= 0"),
+            ("train.checkpoint_delta", self.train.checkpoint_delta >= 0, ">= 0"),
             ("train.keep", self.train.keep >= 1, ">= 1"),
             ("train.eval_every", self.train.eval_every >= 0, ">= 0"),
             ("train.early_stopping", self.train.early_stopping >= 0, ">= 0"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +13,12 @@ from .. import __version__
 from ..atomic import atomic_path
 from ..errors import CheckpointError
 
-__all__ = ["FORMAT_VERSION", "ShardState", "partial_dir", "write_shard_file", "read_shard_file"]
+__all__ = ["FORMAT_VERSION", "DELTA_FORMAT_VERSION", "ShardState", "partial_dir", "write_shard_file",
+           "read_shard_file", "shard_chain", "merge_chain"]
 
 FORMAT_VERSION = 1
+DELTA_FORMAT_VERSION = 2  # a delta (a shard file with ``base``, a model.h5 with ``bases``): readers of 1 refuse it
+_READABLE = (FORMAT_VERSION, DELTA_FORMAT_VERSION)
 LATEST = "latest"
 BEST = "best"  # a pointer like latest: the cut whose validation logloss was lowest (train.early_stopping)
 
@@ -34,6 +38,7 @@ class ShardState:
     optimizer: str
     hyperparameters: dict[str, float]
     away: np.ndarray | None = None  # bool [groups]: group dropped (silent) or absent at the cut; None = none
+    base: int | None = None  # a delta: only the rows changed since this shard's file of the cut at ``base``
 
 
 def partial_dir(root: str | Path, clock: int) -> Path:
@@ -48,10 +53,12 @@ def write_shard_file(directory: str | Path, shard: ShardState) -> Path:
     path = directory / f"shard-{shard.shard_id}.h5"
     with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
         f.attrs.update(
-            format_version=FORMAT_VERSION, kind="hybrid_ps shard", shard_id=shard.shard_id,
-            num_shards=shard.num_shards, clock=shard.clock, width=shard.values.shape[1],
+            format_version=FORMAT_VERSION if shard.base is None else DELTA_FORMAT_VERSION, kind="hybrid_ps shard",
+            shard_id=shard.shard_id, num_shards=shard.num_shards, clock=shard.clock, width=shard.values.shape[1],
             optimizer=shard.optimizer, library_version=__version__,
         )
+        if shard.base is not None:
+            f.attrs["base"] = f"ckpt-{shard.base}"
         for name, value in shard.hyperparameters.items():
             f.attrs[f"optimizer.{name}"] = value
         _dataset(f, "keys", shard.keys, "uint64 feature keys held by this shard (slot order)")
@@ -88,9 +95,53 @@ def read_shard_file(path: str | Path) -> ShardState:
                 hyperparameters={k.split(".", 1)[1]: float(v) for k, v in f.attrs.items()
                                  if k.startswith("optimizer.")},
                 away=f["away"][()] if "away" in f else None,
+                base=_base_clock(f, path),
             )
         except (KeyError, OSError) as e:
             raise CheckpointError(f"{path}: incomplete shard file: {e}") from None
+
+
+def _base_clock(f: h5py.File, path: str | Path) -> int | None:
+    if "base" not in f.attrs:
+        return None
+    name = str(f.attrs["base"])
+    if not name.startswith("ckpt-") or not name[5:].isdigit():
+        raise CheckpointError(f"{path}: attribute 'base' is {name!r}, not the name of a checkpoint (ckpt-<clock>)")
+    return int(name[5:])
+
+
+def shard_chain(path: str | Path) -> list[Path]:
+    """The files that make up a shard file: itself if it is full; for a delta, its base's chain (in the sibling
+    ``ckpt-<base>`` directory, same file name), then itself. Oldest first: later rows replace earlier ones.
+
+    Raises:
+        CheckpointError: a file of the chain is missing (its checkpoint deleted, or never published) or not a
+            shard file of a format this build reads.
+    """
+    chain = [Path(path)]
+    while True:
+        with _open(chain[-1]) as f:
+            _check_format(f, chain[-1], "hybrid_ps shard")
+            base = _base_clock(f, chain[-1])
+        if base is None:
+            return chain[::-1]
+        below = chain[-1].parent.parent / f"ckpt-{base}" / chain[-1].name
+        if not below.is_file():
+            raise CheckpointError(f"{chain[-1]}: the checkpoint it extends, {below.parent.name}, is gone "
+                                  f"({below} is missing)")
+        chain.append(below)
+
+
+def merge_chain(states: list[ShardState]) -> ShardState:
+    """A shard file's chain (``shard_chain``'s files, oldest first) as one state: each key's latest row."""
+    if len(states) == 1:
+        return states[0]
+    keys = np.concatenate([s.keys for s in states])
+    newest = keys.size - 1 - np.unique(keys[::-1], return_index=True)[1]  # each key's last position
+    last = states[-1]
+    merged = {name: np.concatenate([s.state[name] for s in states])[newest] for name in last.state}
+    return dataclasses.replace(last, keys=keys[newest], values=np.concatenate([s.values for s in states])[newest],
+                               state=merged, base=None)
 
 
 def _open(path: str | Path) -> h5py.File:
@@ -107,5 +158,6 @@ def _check_format(f: h5py.File, path: str | Path, kind: str) -> None:
     if f.attrs.get("kind") != kind:
         raise CheckpointError(f"{path}: not a {kind} file (attribute 'kind' is {f.attrs.get('kind')!r})")
     version = int(f.attrs.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version}, this hybrid_ps reads {FORMAT_VERSION}")
+    if version not in _READABLE:
+        raise CheckpointError(f"{path}: checkpoint format {version}, this hybrid_ps reads "
+                              f"{' and '.join(map(str, _READABLE))}")

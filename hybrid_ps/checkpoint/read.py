@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from ..errors import CheckpointError
-from .files import BEST, LATEST, ShardState, _check_format, _open, read_shard_file
+from .files import BEST, LATEST, ShardState, _check_format, _open, merge_chain, read_shard_file, shard_chain
 
 __all__ = ["resolve_checkpoint", "SavedModel", "load_saved_model", "read_feature_scales", "checkpoint_info",
            "check_resumable", "restore_shard", "cut_parts", "resume_clocks"]
@@ -79,7 +79,9 @@ def load_saved_model(path: str | Path) -> SavedModel:
         model_attrs = {k: _plain(v) for k, v in f["model"].attrs.items()}
         attrs = dict(f.attrs)
         scale_keys, scales = _feature_scales(f)
-    order = np.argsort(keys, kind="stable")
+    # sorted for lookup; a delta's chain may hold a key more than once, oldest first: its last row is the one
+    newest = keys.size - 1 - np.unique(keys[::-1], return_index=True)[1] if "bases" in attrs else None
+    order = np.argsort(keys, kind="stable") if newest is None else newest
     return SavedModel(keys[order], values[order], str(model_attrs.get("kind", "")), int(attrs["clock"]), attrs,
                       model_attrs, scale_keys, scales)
 
@@ -113,8 +115,7 @@ def _check_shard_files(f: h5py.File, directory: Path) -> list[Path]:
         path = directory / f"{name}.h5"
         if not path.is_file():
             raise CheckpointError(f"{directory}: shard file {name}.h5 is missing")
-        with _open(path) as shard:
-            _check_format(shard, path, "hybrid_ps shard")
+        shard_chain(path)  # each file of it present and of a format this build reads
         paths.append(path)
     return paths
 
@@ -189,7 +190,7 @@ def cut_parts(directory: str | Path, owned: Callable[[np.ndarray], np.ndarray], 
     if not paths:
         raise CheckpointError(f"{directory}: no shard files")
     for path in paths:
-        state = read_shard_file(path)
+        state = merge_chain([read_shard_file(link) for link in shard_chain(path)])
         if state.optimizer != optimizer:
             raise CheckpointError(
                 f"{path}: trained with optimizer {state.optimizer!r}, this job uses {optimizer!r}"

@@ -34,7 +34,8 @@ Requests and the frames they carry:
     SHUTDOWN   header             stop the shard now
     CHECKPOINT header             group ``group`` stopped at ``clock`` for a checkpoint
                                   (``FINAL_CLOCK``: after training); answered once every
-                                  group has asked or finished, after the shard file is written
+                                  group has asked or finished and the shard took its snapshot of
+                                  the cut, then CUT_WRITTEN once the shard file is written
     STOP       header             (to the lowest live shard) a preemption signal: stop every group
                                   at one clock
     PING       header             a heartbeat: answered at once, whatever SSP holds back
@@ -77,7 +78,10 @@ Every request gets exactly one reply carrying its ``request_id``: ``ACK``,
 heard from when it learns that the shard named in its frame died (and after a JOIN's ACK, for every
 shard it knows dead); likewise ``SHARD_UP`` (header shard endpoint) when a dead shard was restarted and
 filled (REJOIN): the client connects to it, a live backup again; and ``SHARD_RETIRED`` (header shard)
-when a dead shard was retired (RETIRE): the client routes by the placement without it; the ACK of a
+when a dead shard was retired (RETIRE): the client routes by the placement without it. The ACK
+of a CHECKPOINT comes once the shard took its snapshot of the cut (the group trains on); ``CUT_WRITTEN``
+(header [text], the CHECKPOINT's request id and the cut's clock) once its file is written (with ``text``:
+it could not be), and only then may the cut be published; the ACK of a
 CHECKPOINT carries the cut's clock (the directory name). Once the coordinating
 shard (the lowest live one) has a stop clock, every ACK of a CLOCK it sends has ``FLAG_STOP`` set and carries
 that clock: each group stops there and checkpoints. Likewise ``FLAG_RESHARD``
@@ -129,8 +133,8 @@ __all__ = [
 ]
 
 MAGIC = b"HP"
-VERSION = 4  # 2: EVICT names the dead shard in a frame of its own; 3: primary-driven replication (FORWARD);
-# 4: RETIRE, SHARD_RETIRED, the placement history in FILLED
+VERSION = 5  # 2: EVICT names the dead shard in a frame of its own; 3: primary-driven replication (FORWARD);
+# 4: RETIRE, SHARD_RETIRED, the placement history in FILLED; 5: CUT_WRITTEN (checkpoints written from a snapshot)
 HEADER_FORMAT = "<2sBBBBIQqQI"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 FLAG_STOP = 1
@@ -194,6 +198,7 @@ class Op(enum.IntEnum):
     SHARD_DOWN = 67
     SHARD_UP = 68
     SHARD_RETIRED = 69
+    CUT_WRITTEN = 70
 
 
 _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
@@ -223,6 +228,7 @@ _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
     Op.SHARD_DOWN: 2,
     Op.SHARD_UP: 3,
     Op.SHARD_RETIRED: 2,
+    Op.CUT_WRITTEN: (1, 2),  # the error text if the file could not be written
 }
 
 

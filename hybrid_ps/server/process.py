@@ -97,26 +97,29 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
     root = config.checkpoint_root
     ring = HashRing(spec.shard_ids, config.cluster.vnodes)
 
-    def write_checkpoint(exported, clock, cut: int) -> None:
+    def write_checkpoint(exported, clock, cut: int, base: int | None) -> None:
         keys, values, state = exported
         checkpoint.write_shard_file(checkpoint.partial_dir(root, cut), checkpoint.ShardState(
             shard_id=spec.shard_id, num_shards=len(spec.shard_ids), clock=cut, keys=keys, values=values,
             state=state, clock_table=clock.clocks.copy(), finished=clock.finished.copy(),
             optimizer=optimizer.name, hyperparameters=optimizer.hyperparameters(), away=clock.dropped.copy(),
+            base=base,
         ))
 
     host = resolve_bind_host(config.cluster.bind_host)
     if spec.curve_keys is None:
         check_plaintext_host(host)
     service = ShardService(
-        Shard(spec.width, optimizer), spec.shard_id, ring, spec.num_groups, config.cluster.staleness,
+        Shard(spec.width, optimizer, track_changes=config.train.checkpoint_delta > 0), spec.shard_id, ring,
+        spec.num_groups, config.cluster.staleness,
         host, max_keys=config.cluster.max_keys_per_message,
         checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
         stop_request=stop if spec.coordinator else None,
         group_timeout=config.cluster.group_timeout, replication=spec.replication,
         groups_present=spec.groups_present,
         cut_reader=lambda cut, owned: checkpoint.cut_parts(checkpoint.partial_dir(root, cut), owned, optimizer.name),
-        curve_keys=spec.curve_keys, restarted=spec.restarted,
+        curve_keys=spec.curve_keys, restarted=spec.restarted, snapshot_checkpoints=config.train.checkpoint_snapshot,
+        checkpoint_deltas=config.train.checkpoint_delta,
     )
     if config.train.resume and not spec.restarted:
         _restore(service, spec)
@@ -125,13 +128,13 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
 
 def _restore(service: ShardService, spec: ShardSpec) -> None:
     """Load every key this shard replicates (re-sharded by the current ring) and the clocks of a checkpoint."""
-    path = spec.config.resume_path
+    path, started = spec.config.resume_path, time.monotonic()
     owned = lambda keys: service.placement.is_replica(keys, spec.shard_id)  # noqa: E731
     for part in checkpoint.restore_shard(path, owned, service.shard.optimizer.name):
         service.shard.load(part.keys, part.values, part.state)
     service.clock.clocks[:] = checkpoint.resume_clocks(path, spec.num_groups)
-    log.info("resumed %d keys at clocks %s from %s", len(service.shard), service.clock.clocks.tolist(),
-             checkpoint.resolve_checkpoint(path))
+    log.info("resumed %d keys at clocks %s in %.2fs from %s", len(service.shard), service.clock.clocks.tolist(),
+             time.monotonic() - started, checkpoint.resolve_checkpoint(path))
 
 
 def describe_exit(returncode: int) -> str:

@@ -81,6 +81,15 @@ class Replies:
         header = wire.encode_header(wire.Header(wire.Op.SHARD_RETIRED, group, 0, 0))
         self._send(identity, [header, wire.encode_shard_id(shard)])
 
+    def cut_written(self, replies: CutReplies) -> None:
+        """Tell the groups that asked for a cut that this shard's file of it is written (``CUT_WRITTEN``; with the
+        error if it could not be)."""
+        for identity, request in replies.requests:
+            header = wire.encode_header(wire.Header(wire.Op.CUT_WRITTEN, request.group, request.request_id,
+                                                    replies.cut))
+            error = [] if replies.error is None else [replies.error.encode("utf-8")[:4096]]
+            self._send(identity, [header, *error])
+
     def answer(self, replies: CutReplies) -> None:
         """Answer the requests that waited on a cut: an ACK of the cut, or its error."""
         for identity, header in replies.requests:

@@ -30,6 +30,7 @@ from .replication import AppliedPushes, Forwards, WaitingRequest
 from .replies import Announcement, Replies, is_clock
 from .request_keys import RequestKeys
 from .shard import Shard
+from .snapshots import SnapshotWriter
 
 __all__ = ["ShardService", "ServiceStats"]
 
@@ -85,6 +86,10 @@ class ShardService:
         curve_keys: serve with CURVE, admitting only these keys' clients (``None``: plain TCP).
         restarted: a dead shard started again, empty: a backup of its ranges once the acting primaries filled it
             (REJOIN), their primary only where no other replica lives.
+        snapshot_checkpoints: write each checkpoint from a forked copy of this process while serving on
+            (``snapshots.py``; only in a process of its own: a fork copies one thread).
+        checkpoint_deltas: between two full checkpoint files, this many write only the rows changed since the
+            cut before (``shard`` must track its changes).
     """
 
     def __init__(
@@ -106,6 +111,8 @@ class ShardService:
         cut_reader: CutReader | None = None,
         curve_keys: JobKeys | None = None,
         restarted: bool = False,
+        snapshot_checkpoints: bool = False,
+        checkpoint_deltas: int = 0,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -124,8 +131,6 @@ class ShardService:
         self.stats = ServiceStats()
         self.held_pulls = HeldPulls(max_keys=max_keys)
         self._clients: dict[bytes, int] = {}  # connection identity -> its group: whom to tell of a dead shard
-        self.cuts = Cuts(shard_id=shard_id, shard=shard, groups=self.groups, placement=lambda: self.placement,
-                         writer=checkpoint_writer)
         self._stop_request = stop_request
         self._running = False
         self.fenced = False  # a client declared this shard dead and it stopped (its process exits non-zero)
@@ -137,6 +142,10 @@ class ShardService:
         self.replies = Replies(socket=self.socket, shard_id=shard_id, clock=self.clock, announcement=self._announced)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
+        self.cuts = Cuts(shard_id=shard_id, shard=shard, groups=self.groups, placement=lambda: self.placement,
+                         writer=checkpoint_writer,
+                         snapshots=SnapshotWriter(poller=self._poller) if snapshot_checkpoints else None,
+                         deltas=checkpoint_deltas)
         self.forwards = Forwards(shard_id=shard_id, context=self._context, curve_keys=curve_keys, poller=self._poller)
         self.applied = AppliedPushes(num_groups=num_groups)
         self.rebuild = Rebuild(shard_id=shard_id, shard=shard, membership=self.membership, groups=self.groups,
@@ -181,6 +190,7 @@ class ShardService:
             if not self._poller.poll(0 if self.forwards.filling else poll_ms):
                 continue
             self._answer_forwarded()
+            self._tell_cuts_written()
             for _ in range(_MAX_BATCH):
                 try:
                     frames = recv_frames(self.socket, zmq.NOBLOCK)
@@ -191,6 +201,7 @@ class ShardService:
                     break
         for request in self.forwards.abandon():  # answered, so that no supervisor or client waits for ever
             self._answer_push(request)
+        self._tell_cuts_written(block=True)  # a file being written is finished before the shard goes
         log.info(
             "shard %d stopped after %.1fs: %d keys, requests %s, %d errors",
             self.shard_id, time.monotonic() - started, len(self.shard), self.stats.requests, self.stats.errors,
@@ -401,10 +412,18 @@ class ShardService:
                         self.groups.stop_at)
 
     def _maybe_checkpoint(self) -> None:
-        """Write this shard's part of a cut once every group asked for it, and answer them."""
-        written = self.cuts.maybe_write()
-        if written is not None:
-            self.replies.answer(written)
+        """Take this shard's part of a cut once every group asked for it, and answer them (and, once its file is
+        written, tell them)."""
+        taken = self.cuts.maybe_write()
+        if taken is not None:
+            self.replies.answer(taken)
+            if taken.written and taken.error is None:
+                self.replies.cut_written(taken)
+        self._tell_cuts_written()
+
+    def _tell_cuts_written(self, block: bool = False) -> None:
+        for written in self.cuts.written(block):
+            self.replies.cut_written(written)
 
     def _heard_from(self, group: int, rejoin: bool = True) -> None:
         clock = self.groups.heard_from(group, rejoin)

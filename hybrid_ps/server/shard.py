@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import NonFiniteError
 from ..tables import KeyTable
 from ..tables.optimizers import Optimizer
+from .changed_keys import ChangedKeys
 
 __all__ = ["Shard"]
 
@@ -23,13 +24,16 @@ class Shard:
         width: values per key (1 for logistic regression).
         optimizer: the update rule for pushes.
         capacity: keys to make room for at once (the table grows by itself).
+        track_changes: note the keys each change touches (``changed``: delta checkpoints write only those).
     """
 
-    def __init__(self, width: int, optimizer: Optimizer, capacity: int = 1 << 16) -> None:
+    def __init__(self, width: int, optimizer: Optimizer, capacity: int = 1 << 16, *,
+                 track_changes: bool = False) -> None:
         self.width = width
         self.optimizer = optimizer
         self._rule = optimizer.rule
         self.table = KeyTable(width, self.columns, capacity)
+        self.changed = ChangedKeys() if track_changes else None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -48,6 +52,8 @@ class Shard:
         keys = _keys(keys)
         grads = np.ascontiguousarray(grads, dtype=np.float32).reshape(keys.size, self.width)
         bad = self.table.push(keys, grads, self._rule)
+        if self.changed is not None and not bad:
+            self.changed.note(keys)
         if bad:
             raise NonFiniteError(f"the {self.optimizer.name} update of {bad} of {keys.size} keys overflows float32 "
                                  "(NaN or Inf): push refused, no value changed")
@@ -61,11 +67,17 @@ class Shard:
         rows = [np.asarray(values, dtype=np.float32).reshape(-1, self.width)]
         rows += [np.asarray(state[name], dtype=np.float32).reshape(-1, self.width)
                  for name in self.optimizer.state_names]
-        self.table.assign(_keys(keys), np.ascontiguousarray(np.concatenate(rows, axis=1)))
+        keys = _keys(keys)
+        self.table.assign(keys, np.ascontiguousarray(np.concatenate(rows, axis=1)))
+        if self.changed is not None:
+            self.changed.note(keys)
 
     def load_rows(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Set ``keys``' whole rows (values, then each optimizer state: ``rows``' layout), inserting them."""
-        self.table.assign(_keys(keys), np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, self.columns))
+        keys = _keys(keys)
+        self.table.assign(keys, np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, self.columns))
+        if self.changed is not None:
+            self.changed.note(keys)
 
     @property
     def columns(self) -> int:
@@ -80,9 +92,14 @@ class Shard:
         """Keep only the keys where ``keep`` (a mask over ``export``'s order) is true (a shard giving up ranges)."""
         self.table.retain(keep)
 
-    def export(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Keys, values and optimizer state of every held key, in the table's order (``retain``'s mask order)."""
-        keys, rows = self.table.export()
+    def export(self, keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Keys, values and optimizer state of every held key, in the table's order (``retain``'s mask order); or
+        of ``keys`` only (sorted; zeros for a key not held)."""
+        if keys is None:
+            keys, rows = self.table.export()
+        else:
+            keys = _keys(keys)
+            rows = self.table.pull(keys, self.columns)
         w = self.width
         state = {name: rows[:, w * (i + 1) : w * (i + 2)] for i, name in enumerate(self.optimizer.state_names)}
         return keys, rows[:, :w], state

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 
 import numpy as np
 import zmq
@@ -29,6 +30,7 @@ from .framing import RequestFraming
 from .liveness import Liveness
 from .requests import RequestBook, Resend, Ticket, place_pull_reply
 from .routing import Routing
+from .written_cuts import WrittenCuts
 
 __all__ = ["ShardChannel"]
 
@@ -61,6 +63,7 @@ class ShardChannel:
         self.routing = Routing(ring=ring, replication=replication)
         self.liveness = Liveness(heartbeat_interval=heartbeat_interval, failover_timeout=failover_timeout)
         self.requests = RequestBook()
+        self.written_cuts = WrittenCuts()
         self.framing = framing
         self.links = ShardLinks(context=context, curve_keys=curve_keys)
         self.shard_clocks = np.zeros(num_groups, dtype=np.int64)  # every group's clock, as the shards last said
@@ -155,22 +158,33 @@ class ShardChannel:
             ShardUnavailableError: a shard replied with an error, or no reply
                 arrived for ``timeout`` seconds.
         """
-        deadline = time.monotonic() + self.timeout
         if ticket.error:
             raise ShardUnavailableError(ticket.error)
-        while not ticket.done:
+
+        def silent() -> str:
+            named = ", ".join(f"{s} ({self.links.endpoints[s]})" for s in self.requests.shards_awaited(ticket))
+            return f"the {ticket.what} from shard(s) {named}"
+
+        self.wait_for(lambda: ticket.done, silent)
+        return ticket.values
+
+    def wait_for(self, done: Callable[[], bool], what: Callable[[], str]) -> None:
+        """Take replies (without spinning) until ``done()``; ``what()`` names what was awaited if it times out.
+
+        Raises:
+            ShardUnavailableError: a shard replied with an error, or ``done()`` stayed false for ``timeout``
+                seconds.
+        """
+        deadline = time.monotonic() + self.timeout
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                shards = self.requests.shards_awaited(ticket)
-                named = ", ".join(f"{s} ({self.links.endpoints[s]})" for s in shards)
-                raise ShardUnavailableError(f"group {self.group}: no reply in {self.timeout:g}s to the "
-                                            f"{ticket.what} from shard(s) {named}")
+                raise ShardUnavailableError(f"group {self.group}: no reply in {self.timeout:g}s to {what()}")
             for shard, frames in self.links.receive(int(min(remaining, self.liveness.heartbeat_interval) * 1000) + 1):
                 self.liveness.heard(shard)
                 self.framing.traffic.received += sum(len(frame) for frame in frames)
                 self._on_reply(shard, frames)
             self._check_heartbeats()
-        return ticket.values
 
     def drain(self) -> None:
         """Wait until every request sent so far has been answered."""
@@ -200,6 +214,7 @@ class ShardChannel:
         log.warning("group %d: %s %s: it is dead to this job; its backups take over its key ranges", self.group,
                     self.links.where(shard), why)
         self.failovers.append((shard, silent if silent is not None else 0.0))
+        self.written_cuts.shard_died(shard)
         self.routing.without(shard)
         evicted = wire.encode_shard_id(shard)
         fence = wire.encode_header(wire.Header(wire.Op.EVICT, self.group, 0, 0))
@@ -318,6 +333,9 @@ class ShardChannel:
             return
         if header.op is wire.Op.SHARD_RETIRED:
             self._told_shard_retired(shard, frames)
+            return
+        if header.op is wire.Op.CUT_WRITTEN:
+            self.written_cuts.told(shard, header.clock, wire.error_text(frames[1]) if len(frames) > 1 else None)
             return
         ticket = self.requests.answered(header.request_id, shard)
         if header.op is wire.Op.ERROR:

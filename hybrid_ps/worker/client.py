@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import zmq
 
+from ..errors import ShardUnavailableError
 from ..net.curve import JobKeys
 from ..net.links import endpoints_by_shard
 from ..placement.replicas import Placement
@@ -179,20 +180,44 @@ class PSClient:
     def checkpoint(self, clock: int) -> int | None:
         """Ask every live shard to checkpoint the cut at ``clock`` (``FINAL_CLOCK``: after training).
 
-        Blocks until every shard wrote its file; returns the cut's clock, or ``None``
-        if a shard died meanwhile (its part of the cut may be missing: not to be published).
+        Blocks until every shard took its snapshot of the cut (its file may still be being written:
+        ``cut_written``); returns the cut's clock, or ``None`` if a shard died meanwhile (its part of the
+        cut may be missing: not to be published).
         """
+        shards = self.channel.routing.live_shards
         ticket = self.channel.broadcast(wire.Op.CHECKPOINT, clock, f"checkpoint at clock {clock}")
         self.wait(ticket)
-        return None if ticket.lost_shard else ticket.reply_clock
+        if ticket.lost_shard:
+            return None
+        self.channel.written_cuts.expect(ticket.reply_clock, shards)
+        return ticket.reply_clock
+
+    def cut_written(self, cut: int, wait: bool = False) -> str | bool | None:
+        """Whether every shard wrote its file of ``cut`` (``True``), why one could not (text), or ``None`` while
+        some write (``wait``: block until they are done).
+
+        Raises:
+            ShardUnavailableError: ``wait`` and a shard neither wrote nor died within the timeout.
+        """
+        cuts = self.channel.written_cuts
+        if wait:
+            self.channel.wait_for(lambda: cuts.state(cut) is not None, lambda: f"the file of checkpoint {cut}")
+        return cuts.state(cut)
 
     def reshard(self, cut: int, view: TierView) -> None:
-        """Switch to the tier's new shards at the cut ``cut`` (every shard wrote it; see ``checkpoint``).
+        """Switch to the tier's new shards at the cut ``cut`` (taken by ``checkpoint``).
 
-        Waits for every reply still due from the old shards, asks old and new shards to
-        move the ranges (each answers once every group asked), then routes by the new ring.
+        Waits until every shard wrote its file of the cut (the ranges move through them) and for every
+        reply still due from the old shards, asks old and new shards to move the ranges (each answers
+        once every group asked), then routes by the new ring.
+
+        Raises:
+            ShardUnavailableError: a shard could not write its file of the cut.
         """
         channel, routing = self.channel, self.channel.routing
+        written = self.cut_written(cut, wait=True)
+        if written is not True:
+            raise ShardUnavailableError(f"the tier cannot reshard at clock {cut}: {written}")
         self.drain()
         for shard, endpoint in view.endpoints.items():
             if not channel.links.connected(shard):

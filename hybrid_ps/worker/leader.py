@@ -4,6 +4,7 @@ the clock, the stop and reshard clocks the shards announce, checkpoints, and the
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from typing import TypeVar
 import numpy as np
 
 from ..config import Config
+from ..errors import CheckpointError
+from ..protocol.wire import FINAL_CLOCK
 from ..tier import TierView
 from .client import Announcement, PSClient, Ticket
 from .filters import PushFilter
@@ -47,6 +50,7 @@ class Leader:
         self.ps_seconds = 0.0  # time blocked on the PS tier (pull and clock waits, push sends)
         self._clock_tickets: collections.deque = collections.deque(maxlen=2)  # the last two clock messages
         self._stop_sent = False
+        self._unpublished: list[tuple[int, GroupResult]] = []  # cuts taken whose files are being written
 
     @classmethod
     def for_job(cls, config: Config, *, client: PSClient, width: int, group_rows: GroupRows | None,
@@ -116,6 +120,8 @@ class Leader:
         """
         if len(self._clock_tickets) == 2:
             self.wait(self._clock_tickets[0])
+        if self._unpublished:
+            self.publish_written()
         announced = self.client.announced(clock)
         if announced is Announcement.RESHARD:
             self._reshard(clock, result)
@@ -125,22 +131,41 @@ class Leader:
         """The tier's shards change at ``clock``: write the cut, move the ranges, publish the cut."""
         assert self.tier_view is not None, "only a PS tier of its own announces reshards"
         self.flush(clock)
-        cut = self.client.checkpoint(clock)  # the cut every shard moves ranges through
-        self.client.reshard(clock, self.tier_view())
-        if cut is not None and self.publish is not None:
-            self.publish(cut, result)
+        cut = self.client.checkpoint(clock)  # the cut every shard moves ranges through (from its .partial files)
+        self.client.reshard(clock, self.tier_view())  # once the files are written
+        if cut is not None:
+            self._unpublished.append((cut, dataclasses.replace(result)))
+            self.publish_written(wait=True)
 
     def checkpoint(self, cut_clock: int, result: GroupResult, clock: int) -> None:
-        """At the group's ``clock``: wait until every shard wrote the cut at ``cut_clock``, then publish it
-        (without ``publish``: nothing)."""
+        """At the group's ``clock``: take the cut at ``cut_clock`` (every shard snapshots it and writes its file
+        meanwhile), to publish once the files are written (``publish_written``; without ``publish``: nothing).
+        The cut after training (``FINAL_CLOCK``) is waited for."""
         if self.publish is None:
             return
         self.flush(clock)
         cut = self.client.checkpoint(cut_clock)
         if cut is None:
-            log.warning("checkpoint at clock %s not published: a shard died while writing it", cut_clock)
-            return
-        self.publish(cut, result)
+            log.warning("checkpoint at clock %s not published: a shard died while taking it", cut_clock)
+        else:
+            self._unpublished.append((cut, dataclasses.replace(result)))
+        self.publish_written(wait=cut_clock == FINAL_CLOCK)
+
+    def publish_written(self, wait: bool = False) -> None:
+        """Publish, in order, the cuts whose files every shard wrote (``wait``: all of them, blocking)."""
+        while self._unpublished:
+            cut, result = self._unpublished[0]
+            state = self.timed(self.client.cut_written, cut, wait)
+            if state is None:
+                return
+            self._unpublished.pop(0)
+            if state is not True:
+                log.warning("checkpoint at clock %d not published: %s", cut, state)
+            elif self.publish is not None:
+                try:
+                    self.publish(cut, result)
+                except CheckpointError as e:  # a delta whose base is gone: the next full checkpoint is fine
+                    log.warning("checkpoint at clock %d not published: %s", cut, e)
 
     def flush(self, clock: int) -> None:
         """Push whatever the filters and the group-kept rows still hold back (before a cut, at the end)."""

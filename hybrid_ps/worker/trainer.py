@@ -143,6 +143,7 @@ class GroupTrainer:
             if self.config.train.final_eval:
                 self._evaluate(result)
         if self.leader is not None:
+            self.leader.publish_written(wait=True)  # every cut whose file is still being written
             self.leader.client.bye()
         result.seconds = self.meter.elapsed
         return result

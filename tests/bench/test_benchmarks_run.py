@@ -142,3 +142,23 @@ def test_data_read_benchmark(tmp_path):
     results = json.loads((tmp_path / "data_read.json").read_text())["results"]
     assert {"criteo_plain", "criteo_gzip", "criteo_zstd", "libsvm_plain", "libsvm_gzip", "libsvm_zstd"} <= set(results)
     assert all(r["rows_per_s"] > 0 for key, r in results.items() if isinstance(r, dict))
+
+
+def test_scale_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.scale", "--rows", "20000", "--ranks", "4",
+               "--latency-keys", "200000", "--memory-keys", "20000", timeout=600)
+    assert "projection to 1e+10 keys" in out
+    record = json.loads((tmp_path / "scale.json").read_text())
+    assert record["keys"] > 100_000 and record["disk_bytes_per_key"] > 12  # key + AdaGrad value and accumulator
+    assert {(m["optimizer"], m["width"]) for m in record["memory"]} == {
+        (name, width) for name in ("sgd", "adagrad", "ftrl") for width in (1, 16)}
+    assert set(record["checkpoint_latency"]) == {"loop", "snapshot"}
+    assert record["resume_load_seconds"] > 0 and record["evaluate_seconds"] > 0
+
+
+def test_checkpoints_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.checkpoints", "--ranks", "4", "--rows", "20000",
+               "--every", "10", "--deltas", "2")
+    assert "mean per cut" in out
+    record = json.loads((tmp_path / "checkpoints.json").read_text())
+    assert record["same_keys"] and record["mean_bytes"]["delta"] < record["mean_bytes"]["full"]

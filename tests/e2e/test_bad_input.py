@@ -252,7 +252,7 @@ BAD_CHECKPOINTS_FOR_EVALUATE = [  # python -m hybrid_ps.evaluate NAME --data syn
     pytest.param("missing-shard", "missing-shard: shard file shard-0.h5 is missing", id="shard file missing"),
     pytest.param("foreign", "foreign/model.h5: not a hybrid_ps model file (attribute 'kind' is None)",
                  id="foreign HDF5"),
-    pytest.param("format-99", "format-99/model.h5: checkpoint format 99, this hybrid_ps reads 1",
+    pytest.param("format-99", "format-99/model.h5: checkpoint format 99, this hybrid_ps reads 1 and 2",
                  id="other format version"),
     pytest.param("dangling", "dangling/latest points to ckpt-99, which has no model.h5", id="latest dangling"),
     pytest.param("width-2", "width-2: logistic_regression needs width 1, checkpoint has 2", id="other width"),

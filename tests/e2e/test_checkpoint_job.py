@@ -117,3 +117,52 @@ def test_hdf5_tools_read_the_checkpoint(run_job):
     assert "H5T_IEEE_F32LE" in dump
     shard = subprocess.run(["h5dump", "-A", str(ckpt / "shard-0.h5")], capture_output=True, text=True, check=True)
     assert '"hybrid_ps shard"' in shard.stdout
+
+
+def test_delta_checkpoints_are_the_full_ones_bit_for_bit_and_resume_and_evaluate_like_them(run_job, tmp_path):
+    """The same deterministic job (one group, BSP) with full checkpoints and with deltas between full ones."""
+    import numpy as np
+
+    from hybrid_ps import checkpoint
+
+    args = [*RESUME, "--features", "200000", "--max-steps", "65", "--checkpoint-every", "10", "--final-eval", "false",
+            "--keep", "2"]  # many features: each interval touches a fraction of them
+    roots = {how: tmp_path / how for how in ("full", "delta")}
+    full = run_job(4, *args, "--checkpoint-dir", str(roots["full"]), "--keep", "10")
+    delta = run_job(4, *args, "--checkpoint-dir", str(roots["delta"]), "--checkpoint-delta", "2")
+    assert full.returncode == 0 and delta.returncode == 0, full.stderr[-2000:] + delta.stderr[-2000:]
+    # cuts 10 full, 20 30 deltas, 40 full, 50 60 deltas, 65 full; --keep 2 keeps 60 and 65, and 50 and 40 for 60
+    published = sorted((p.name for p in roots["delta"].glob("ckpt-*")), key=lambda n: int(n.split("-")[1]))
+    assert published == ["ckpt-40", "ckpt-50", "ckpt-60", "ckpt-65"], published
+    for name in published:
+        infos = {how: checkpoint.checkpoint_info(roots[how] / name) for how in roots}
+        assert infos["delta"]["format_version"] == (2 if name in ("ckpt-50", "ckpt-60") else 1), name
+        assert infos["delta"]["total_keys"] == infos["full"]["total_keys"]
+        models = {how: checkpoint.load_saved_model(roots[how] / name) for how in roots}
+        np.testing.assert_array_equal(models["delta"].keys, models["full"].keys)
+        assert models["delta"].values.tobytes() == models["full"].values.tobytes(), f"{name} differs"
+        rows = {how: _every_row(roots[how] / name) for how in roots}
+        assert rows["delta"] == rows["full"], f"{name}: optimizer state differs"
+    sizes = {how: sum(p.stat().st_size for p in (roots[how] / "ckpt-60").glob("shard-*.h5")) for how in roots}
+    assert sizes["delta"] < sizes["full"] / 2, sizes
+    resumed = run_job(4, *args[:-2], "--checkpoint-dir", str(roots["delta"]), "--max-steps", "70", "--resume",
+                      str(roots["delta"] / "ckpt-60"), "--final-eval", "false", "--checkpoint", "false")
+    assert resumed.returncode == 0 and "at clocks [60]" in resumed.stderr, resumed.stderr[-3000:]
+    evaluated = [json.loads(subprocess.run([sys.executable, "-m", "hybrid_ps.evaluate", str(roots[how] / "ckpt-60"),
+                                            "--data", "synthetic", "--format", "json"], capture_output=True,
+                                           text=True, check=True).stdout) for how in roots]
+    metrics = [{k: v for k, v in e.items() if k != "checkpoint"} for e in evaluated]
+    assert metrics[0] == metrics[1], "the same metrics, to the last digit"
+
+
+def _every_row(directory) -> bytes:
+    """Every key's values and optimizer state in a checkpoint (deltas merged), sorted by key, as bytes."""
+    import numpy as np
+
+    from hybrid_ps import checkpoint
+
+    parts = list(checkpoint.restore_shard(directory, lambda keys: np.ones(keys.size, bool), "adagrad"))
+    keys = np.concatenate([p.keys for p in parts])
+    rows = np.concatenate([np.concatenate([p.values, p.state["accumulator"]], axis=1) for p in parts])
+    order = np.argsort(keys)
+    return keys[order].tobytes() + rows[order].tobytes()

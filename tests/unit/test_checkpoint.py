@@ -177,3 +177,45 @@ def test_killing_a_writer_at_any_moment_leaves_latest_valid(tmp_path, delay):
     model = checkpoint.load_saved_model(tmp_path)
     assert model.keys.size == 1_000_000
     assert np.all(model.values == model.clock)  # every value from the same, complete checkpoint
+
+
+def test_a_delta_chain_reads_as_the_full_checkpoint_of_its_cut_and_keep_never_drops_a_base(tmp_path):
+    """ckpt-10 full, ckpt-20 and ckpt-30 deltas (only changed rows, ``base`` naming the cut before): the model,
+    the resumed shards and --keep see exactly what a full ckpt-30 holds."""
+    import dataclasses
+
+    full = {0: {1: 1.0, 2: 1.0, 3: 1.0}, 1: {10: 1.0, 11: 1.0}}  # shard -> key -> scale of its latest row
+    for clock, changes, base in ((10, full, None), (20, {0: {2: 2.0, 4: 2.0}, 1: {}}, 10),
+                                 (30, {0: {4: 3.0}, 1: {11: 3.0, 12: 3.0}}, 20)):
+        for shard_id, rows in changes.items():
+            keys = np.array(sorted(rows), np.uint64)
+            values = np.array([rows[k] * k + shard_id for k in sorted(rows)], np.float32).reshape(-1, 1)
+            checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path, clock), dataclasses.replace(
+                _shard(shard_id, 2, keys, clock), values=values, state={"accumulator": values * 2}, base=base))
+        assert checkpoint.publish(tmp_path, clock, INFO, keep=1) is not None
+        if base is not None:
+            for shard_id, rows in changes.items():
+                full[shard_id].update(rows)
+    expected = {k: k * s + shard for shard, rows in full.items() for k, s in rows.items()}
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-10", "ckpt-20", "ckpt-30"], "bases kept"
+    model = checkpoint.load_saved_model(tmp_path)
+    assert model.keys.tolist() == sorted(expected) and model.values[:, 0].tolist() == [expected[k] for k in
+                                                                                       sorted(expected)]
+    info = checkpoint.checkpoint_info(tmp_path)
+    assert info["total_keys"] == len(expected) and info["format_version"] == 2
+    parts = list(checkpoint.restore_shard(tmp_path, lambda keys: np.ones(keys.size, bool), "adagrad"))
+    restored = {int(k): float(v) for part in parts for k, v in zip(part.keys, part.values[:, 0], strict=True)}
+    assert restored == expected and sum(part.keys.size for part in parts) == len(expected)
+    np.testing.assert_array_equal(np.concatenate([p.state["accumulator"] for p in parts])[:, 0],
+                                  2 * np.concatenate([p.values for p in parts])[:, 0])
+    _write_checkpoint(tmp_path, 40, [np.array([1, 2]), np.array([10])], keep=1)  # full: nothing needs the others
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-40"]
+
+
+def test_a_delta_whose_base_is_gone_is_refused_with_its_name(tmp_path):
+    import dataclasses
+
+    checkpoint.write_shard_file(checkpoint.partial_dir(tmp_path, 20),
+                                dataclasses.replace(_shard(0, 1, np.array([1, 2]), 20), base=10))
+    with pytest.raises(CheckpointError, match=r"shard-0.h5: the checkpoint it extends, ckpt-10, is gone"):
+        checkpoint.publish(tmp_path, 20, INFO)

@@ -96,7 +96,7 @@ def test_a_cut_is_written_once_every_group_asked_and_refused_without_a_writer():
     groups = GroupTable(num_groups=2)
     written = []
     cuts = Cuts(shard_id=0, shard=shard, groups=groups, placement=lambda: Placement(ring),
-                writer=lambda part, clock, cut: written.append((part[0].tolist(), cut)))
+                writer=lambda part, clock, cut, base: written.append((part[0].tolist(), cut)))
     cuts.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 4))
     assert cuts.maybe_write() is None and not written  # group 1 has not asked
     cuts.ask(b"g1", wire.Header(wire.Op.CHECKPOINT, 1, 2, 4))
@@ -105,12 +105,88 @@ def test_a_cut_is_written_once_every_group_asked_and_refused_without_a_writer():
     assert [identity for identity, _ in done.requests] == [b"g0", b"g1"]
     assert written == [([3, 5], 4)] and cuts.maybe_write() is None
     failing = Cuts(shard_id=0, shard=shard, groups=GroupTable(num_groups=1), placement=lambda: Placement(ring),
-                   writer=lambda part, clock, cut: 1 / 0)
+                   writer=lambda part, clock, cut, base: 1 / 0)
     failing.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 2))
     assert "ZeroDivisionError" in failing.maybe_write().error
     with pytest.raises(WireError, match="without a checkpoint directory"):
         Cuts(shard_id=0, shard=shard, groups=groups, placement=lambda: Placement(ring), writer=None).ask(
             b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 2))
+
+
+def test_a_snapshot_cut_is_answered_at_once_and_told_written_once_its_child_wrote_it(tmp_path):
+    """The shard's state at the cut is what the forked child writes, whatever the parent does meanwhile."""
+    import zmq
+
+    from hybrid_ps.server.snapshots import SnapshotWriter
+
+    ring = HashRing([0], vnodes=8)
+    shard = Shard(1, make_optimizer("sgd", 1.0))
+    shard.push(np.array([3, 5], np.uint64), np.ones((2, 1), np.float32))
+    out = tmp_path / "cut.npy"
+
+    def write(part, clock, cut, base):
+        time.sleep(0.3)
+        np.save(out, part[1])
+
+    snapshots = SnapshotWriter(poller=zmq.Poller())
+    cuts = Cuts(shard_id=0, shard=shard, groups=GroupTable(num_groups=1), placement=lambda: Placement(ring),
+                writer=write, snapshots=snapshots)
+    cuts.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 4))
+    taken = cuts.maybe_write()
+    assert taken is not None and not taken.written and taken.cut == 4
+    shard.push(np.array([3, 5], np.uint64), np.ones((2, 1), np.float32))  # after the cut: not in its file
+    assert cuts.written() == [] and not out.exists()  # the child is still writing
+    ended = cuts.written(block=True)
+    assert [(c.cut, c.written, c.error) for c in ended] == [(4, True, None)]
+    np.testing.assert_array_equal(np.load(out)[:, 0], [-1.0, -1.0])
+    failing = Cuts(shard_id=0, shard=shard, groups=GroupTable(num_groups=1), placement=lambda: Placement(ring),
+                   writer=lambda part, clock, cut, base: 1 / 0, snapshots=snapshots)
+    failing.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 2))
+    assert failing.maybe_write().error is None  # answered: the snapshot is taken
+    assert "writer failed" in failing.written(block=True)[0].error
+
+
+def test_between_full_cuts_a_shard_writes_only_the_rows_it_changed():
+    ring = HashRing([0], vnodes=8)
+    shard = Shard(1, make_optimizer("sgd", 1.0), track_changes=True)
+    placement = [Placement(ring)]
+    written = []
+    cuts = Cuts(shard_id=0, shard=shard, groups=GroupTable(num_groups=1), placement=lambda: placement[0],
+                writer=lambda part, clock, cut, base: written.append((cut, base, part[0].tolist(),
+                                                                      part[1][:, 0].tolist())), deltas=2)
+
+    def cut(clock, keys):
+        shard.push(np.array(keys, np.uint64), np.ones((len(keys), 1), np.float32))
+        cuts.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, clock, clock))
+        assert cuts.maybe_write().error is None
+        return written[-1]
+
+    assert cut(10, [1, 2, 3])[:2] == (10, None)  # the first is full
+    assert cut(20, [2, 5]) == (20, 10, [2, 5], [-2.0, -1.0])  # a delta on 10: only what changed, as it is now
+    assert cut(30, [5]) == (30, 20, [5], [-2.0])
+    assert cut(40, [1])[:2] == (40, None) and sorted(written[-1][2]) == [1, 2, 3, 5]  # two deltas, then full
+    assert cut(50, [3])[:2] == (50, 40)
+    placement[0] = Placement(ring, 1, dead=[])  # another placement (a failover, a restart): full
+    assert cut(60, [3])[:2] == (60, None)
+
+
+def test_a_cut_is_written_once_every_shard_that_took_part_says_so():
+    from hybrid_ps.worker.written_cuts import WrittenCuts
+
+    cuts = WrittenCuts()
+    cuts.told(1, 7, None)  # a shard's notice may come before the last ACK
+    cuts.expect(7, [0, 1])
+    assert cuts.state(7) is None
+    cuts.told(0, 7, None)
+    assert cuts.state(7) is True
+    cuts.expect(9, [0, 1])
+    cuts.told(0, 9, "disk full")
+    assert cuts.state(9) == "disk full"
+    cuts.expect(11, [0, 1])
+    cuts.told(0, 11, None)
+    cuts.shard_died(1)
+    assert "shard 1 died" in cuts.state(11)
+    assert cuts.state(13) is None, "a cut never taken is never written"
 
 
 # -- AppliedPushes (primary-driven replication) ---------------------------------------------------------------

@@ -683,7 +683,7 @@ def test_no_group_is_dropped_without_a_timeout(make_cluster):
 def test_a_dropped_group_does_not_block_a_checkpoint_cut(make_cluster):
     cuts = []
     cluster = make_cluster(shards=1, groups=2, staleness=0, group_timeout=0.6,
-                           checkpoint_writer=lambda exported, clock, cut: cuts.append(cut))
+                           checkpoint_writer=lambda exported, clock, cut, base: cuts.append(cut))
     alive, silent = cluster.client(0), cluster.client(1)
     silent.wait(silent.clock(2))
     alive.wait(alive.clock(2))

@@ -38,8 +38,9 @@ FRAMES = {
     wire.Op.SHARD_DOWN: 2,
     wire.Op.SHARD_UP: 3,
     wire.Op.SHARD_RETIRED: 2,
+    wire.Op.CUT_WRITTEN: 1,
 }
-OPTIONAL_LAST_FRAME = {wire.Op.PUSH, wire.Op.ACK, wire.Op.RETIRE}  # a push's sequence; the shards' view answering
+OPTIONAL_LAST_FRAME = {wire.Op.PUSH, wire.Op.ACK, wire.Op.RETIRE, wire.Op.CUT_WRITTEN}  # a push's sequence; the shards' view answering
 # a supervisor; the sender of a shard's RETIRE to its peers
 
 
@@ -77,7 +78,7 @@ def test_every_op_has_a_frame_count_and_requests_are_below_replies():
     requests = [op for op in wire.Op if op < 64]
     replies = [op for op in wire.Op if op >= 64]
     assert {wire.Op.ACK, wire.Op.PULL_REPLY, wire.Op.ERROR, wire.Op.SHARD_DOWN, wire.Op.SHARD_UP,
-            wire.Op.SHARD_RETIRED} == set(replies)
+            wire.Op.SHARD_RETIRED, wire.Op.CUT_WRITTEN} == set(replies)
     assert wire.Op.PULL in requests and wire.Op.PUSH in requests
 
 
@@ -131,13 +132,13 @@ def test_bad_magic(magic):
         wire.decode_header([_raw_header(magic=magic)])
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 255])
 def test_bad_version(version):
     with pytest.raises(WireError, match=f"wire version {version}, this build speaks {wire.VERSION}"):
         wire.decode_header([_raw_header(version=version)])
 
 
-@pytest.mark.parametrize("op", [0, 21, 42, 63, 70, 255])
+@pytest.mark.parametrize("op", [0, 21, 42, 63, 71, 255])
 def test_unknown_op(op):
     with pytest.raises(WireError, match=f"unknown op {op}$"):
         wire.decode_header([_raw_header(op=op)])
