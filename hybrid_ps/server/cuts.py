@@ -66,7 +66,7 @@ class Cuts:
         self._requests: dict[int, tuple[bytes, wire.Header]] = {}
         self._writing: CutReplies | None = None  # the cut a snapshot writes now
         self._ended: list[CutReplies] = []  # snapshot writes that ended, to tell (``written``)
-        self.deltas = deltas if shard.changed is not None else 0
+        self.deltas = deltas  # (the shard must track its changes: ``Shard(track_changes=True)``)
         self._last: tuple[int, Placement] | None = None  # the cut written last, and the placement then
         self._deltas_in_a_row = 0
 
@@ -124,9 +124,9 @@ class Cuts:
     def _delta_of(self, cut: int) -> tuple[int | None, np.ndarray | None]:
         """Whether the cut at ``cut`` is a delta (the cut it extends, else ``None``), and the keys changed since
         the cut before (taken now: the next delta starts from here)."""
-        changed = self.shard.changed.take() if self.shard.changed is not None else None
+        changed = self.shard.changed.take() if self.deltas and self.shard.changed is not None else None
         placement, last = self._placement(), self._last
-        delta = (self.deltas > 0 and last is not None and placement is last[1] and last[0] < cut
+        delta = (changed is not None and last is not None and placement is last[1] and last[0] < cut
                  and self._deltas_in_a_row < self.deltas)
         self._deltas_in_a_row = self._deltas_in_a_row + 1 if delta else 0
         self._last = (cut, placement)
