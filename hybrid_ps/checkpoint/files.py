@@ -14,7 +14,7 @@ from ..atomic import atomic_path
 from ..errors import CheckpointError
 
 __all__ = ["FORMAT_VERSION", "DELTA_FORMAT_VERSION", "ShardState", "partial_dir", "write_shard_file",
-           "read_shard_file", "shard_chain", "merge_chain"]
+           "read_shard_file", "shard_chain", "merge_chain", "newest_positions"]
 
 FORMAT_VERSION = 1
 DELTA_FORMAT_VERSION = 2  # a delta (a shard file with ``base``, a model.h5 with ``bases``): readers of 1 refuse it
@@ -132,12 +132,17 @@ def shard_chain(path: str | Path) -> list[Path]:
         chain.append(below)
 
 
+def newest_positions(keys: np.ndarray) -> np.ndarray:
+    """The position of each distinct key's last occurrence in ``keys`` (a chain read oldest first), sorted by key."""
+    return keys.size - 1 - np.unique(keys[::-1], return_index=True)[1]
+
+
 def merge_chain(states: list[ShardState]) -> ShardState:
     """A shard file's chain (``shard_chain``'s files, oldest first) as one state: each key's latest row."""
     if len(states) == 1:
         return states[0]
     keys = np.concatenate([s.keys for s in states])
-    newest = keys.size - 1 - np.unique(keys[::-1], return_index=True)[1]  # each key's last position
+    newest = newest_positions(keys)
     last = states[-1]
     merged = {name: np.concatenate([s.state[name] for s in states])[newest] for name in last.state}
     return dataclasses.replace(last, keys=keys[newest], values=np.concatenate([s.values for s in states])[newest],

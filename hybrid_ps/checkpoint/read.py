@@ -12,7 +12,17 @@ import h5py
 import numpy as np
 
 from ..errors import CheckpointError
-from .files import BEST, LATEST, ShardState, _check_format, _open, merge_chain, read_shard_file, shard_chain
+from .files import (
+    BEST,
+    LATEST,
+    ShardState,
+    _check_format,
+    _open,
+    merge_chain,
+    newest_positions,
+    read_shard_file,
+    shard_chain,
+)
 
 __all__ = ["resolve_checkpoint", "SavedModel", "load_saved_model", "read_feature_scales", "checkpoint_info",
            "check_resumable", "restore_shard", "cut_parts", "resume_clocks"]
@@ -80,8 +90,7 @@ def load_saved_model(path: str | Path) -> SavedModel:
         attrs = dict(f.attrs)
         scale_keys, scales = _feature_scales(f)
     # sorted for lookup; a delta's chain may hold a key more than once, oldest first: its last row is the one
-    newest = keys.size - 1 - np.unique(keys[::-1], return_index=True)[1] if "bases" in attrs else None
-    order = np.argsort(keys, kind="stable") if newest is None else newest
+    order = newest_positions(keys) if "bases" in attrs else np.argsort(keys, kind="stable")
     return SavedModel(keys[order], values[order], str(model_attrs.get("kind", "")), int(attrs["clock"]), attrs,
                       model_attrs, scale_keys, scales)
 
