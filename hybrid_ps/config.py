@@ -67,6 +67,19 @@ class ClusterConfig:
         "", "tier file of a PS tier started with python -m hybrid_ps.serve: every rank of this job is a "
         "worker (empty = this job's last ranks are the servers)", "--ps-tier")
     first_group: int = _option(0, "with ps_tier: the tier's group slot of this job's first group", "--first-group")
+    admit_after: int = _option(
+        1, "feature admission: a key gets a row only once it was pushed this many times (1-255; until then its "
+        "pushes are counted in a bounded sketch and it reads as the initial value; 1 = at its first push)",
+        "--admit-after")
+    admit_sketch_mb: float = _option(
+        16.0, "feature admission: MiB per shard of counters for keys not admitted yet (one byte each)",
+        "--admit-sketch-mb")
+    evict_after: int = _option(
+        0, "feature eviction: at full checkpoint cuts, drop rows not pushed for this many clocks (needs "
+        "train.checkpoint_every; 0 = never)", "--evict-after")
+    evict_below: float = _option(
+        -1.0, "feature eviction: at full checkpoint cuts, also drop rows whose every value is within +-this "
+        "(negative = never)", "--evict-below")
 
 
 @dataclass
@@ -91,6 +104,9 @@ class DataConfig:
     interactions: float = _option(
         0.0, "synthetic data: scale of hidden pairwise feature interactions in the labels (0 = a linear model; "
         "factorization machines can learn them, logistic regression cannot)", "--interactions")
+    drift: float = _option(
+        0.0, "synthetic data: feature ids the popularity ranking moves on per row (new ids keep arriving, old ones "
+        "fade: an unbounded key stream; 0 = a fixed id space)", "--drift")
     preload: bool = _option(
         True, "read this rank's rows into memory once, before training (false = stream every pass)", "--preload")
 
@@ -172,7 +188,8 @@ class TrainConfig:
 
 @dataclass
 class CommConfig:
-    """What leaders send to the PS tier: filters that hold small updates back (they go later), value encodings."""
+    """What leaders send to the PS tier: filters that hold small updates back (they go later), value encodings;
+    a simulated network between leaders and shards."""
 
     filter_threshold: float = _option(
         0.0, "significantly-modified filter: push an entry only once its accumulated update reaches this "
@@ -193,6 +210,13 @@ class CommConfig:
     value_encoding: str = _option(
         "float32", "pushed values on the wire (float16/bfloat16: half the bytes, float8 (e5m2): a quarter; "
         "the rounding error is carried over)", "--value-encoding", ("float32", "float16", "bfloat16", "float8"))
+    net_latency_ms: float = _option(
+        0.0, "simulated network (benchmarks, tests): one-way latency in ms added to every leader<->shard "
+        "connection by a relay process next to each leader (0 with net_bandwidth_gbit 0 = off, direct TCP)",
+        "--net-latency-ms")
+    net_bandwidth_gbit: float = _option(
+        0.0, "simulated network: Gbit/s of each leader's link, each way, shared by its connections to every "
+        "shard (0 = unlimited)", "--net-bandwidth-gbit")
 
 
 @dataclass
@@ -228,6 +252,10 @@ class Config:
         if self.train.early_stopping and not (self.data.eval_path and self.train.eval_every):
             raise ConfigError("train.early_stopping needs data.eval_path (--eval-data) and train.eval_every "
                               "(--eval-every): it counts the evaluations at those cuts")
+        evicts = self.cluster.evict_after > 0 or self.cluster.evict_below >= 0
+        if evicts and not (self.train.checkpoint and self.train.checkpoint_every):
+            raise ConfigError("cluster.evict_after and cluster.evict_below evict at checkpoint cuts: they need "
+                              "train.checkpoint and train.checkpoint_every (--checkpoint-every N)")
         if self.cluster.security == "none" and not self.cluster.ps_tier:
             check_plaintext_host(resolve_bind_host(self.cluster.bind_host))
         if self.cluster.ps_tier and not Path(self.cluster.ps_tier).is_file():
@@ -254,6 +282,7 @@ class Config:
             ("data.nnz_per_row", self.data.nnz_per_row >= 1, ">= 1"),
             ("data.zipf_exponent", self.data.zipf_exponent > 0, "> 0"),
             ("data.interactions", self.data.interactions >= 0, ">= 0"),
+            ("data.drift", self.data.drift >= 0, ">= 0"),
             ("model.embedding_dim", self.model.embedding_dim >= 1, ">= 1"),
             ("model.init_scale", self.model.init_scale >= 0, ">= 0"),
             ("model.dense_sync_every", self.model.dense_sync_every >= 2, ">= 2"),
@@ -271,10 +300,16 @@ class Config:
             ("train.straggle_probability", 0 <= self.train.straggle_probability <= 1, "in [0, 1]"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 0, ">= 0"),
             ("train.checkpoint_delta", self.train.checkpoint_delta >= 0, ">= 0"),
+            ("cluster.admit_after", 1 <= self.cluster.admit_after <= 255, "in [1, 255]"),
+            ("cluster.admit_sketch_mb", 0.001 <= self.cluster.admit_sketch_mb <= 65536, "in [0.001, 65536]"),
+            ("cluster.evict_after", self.cluster.evict_after >= 0, ">= 0"),
+            ("cluster.evict_below", not math.isnan(self.cluster.evict_below), "a number"),
             ("train.keep", self.train.keep >= 1, ">= 1"),
             ("train.eval_every", self.train.eval_every >= 0, ">= 0"),
             ("train.early_stopping", self.train.early_stopping >= 0, ">= 0"),
             ("comm.filter_threshold", self.comm.filter_threshold >= 0, ">= 0"),
+            ("comm.net_latency_ms", 0 <= self.comm.net_latency_ms < math.inf, "finite and >= 0"),
+            ("comm.net_bandwidth_gbit", 0 <= self.comm.net_bandwidth_gbit < math.inf, "finite and >= 0"),
         ]
 
     @property

@@ -19,6 +19,7 @@ __all__ = ["FORMAT_VERSION", "DELTA_FORMAT_VERSION", "ShardState", "partial_dir"
 FORMAT_VERSION = 1
 DELTA_FORMAT_VERSION = 2  # a delta (a shard file with ``base``, a model.h5 with ``bases``): readers of 1 refuse it
 _READABLE = (FORMAT_VERSION, DELTA_FORMAT_VERSION)
+_STATE_DESCRIPTIONS = {"updated": "uint32 [keys, 1]: clock of the push that last updated the row (feature eviction)"}
 LATEST = "latest"
 BEST = "best"  # a pointer like latest: the cut whose validation logloss was lowest (train.early_stopping)
 
@@ -32,13 +33,15 @@ class ShardState:
     clock: int
     keys: np.ndarray  # uint64 [n]
     values: np.ndarray  # float32 [n, width]
-    state: dict[str, np.ndarray]  # optimizer state name -> float32 [n, width]
+    state: dict[str, np.ndarray]  # optimizer state name -> float32 [n, width]; "updated" -> uint32 [n, 1] stamps
     clock_table: np.ndarray  # int64 [groups]: steps each group finished
     finished: np.ndarray  # bool [groups]: group finished training
     optimizer: str
     hyperparameters: dict[str, float]
     away: np.ndarray | None = None  # bool [groups]: group dropped (silent) or absent at the cut; None = none
     base: int | None = None  # a delta: only the rows changed since this shard's file of the cut at ``base``
+    admission: tuple[np.ndarray, int] | None = None  # feature admission: the count sketch's uint8 counters, and the
+    # keys added to it since its last halving (a resume on the same shards counts on exactly where it stopped)
 
 
 def partial_dir(root: str | Path, clock: int) -> Path:
@@ -64,11 +67,17 @@ def write_shard_file(directory: str | Path, shard: ShardState) -> Path:
         _dataset(f, "keys", shard.keys, "uint64 feature keys held by this shard (slot order)")
         _dataset(f, "values", shard.values, "float32 [keys, width] parameter values")
         for name, array in shard.state.items():
-            _dataset(f, f"state/{name}", array, f"float32 [keys, width] optimizer state '{name}'")
+            _dataset(f, f"state/{name}", array, _STATE_DESCRIPTIONS.get(name, f"float32 [keys, width] optimizer state "
+                                                                               f"'{name}'"))
         _dataset(f, "clock_table", shard.clock_table, "int64 [groups]: steps each worker group had finished")
         _dataset(f, "finished", shard.finished, "bool [groups]: worker group had finished training")
         away = np.zeros_like(shard.finished) if shard.away is None else shard.away
         _dataset(f, "away", away, "bool [groups]: worker group was dropped (silent) or absent at the cut")
+        if shard.admission is not None:
+            counts, added = shard.admission
+            f.create_dataset("admission", data=counts, compression="gzip", compression_opts=1)  # mostly zeros
+            f["admission"].attrs.update(added=added, description="uint8 counters of keys not admitted yet (feature "
+                                        "admission's count sketch); 'added': keys counted since its last halving")
     return path
 
 
@@ -96,6 +105,7 @@ def read_shard_file(path: str | Path) -> ShardState:
                                  if k.startswith("optimizer.")},
                 away=f["away"][()] if "away" in f else None,
                 base=_base_clock(f, path),
+                admission=(f["admission"][()], int(f["admission"].attrs["added"])) if "admission" in f else None,
             )
         except (KeyError, OSError) as e:
             raise CheckpointError(f"{path}: incomplete shard file: {e}") from None

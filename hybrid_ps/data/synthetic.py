@@ -16,6 +16,10 @@ the models see it): a rank-``LATENT_RANK`` factorization machine of the row,
 which logistic regression cannot fit. Only the labels change; the keys are
 drawn exactly as without it.
 
+With ``drift > 0`` the ranking moves on as the rows go: row ``r`` draws index
+``i + floor(r * drift)`` for the rank ``i`` it samples, so new ids keep taking the
+head and old ones fade into the tail (an unbounded key stream, as click logs are).
+
 Rows come in fixed blocks of ``BLOCK_ROWS``, block ``b`` drawn from
 ``np.random.default_rng([seed, b])``: the dataset is the same whatever the
 number of ranks, and a rank generates only the blocks its rows fall in.
@@ -64,8 +68,8 @@ _MAX_FEATURE_KEY = np.uint64(2**64 - 2)  # 2**64 - 1 is the model's bias key
 MAX_FEATURES = 2**64 - 2
 """The largest ``features``: as many ids as there are feature keys."""
 _MAX_MARGIN = 500.0  # |margin| above this saturates the sigmoid anyway; keeps exp() finite
-_RECORDED = ("rows", "features", "nnz_per_row", "zipf_exponent", "seed", "interactions")  # [data] settings, kept
-_OPTIONAL = {"interactions": 0.0}  # in a checkpoint's record: absent from those of earlier versions
+_RECORDED = ("rows", "features", "nnz_per_row", "zipf_exponent", "seed", "interactions", "drift")  # [data], kept
+_OPTIONAL = {"interactions": 0.0, "drift": 0.0}  # in a checkpoint's record: absent from those of earlier versions
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class SyntheticSpec:
         seed: selects the keys, the true weights and the rows.
         interactions: scale of the hidden pairwise term ``sum_{i<j} <u_i, u_j>`` in the true logit
             (0: a purely linear model, the rows of earlier versions bit for bit).
+        drift: feature ids the ranking moves on per row (0: a fixed id space, the rows of earlier versions).
 
     Raises:
         ConfigError: a field is out of range; the message names it as ``data.<field>``.
@@ -95,13 +100,14 @@ class SyntheticSpec:
     bias: float = -1.0
     seed: int = 0
     interactions: float = 0.0
+    drift: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("rows", "features", "nnz_per_row", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ConfigError(f"data.{name} must be an integer, got {value!r}")
-        for name in ("zipf_exponent", "weight_scale", "bias", "interactions"):
+        for name in ("zipf_exponent", "weight_scale", "bias", "interactions", "drift"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
                 raise ConfigError(f"data.{name} must be a finite number, got {value!r}")
@@ -112,6 +118,8 @@ class SyntheticSpec:
             ("zipf_exponent", self.zipf_exponent > 0, "> 0"),
             ("weight_scale", self.weight_scale >= 0, ">= 0"),
             ("interactions", self.interactions >= 0, ">= 0"),
+            ("drift", self.drift == 0 or self.drift > 0 and self.features + self.rows * self.drift <= MAX_FEATURES,
+             ">= 0, with features + rows * drift <= 2**64 - 2"),
             ("seed", 0 <= self.seed < 2**63, ">= 0 and < 2**63"),
         ):
             if not ok:
@@ -398,7 +406,11 @@ class SyntheticShard:
         spec = self.spec
         rows = min(BLOCK_ROWS, spec.rows - block * BLOCK_ROWS)
         rng = np.random.default_rng([spec.seed, block])
-        keys = feature_key(self._sample(rng.random(rows * spec.nnz_per_row)), spec.seed)
+        index = self._sample(rng.random(rows * spec.nnz_per_row))
+        if spec.drift > 0:
+            moved = np.floor((block * BLOCK_ROWS + np.arange(rows)) * spec.drift).astype(np.uint64)
+            index = index.astype(np.uint64) + np.repeat(moved, spec.nnz_per_row)
+        keys = feature_key(index, spec.seed)
         margin = _key_weight(keys, spec.weight_scale).reshape(rows, spec.nnz_per_row).sum(axis=1)
         margin += spec.bias
         if spec.interactions > 0:

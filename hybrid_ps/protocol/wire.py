@@ -63,6 +63,8 @@ Requests and the frames they carry:
                                   (before any forward or fill it sends under the new placement), its clients
                                   (SHARD_RETIRED), and fills each new backup with the rows it is acting
                                   primary of; a supervisor's is ACKed, with the rows sent, once they have them
+    DROP       header keys sender (primary to backup) its eviction at a cut took ``keys`` out: take them out too,
+                                  between the same forwards
     ENDPOINTS  header             (a supervisor, now and then, to its own shard) the ACK carries the shards
                                   as it knows them (a view frame: a restarted peer's new endpoint)
     VIEW       header view        (admin, to the coordinating shard) the tier's shards change to
@@ -133,8 +135,9 @@ __all__ = [
 ]
 
 MAGIC = b"HP"
-VERSION = 5  # 2: EVICT names the dead shard in a frame of its own; 3: primary-driven replication (FORWARD);
-# 4: RETIRE, SHARD_RETIRED, the placement history in FILLED; 5: CUT_WRITTEN (checkpoints written from a snapshot)
+VERSION = 6  # 2: EVICT names the dead shard in a frame of its own; 3: primary-driven replication (FORWARD);
+# 4: RETIRE, SHARD_RETIRED, the placement history in FILLED; 5: CUT_WRITTEN (checkpoints written from a snapshot);
+# 6: DROP (feature eviction)
 HEADER_FORMAT = "<2sBBBBIQqQI"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 FLAG_STOP = 1
@@ -192,6 +195,7 @@ class Op(enum.IntEnum):
     FILLED = 18
     ENDPOINTS = 19
     RETIRE = 20
+    DROP = 21
     ACK = 64
     PULL_REPLY = 65
     ERROR = 66
@@ -222,6 +226,7 @@ _FRAMES_FOR_OP: dict[Op, int | tuple[int, ...]] = {
     Op.FILLED: 4,
     Op.ENDPOINTS: 1,
     Op.RETIRE: (2, 3),  # the sender frame from a shard telling its peers
+    Op.DROP: 3,
     Op.ACK: (1, 2),  # the shards as a shard knows them, answering a supervisor's EVICT, REJOIN, RETIRE or ENDPOINTS
     Op.PULL_REPLY: 3,
     Op.ERROR: 2,

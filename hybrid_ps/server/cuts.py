@@ -53,21 +53,26 @@ class Cuts:
         snapshots: writes each cut from a forked copy of the shard (``None``: in the shard's loop).
         deltas: between two full files, this many cuts write only the rows changed since the one before (the
             shard must track its changes); a cut after a change of placement, or after a failed write, is full.
+        evict: called with the clock of each full cut before it is taken (feature eviction: a delta carries no
+            deletions); ``None``: nothing is evicted.
     """
 
     def __init__(self, *, shard_id: int, shard: Shard, groups: GroupTable, placement: Callable[[], Placement],
-                 writer: CheckpointWriter | None, snapshots: SnapshotWriter | None = None, deltas: int = 0) -> None:
+                 writer: CheckpointWriter | None, snapshots: SnapshotWriter | None = None, deltas: int = 0,
+                 evict: Callable[[int], object] | None = None) -> None:
         self.shard_id = shard_id
         self.shard = shard
         self.groups = groups
         self._placement = placement
         self.writer = writer
         self.snapshots = snapshots
+        self._evict = evict
         self._requests: dict[int, tuple[bytes, wire.Header]] = {}
         self._writing: CutReplies | None = None  # the cut a snapshot writes now
         self._ended: list[CutReplies] = []  # snapshot writes that ended, to tell (``written``)
         self.deltas = deltas  # (the shard must track its changes: ``Shard(track_changes=True)``)
         self._last: tuple[int, Placement] | None = None  # the cut written last, and the placement then
+        self._taken: tuple[int, int] | None = None  # the cut taken last, and the shard's version then
         self._deltas_in_a_row = 0
 
     def ask(self, identity: bytes, header: wire.Header) -> None:
@@ -102,9 +107,14 @@ class Cuts:
         cut = int(clock.clocks.max()) if target == wire.FINAL_CLOCK else target
         answered = [request for request in self._requests.values() if request[1].clock == target]
         self._requests = {g: r for g, r in self._requests.items() if r[1].clock != target}
+        if target == wire.FINAL_CLOCK and self._taken == (cut, self.shard.version):
+            return self._same_as_taken(answered, cut)
         if self.snapshots is not None:
             self._ended += self.written(block=True)  # one write at a time
         base, changed = self._delta_of(cut)
+        if base is None and self._evict is not None:
+            self._evict(cut)
+        self._taken = (cut, self.shard.version)
         if self.snapshots is not None:
             try:
                 self.snapshots.start(cut, lambda: self._write(clock, cut, base, changed))
@@ -117,8 +127,16 @@ class Cuts:
             self._write(clock, cut, base, changed)
         except Exception as e:
             log.exception("shard %d could not write checkpoint %d", self.shard_id, cut)
-            self._last = None  # the next one is full
+            self._last = self._taken = None  # the next one is full, and taken again
             return CutReplies(answered, cut, error=f"checkpoint at clock {cut} failed: {type(e).__name__}: {e}")
+        return CutReplies(answered, cut)
+
+    def _same_as_taken(self, answered: list[tuple[bytes, wire.Header]], cut: int) -> CutReplies:
+        """The cut after training is the periodic cut just taken at the same clock, and nothing changed since: its
+        file is this cut's (written again, it would land in the directory as it is being published)."""
+        if self._writing is not None and self._writing.cut == cut:  # told with it once its file is written
+            self._writing.requests += answered
+            return CutReplies(answered, cut, written=False)
         return CutReplies(answered, cut)
 
     def _delta_of(self, cut: int) -> tuple[int | None, np.ndarray | None]:
@@ -148,7 +166,7 @@ class Cuts:
             log.error("shard %d could not write checkpoint %d (its writer failed: see above)", self.shard_id,
                       replies.cut)
             replies.error = f"checkpoint at clock {replies.cut} failed: shard {self.shard_id}'s writer failed"
-            self._last = None  # the next one is full
+            self._last = self._taken = None  # the next one is full, and taken again
         replies.written = True
         return [*ended, replies]
 

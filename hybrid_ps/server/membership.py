@@ -225,7 +225,7 @@ class TierMembership:
         loaded: list[np.ndarray] = []
         try:
             for part in self._cut_reader(cut, lambda k: mine(k) & ~self.shard.contains(k)):
-                self.shard.load(part.keys, part.values, part.state)
+                self.shard.load(part.keys, part.values, part.state, since=cut)
                 loaded.append(part.keys)
         except BaseException:
             if loaded:  # drop what was loaded again (those keys were not held before)

@@ -33,6 +33,8 @@ from ..placement.replicas import default_replication
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
 from ..tables.optimizers import optimizer_from_config
+from .admission import Admission
+from .eviction import EvictionPolicy
 from .service import ShardService
 from .shard import Shard
 
@@ -96,6 +98,9 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
     optimizer = optimizer_from_config(config.optimizer)
     root = config.checkpoint_root
     ring = HashRing(spec.shard_ids, config.cluster.vnodes)
+    cluster = config.cluster
+    admission = None if cluster.admit_after == 1 else Admission(
+        after=cluster.admit_after, sketch_bytes=int(cluster.admit_sketch_mb * (1 << 20)))
 
     def write_checkpoint(exported, clock, cut: int, base: int | None) -> None:
         keys, values, state = exported
@@ -103,14 +108,17 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
             shard_id=spec.shard_id, num_shards=len(spec.shard_ids), clock=cut, keys=keys, values=values,
             state=state, clock_table=clock.clocks.copy(), finished=clock.finished.copy(),
             optimizer=optimizer.name, hyperparameters=optimizer.hyperparameters(), away=clock.dropped.copy(),
-            base=base,
+            base=base, admission=admission.saved() if admission is not None else None,
         ))
 
     host = resolve_bind_host(config.cluster.bind_host)
     if spec.curve_keys is None:
         check_plaintext_host(host)
+    eviction = EvictionPolicy(after=cluster.evict_after, below=cluster.evict_below)
+    shard = Shard(spec.width, optimizer, track_changes=config.train.checkpoint_delta > 0,
+                  stamped=eviction.after > 0)
     service = ShardService(
-        Shard(spec.width, optimizer, track_changes=config.train.checkpoint_delta > 0), spec.shard_id, ring,
+        shard, spec.shard_id, ring,
         spec.num_groups, config.cluster.staleness,
         host, max_keys=config.cluster.max_keys_per_message,
         checkpoint_writer=write_checkpoint if config.train.checkpoint else None,
@@ -119,7 +127,7 @@ def build_service(spec: ShardSpec, stop: StopRequest | None = None) -> ShardServ
         groups_present=spec.groups_present,
         cut_reader=lambda cut, owned: checkpoint.cut_parts(checkpoint.partial_dir(root, cut), owned, optimizer.name),
         curve_keys=spec.curve_keys, restarted=spec.restarted, snapshot_checkpoints=config.train.checkpoint_snapshot,
-        checkpoint_deltas=config.train.checkpoint_delta,
+        checkpoint_deltas=config.train.checkpoint_delta, admission=admission, eviction=eviction,
     )
     if config.train.resume and not spec.restarted:
         _restore(service, spec)
@@ -130,9 +138,15 @@ def _restore(service: ShardService, spec: ShardSpec) -> None:
     """Load every key this shard replicates (re-sharded by the current ring) and the clocks of a checkpoint."""
     path, started = spec.config.resume_path, time.monotonic()
     owned = lambda keys: service.placement.is_replica(keys, spec.shard_id)  # noqa: E731
+    clocks = checkpoint.resume_clocks(path, spec.num_groups)
+    sketches: dict[int, tuple] = {}
     for part in checkpoint.restore_shard(path, owned, service.shard.optimizer.name):
-        service.shard.load(part.keys, part.values, part.state)
-    service.clock.clocks[:] = checkpoint.resume_clocks(path, spec.num_groups)
+        service.shard.load(part.keys, part.values, part.state, since=int(clocks.min()) if clocks.size else 0)
+        if part.admission is not None:
+            sketches[part.shard_id if part.num_shards == len(spec.shard_ids) else -1 - part.shard_id] = part.admission
+    if service.admission is not None:
+        service.admission.resume(sketches, shard_id=spec.shard_id)
+    service.clock.clocks[:] = clocks
     log.info("resumed %d keys at clocks %s in %.2fs from %s", len(service.shard), service.clock.clocks.tolist(),
              time.monotonic() - started, checkpoint.resolve_checkpoint(path))
 

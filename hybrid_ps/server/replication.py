@@ -208,6 +208,15 @@ class Forwards:
             self.forwarded_keys += part_keys.size
         return bool(parts)
 
+    def drop(self, keys: np.ndarray, placement: Placement, width: int) -> None:
+        """Send each of ``keys``' other live replicas DROP of its part (evicted here, their acting primary): after
+        the forwards before it, before those after it, as this shard removed them."""
+        for backup, positions in placement.backup_parts(keys, self.shard_id):
+            if self.links.connected(backup):
+                header = wire.Header(wire.Op.DROP, 0, self._new_request_id(), 0, positions.size, width)
+                self.links.send(backup, [wire.encode_header(header), np.ascontiguousarray(np.take(keys, positions)),
+                                         self._sender])
+
     def start_fill(self, request: WaitingRequest, new: int, keys: np.ndarray, *,
                    select: Callable[[np.ndarray], np.ndarray], table: Callable[[], tuple[np.ndarray, dict]]) -> None:
         """Begin filling shard ``new`` (restarted, or a new backup of a retired shard's ranges) with the rows of

@@ -21,7 +21,9 @@ from ..placement.replicas import REJOINED, Placement
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
 from ..protocol import wire
+from .admission import Admission
 from .cuts import CheckpointWriter, Cuts
+from .eviction import Eviction, EvictionPolicy
 from .groups import GroupTable
 from .held_pulls import HeldPulls
 from .membership import CutReader, TierMembership
@@ -50,6 +52,7 @@ class ServiceStats:
     deferred_pulls: int = 0
     keys_pushed: int = 0
     keys_pulled: int = 0
+    keys_not_admitted: int = 0  # pushed keys dropped because they were not admitted yet
 
     def count(self, op: wire.Op) -> None:
         self.requests[op.name] = self.requests.get(op.name, 0) + 1
@@ -90,6 +93,8 @@ class ShardService:
             (``snapshots.py``; only in a process of its own: a fork copies one thread).
         checkpoint_deltas: between two full checkpoint files, this many write only the rows changed since the
             cut before (``shard`` must track its changes).
+        admission: gives a key a row only once it was pushed often enough (``None``: at its first push).
+        eviction: evicts rows at the full checkpoint cuts (``shard`` must be ``stamped`` for ``after``).
     """
 
     def __init__(
@@ -113,6 +118,8 @@ class ShardService:
         restarted: bool = False,
         snapshot_checkpoints: bool = False,
         checkpoint_deltas: int = 0,
+        admission: Admission | None = None,
+        eviction: EvictionPolicy | None = None,
     ) -> None:
         self.shard = shard
         self.shard_id = shard_id
@@ -142,11 +149,15 @@ class ShardService:
         self.replies = Replies(socket=self.socket, shard_id=shard_id, clock=self.clock, announcement=self._announced)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
+        self.forwards = Forwards(shard_id=shard_id, context=self._context, curve_keys=curve_keys, poller=self._poller)
+        self.admission = admission
+        self.eviction = None if eviction is None or not eviction.enabled else Eviction(
+            shard_id=shard_id, shard=shard, policy=eviction, placement=lambda: self.placement,
+            drop=lambda keys, placement: self.forwards.drop(keys, placement, shard.width))
         self.cuts = Cuts(shard_id=shard_id, shard=shard, groups=self.groups, placement=lambda: self.placement,
                          writer=checkpoint_writer,
                          snapshots=SnapshotWriter(poller=self._poller) if snapshot_checkpoints else None,
-                         deltas=checkpoint_deltas)
-        self.forwards = Forwards(shard_id=shard_id, context=self._context, curve_keys=curve_keys, poller=self._poller)
+                         deltas=checkpoint_deltas, evict=self.eviction.at_cut if self.eviction else None)
         self.applied = AppliedPushes(num_groups=num_groups)
         self.rebuild = Rebuild(shard_id=shard_id, shard=shard, membership=self.membership, groups=self.groups,
                                forwards=self.forwards, applied=self.applied, replies=self.replies,
@@ -335,7 +346,12 @@ class ShardService:
         sequence = wire.PushSequence.from_frame(body[3]) if len(body) == 4 else None
         if sequence is None and self.placement.replication > 1:
             raise WireError("a push to a replicated shard needs its sequence frame")
-        self._apply(header.group, sequence, keys, grads)
+        if self.admission is not None:
+            admitted = self.admission.admit(keys, self.shard.contains(keys))
+            if not admitted.all():  # the others only count (and are not forwarded: backups hold what this holds)
+                self.stats.keys_not_admitted += int(admitted.size - admitted.sum())
+                keys, grads = keys[admitted], grads[admitted]
+        self._apply(header.group, sequence, keys, grads, header.clock)
         if clock is not None:
             self.clock.advance(header.group, clock)
         push = WaitingRequest(identity, header)
@@ -347,15 +363,22 @@ class ShardService:
         self.rebuild.check_sender(body[4])
         keys = self.request_keys.checked(identity, body[1], header, primary=False)
         grads = wire.values_from_frame(body[2], header)
-        self._apply(header.group, wire.PushSequence.from_frame(body[3]), keys, grads)
+        self._apply(header.group, wire.PushSequence.from_frame(body[3]), keys, grads, header.clock)
 
-    def _apply(self, group: int, sequence: wire.PushSequence | None, keys: np.ndarray, grads: np.ndarray) -> None:
-        """Apply the keys of a push not applied yet (``sequence``: which push; ``None``, unreplicated: all)."""
+    def _on_drop(self, identity: bytes, header: wire.Header, body: list[memoryview]) -> None:
+        """A primary evicted these keys of a range this shard replicates (at a cut): remove them here too."""
+        self.rebuild.check_sender(body[2])
+        self.shard.remove(self.request_keys.checked(identity, body[1], header, primary=False))
+
+    def _apply(self, group: int, sequence: wire.PushSequence | None, keys: np.ndarray, grads: np.ndarray,
+               clock: int) -> None:
+        """Apply the keys of a push (of the group's step ``clock``) not applied yet (``sequence``: which push;
+        ``None``, unreplicated: all)."""
         fresh = self.applied.not_applied(group, sequence, keys) if sequence is not None else None
         if fresh is None:
-            self.shard.push(keys, grads)
+            self.shard.push(keys, grads, clock)
         elif fresh.any():
-            self.shard.push(keys[fresh], grads[fresh])
+            self.shard.push(keys[fresh], grads[fresh], clock)
         if sequence is not None:
             self.applied.note(group, sequence, keys)
         self.stats.keys_pushed += keys.size if fresh is None else int(fresh.sum())
@@ -507,6 +530,7 @@ _ROUTES: dict[wire.Op, _Route] = {
     wire.Op.PULL: _Route(ShardService._on_pull, acked=False),
     wire.Op.PUSH: _Route(ShardService._on_push, acked=False),
     wire.Op.FORWARD: _Route(ShardService._on_forward, from_a_group=False),
+    wire.Op.DROP: _Route(ShardService._on_drop, from_a_group=False),
     wire.Op.CLOCK: _Route(ShardService._on_clock),
     wire.Op.FINISH: _Route(ShardService._on_finish, ends_a_step=True),
     wire.Op.BYE: _Route(ShardService._on_bye, ends_a_step=True),

@@ -9,7 +9,12 @@ from ..tables import KeyTable
 from ..tables.optimizers import Optimizer
 from .changed_keys import ChangedKeys
 
-__all__ = ["Shard"]
+__all__ = ["Shard", "STAMP"]
+
+STAMP = "updated"
+"""The name (in ``export``'s state, and in a checkpoint's ``state`` group) of each row's stamp: the clock of the
+push that last updated it (uint32 ``[n, 1]``; a ``stamped`` shard, for feature eviction)."""
+_MAX_STAMP = (1 << 32) - 1
 
 
 class Shard:
@@ -25,15 +30,22 @@ class Shard:
         optimizer: the update rule for pushes.
         capacity: keys to make room for at once (the table grows by itself).
         track_changes: note the keys each change touches (``changed``: delta checkpoints write only those).
+        stamped: keep, after its optimizer state, each row's stamp (``STAMP``): the clock of its last push
+            (``stale`` finds the rows not updated since a clock: feature eviction).
     """
 
     def __init__(self, width: int, optimizer: Optimizer, capacity: int = 1 << 16, *,
-                 track_changes: bool = False) -> None:
+                 track_changes: bool = False, stamped: bool = False) -> None:
         self.width = width
         self.optimizer = optimizer
         self._rule = optimizer.rule
-        self.table = KeyTable(width, self.columns, capacity)
+        self.stamped = stamped
+        self.columns = width * (1 + len(optimizer.state_names)) + stamped
+        """Floats in a key's row: its values, its optimizer state, its stamp (if ``stamped``)."""
+        self.table = KeyTable(width, self.columns, capacity, stamped=stamped)
         self.changed = ChangedKeys() if track_changes else None
+        self.version = 0
+        """Changes so far (pushes, loads, removals): a cut may tell whether anything changed since the last."""
 
     def __len__(self) -> int:
         return len(self.table)
@@ -42,8 +54,9 @@ class Shard:
         """Values of ``keys`` as a new ``[n, width]`` float32 array (zeros if unseen)."""
         return self.table.pull(_keys(keys))
 
-    def push(self, keys: np.ndarray, grads: np.ndarray) -> None:
-        """Apply the optimizer to unique ``keys`` with ``grads`` of shape ``[n, width]``.
+    def push(self, keys: np.ndarray, grads: np.ndarray, clock: int = 0) -> None:
+        """Apply the optimizer to unique ``keys`` with ``grads`` of shape ``[n, width]`` (the push of the step
+        at ``clock``: a ``stamped`` shard notes it as the rows' last update).
 
         Raises:
             NonFiniteError: the update would store a NaN or an infinity (float32 overflow);
@@ -51,9 +64,10 @@ class Shard:
         """
         keys = _keys(keys)
         grads = np.ascontiguousarray(grads, dtype=np.float32).reshape(keys.size, self.width)
-        bad = self.table.push(keys, grads, self._rule)
+        bad = self.table.push(keys, grads, self._rule, min(max(clock, 0), _MAX_STAMP))
         if self.changed is not None and not bad:
             self.changed.note(keys)
+        self.version += not bad
         if bad:
             raise NonFiniteError(f"the {self.optimizer.name} update of {bad} of {keys.size} keys overflows float32 "
                                  "(NaN or Inf): push refused, no value changed")
@@ -62,39 +76,55 @@ class Shard:
         """Whether each of ``keys`` is held (bool array)."""
         return self.table.contains(_keys(keys))
 
-    def load(self, keys: np.ndarray, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
-        """Set ``keys``' values and optimizer state, inserting them (restoring a checkpoint, moving ranges)."""
+    def load(self, keys: np.ndarray, values: np.ndarray, state: dict[str, np.ndarray], since: int = 0) -> None:
+        """Set ``keys``' values and optimizer state, inserting them (restoring a checkpoint, moving ranges); a
+        ``stamped`` shard takes their stamps from ``state[STAMP]``, or (a checkpoint of a shard that kept none)
+        counts them as updated at clock ``since``."""
+        keys = _keys(keys)
         rows = [np.asarray(values, dtype=np.float32).reshape(-1, self.width)]
         rows += [np.asarray(state[name], dtype=np.float32).reshape(-1, self.width)
                  for name in self.optimizer.state_names]
-        keys = _keys(keys)
+        if self.stamped:
+            stamps = state.get(STAMP)
+            stamps = np.full(keys.size, since, np.uint32) if stamps is None else np.asarray(stamps, np.uint32)
+            rows.append(stamps.reshape(-1, 1).view(np.float32))
         self.table.assign(keys, np.ascontiguousarray(np.concatenate(rows, axis=1)))
-        if self.changed is not None:
-            self.changed.note(keys)
+        self._note_changed(keys)
 
     def load_rows(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Set ``keys``' whole rows (values, then each optimizer state: ``rows``' layout), inserting them."""
         keys = _keys(keys)
         self.table.assign(keys, np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, self.columns))
+        self._note_changed(keys)
+
+    def _note_changed(self, keys: np.ndarray) -> None:
         if self.changed is not None:
             self.changed.note(keys)
-
-    @property
-    def columns(self) -> int:
-        """Floats in a key's row: its values and optimizer state."""
-        return self.width * (1 + len(self.optimizer.state_names))
+        self.version += 1
 
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
         """Keys and whole rows of every held key (``load_rows``' layout)."""
         return self.table.export()
 
+    def stale(self, before: int, below: float = -1.0) -> np.ndarray:
+        """The keys not pushed since clock ``before`` (a ``stamped`` shard; 0: none), and, with ``below >= 0``, those
+        whose every value is within ``±below``: the rows feature eviction takes out."""
+        return self.table.stale(min(max(before, 0), _MAX_STAMP), below)
+
+    def remove(self, keys: np.ndarray) -> int:
+        """Take ``keys`` out (evicted: a push or a load brings them back as new); returns how many were held."""
+        self.version += 1
+        return self.table.remove(_keys(keys))
+
     def retain(self, keep: np.ndarray) -> None:
         """Keep only the keys where ``keep`` (a mask over ``export``'s order) is true (a shard giving up ranges)."""
+        self.version += 1
         self.table.retain(keep)
 
     def export(self, keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Keys, values and optimizer state of every held key, in the table's order (``retain``'s mask order); or
-        of ``keys`` only (sorted; zeros for a key not held)."""
+        of ``keys`` only (sorted; zeros for a key not held). A ``stamped`` shard adds the stamps (``STAMP``) to
+        the state."""
         if keys is None:
             keys, rows = self.table.export()
         else:
@@ -102,6 +132,8 @@ class Shard:
             rows = self.table.pull(keys, self.columns)
         w = self.width
         state = {name: rows[:, w * (i + 1) : w * (i + 2)] for i, name in enumerate(self.optimizer.state_names)}
+        if self.stamped:
+            state[STAMP] = np.ascontiguousarray(rows[:, -1:]).view(np.uint32)
         return keys, rows[:, :w], state
 
 

@@ -22,10 +22,17 @@ Push. ``push`` is one pass of lookup-or-insert and the optimizer over each row,
 in float32 with the exact operation order of the numpy reference in the tests.
 It keeps a copy of every row it touches; if any updated value is not finite
 (float32 overflow), every row is put back and the push is refused whole.
+
+Stamps and removal. A ``stamped`` table keeps one more column per row, a uint32
+stamp a push writes (the clock of the push: when the row was last updated), so
+``stale`` finds the rows not updated since a clock; ``remove`` takes keys out
+(feature eviction). A part that lost keys is rehashed into fresh buckets (slots
+are never emptied in place: an empty slot ends a probe), and a wide row's place
+in its block goes on a free list for the next insertion.
 """
 
 from libc.math cimport fabsf, isfinite, sqrtf
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
@@ -208,12 +215,14 @@ cdef class KeyTable:
         columns: float32 per row: ``width`` values, then the optimizer's state (``width`` each).
         capacity: keys to make room for at once.
         max_load: fill ratio of a part that makes it grow (0.1 - 0.95).
+        stamped: the last of the ``columns`` is the stamp (uint32 bits) ``push`` writes.
     """
 
     cdef Part parts[_PARTS]
     cdef readonly int width
     cdef readonly int columns
     cdef readonly double max_load
+    cdef readonly bint stamped  # the last column holds the uint32 stamp of the row's last push
     cdef int64_t row_bytes
     cdef int64_t payload_bytes  # per slot: the row itself (inline) or its index
     cdef int64_t bucket_bytes
@@ -222,6 +231,9 @@ cdef class KeyTable:
     cdef size_t *block_mapped
     cdef int64_t num_blocks
     cdef int64_t next_row       # wide rows: rows handed out
+    cdef int64_t *free_rows     # wide rows: rows of removed keys, handed out again first
+    cdef int64_t free_count
+    cdef int64_t free_capacity
     cdef float *zero_row        # the row of key 0 (the key that marks empty slots)
     cdef bint has_zero
     cdef uint64_t hashes[_CHUNK]
@@ -230,12 +242,12 @@ cdef class KeyTable:
     cdef float *saved           # push: every touched row before the update
     cdef int64_t undo_capacity
 
-    def __cinit__(self, int width, int columns, int64_t capacity=1024, double max_load=0.8):
-        if width < 1 or columns < width:
-            raise ValueError(f"width must be >= 1 and columns >= width, got {width}, {columns}")
+    def __cinit__(self, int width, int columns, int64_t capacity=1024, double max_load=0.8, bint stamped=False):
+        if width < 1 or columns < width + stamped:
+            raise ValueError(f"width must be >= 1 and columns >= width (+1 stamped), got {width}, {columns}")
         if not 0.1 <= max_load <= 0.95:
             raise ValueError(f"max_load must be in [0.1, 0.95], got {max_load}")
-        self.width, self.columns, self.max_load = width, columns, max_load
+        self.width, self.columns, self.max_load, self.stamped = width, columns, max_load, stamped
         self.row_bytes = 4 * columns
         self.inline_rows = self.row_bytes <= _INLINE_ROW_BYTES
         self.payload_bytes = self.row_bytes if self.inline_rows else 8
@@ -257,6 +269,7 @@ cdef class KeyTable:
             hps_free(self.parts[p].buckets, self.parts[p].mapped)
         self._free_blocks()
         free(self.zero_row)
+        free(self.free_rows)
         free(self.touched)
         free(self.saved)
 
@@ -267,7 +280,7 @@ cdef class KeyTable:
         free(self.blocks)
         free(self.block_mapped)
         self.blocks, self.block_mapped = NULL, NULL
-        self.num_blocks = self.next_row = 0
+        self.num_blocks = self.next_row = self.free_count = 0
 
     def __len__(self):
         return self._count()
@@ -385,7 +398,7 @@ cdef class KeyTable:
                     grown = self._buckets_for(self.parts[p].count + incoming[p])
                 self._resize(p, grown)
         if not self.inline_rows:
-            self._add_blocks(self.next_row + n)
+            self._add_blocks(self.next_row + (n - self.free_count if n > self.free_count else 0))
         return 0
 
     cdef int _add_blocks(self, int64_t rows) except -1 nogil:
@@ -464,8 +477,12 @@ cdef class KeyTable:
         (<uint64_t *> bucket)[slot] = key
         part.count += 1
         if not self.inline_rows:
-            index = self.next_row
-            self.next_row += 1
+            if self.free_count:
+                self.free_count -= 1
+                index = self.free_rows[self.free_count]
+            else:
+                index = self.next_row
+                self.next_row += 1
             memcpy(self._payload(bucket, slot), &index, 8)
         row = self._row(bucket, slot)
         _zero(row, self.columns)
@@ -547,8 +564,9 @@ cdef class KeyTable:
                     memcpy(self.located[i - start], &rows[i, 0], self.row_bytes)
                 start = stop
 
-    def push(self, const uint64_t[::1] keys, const float[:, ::1] grads, UpdateRule rule):
-        """Lookup-or-insert each (unique) key and apply ``rule`` to its row with its gradient row.
+    def push(self, const uint64_t[::1] keys, const float[:, ::1] grads, UpdateRule rule, uint32_t stamp=0):
+        """Lookup-or-insert each (unique) key and apply ``rule`` to its row with its gradient row (and, in a
+        ``stamped`` table, set its stamp to ``stamp``).
 
         Returns:
             0, or how many rows the update would have made non-finite: then nothing was
@@ -558,15 +576,15 @@ cdef class KeyTable:
         if grads.shape[0] != n or (n and grads.shape[1] != self.width):
             raise ValueError(f"push: {n} keys but gradient of shape {grads.shape[0]}x{grads.shape[1]}, "
                              f"width {self.width}")
-        if self.columns != self.width * (1 + rule.states):
+        if self.columns != self.width * (1 + rule.states) + self.stamped:
             raise ValueError(f"push: a table of {self.columns} columns cannot hold {rule.states} state arrays "
-                             f"of width {self.width}")
+                             f"of width {self.width}" + (" and a stamp" if self.stamped else ""))
         if n == 0:
             return 0
         self._undo_room(n)
         cdef int64_t bad
         with nogil:
-            bad = self._push(&keys[0], &grads[0, 0], n, rule.rule)
+            bad = self._push(&keys[0], &grads[0, 0], n, rule.rule, stamp)
         return bad
 
     cdef int _undo_room(self, int64_t n) except -1:
@@ -583,7 +601,8 @@ cdef class KeyTable:
         self.undo_capacity = n
         return 0
 
-    cdef int64_t _push(self, const uint64_t *keys, const float *grads, int64_t n, Rule rule) except -1 nogil:
+    cdef int64_t _push(self, const uint64_t *keys, const float *grads, int64_t n, Rule rule,
+                       uint32_t stamp) except -1 nogil:
         self._reserve(keys, n)  # room for the whole batch first: no bucket or row moves below
         cdef int64_t start = 0, stop, i, bad = 0
         cdef float *row
@@ -594,6 +613,8 @@ cdef class KeyTable:
                 self.touched[i] = <char *> row
                 _copy(self.saved + i * self.columns, row, self.columns)
                 bad += not _update(rule, row, grads + i * self.width, self.width)
+                if self.stamped:
+                    memcpy(row + self.columns - 1, &stamp, 4)
             start = stop
         if bad:
             for i in range(n - 1, -1, -1):  # backwards: a repeated key ends as it began
@@ -677,6 +698,139 @@ cdef class KeyTable:
                 self.parts[p].buckets, self.parts[p].mapped, self.parts[p].size = fresh, mapped, size
                 self.parts[p].count = kept_count
                 self.parts[p].limit = min(<int64_t> (size * _SLOTS * self.max_load), size * _SLOTS - 1)
+
+    # -- eviction ----------------------------------------------------------------------------------
+
+    cdef inline bint _is_stale(self, const float *row, uint32_t before, float below) noexcept nogil:
+        cdef uint32_t stamp
+        cdef int j
+        if self.stamped:
+            memcpy(&stamp, row + self.columns - 1, 4)
+            if stamp < before:
+                return True
+        if below < 0:
+            return False
+        for j in range(self.width):
+            if fabsf(row[j]) > below:
+                return False
+        return True
+
+    def stale(self, uint32_t before, double below=-1.0):
+        """The keys whose stamp is below ``before`` (not pushed since; a ``stamped`` table), or, with ``below >=
+        0``, whose every value is within ``±below``: what an eviction takes out (a new uint64 array, in
+        ``export``'s order)."""
+        if before and not self.stamped:
+            raise ValueError("stale: this table keeps no stamps")
+        cdef float limit = below
+        cdef int64_t count = 0, at = 0, b
+        cdef int p, slot, run
+        cdef char *bucket
+        cdef uint64_t[::1] keys
+        out = np.empty(0, dtype=np.uint64)
+        for run in range(2):  # count, then fill
+            if run:
+                out = np.empty(count, dtype=np.uint64)
+                if count == 0:
+                    return out
+                keys = out
+            with nogil:
+                if self.has_zero and self._is_stale(self.zero_row, before, limit):
+                    if run:
+                        keys[at] = 0
+                    at += 1
+                for p in range(_PARTS):
+                    for b in range(self.parts[p].size):
+                        bucket = self.parts[p].buckets + b * self.bucket_bytes
+                        for slot in range(_SLOTS):
+                            if (<uint64_t *> bucket)[slot] != 0 and self._is_stale(self._row(bucket, slot), before,
+                                                                                   limit):
+                                if run:
+                                    keys[at] = (<uint64_t *> bucket)[slot]
+                                at += 1
+            count, at = at, 0
+        return out
+
+    def remove(self, const uint64_t[::1] keys):
+        """Take ``keys`` out (absent ones, and repeats, are skipped); returns how many were held.
+
+        Every part that lost keys is rehashed into fresh buckets (no longer than it needs: a table that evicts
+        gives memory back), so a lookup's probe never stops short at an emptied slot.
+        """
+        cdef int64_t n = keys.shape[0], i, removed = 0, index, size, fit
+        cdef int64_t *grown
+        if n == 0:
+            return 0
+        cdef char **buckets = <char **> calloc(n, sizeof(char *))
+        cdef int *slots = <int *> calloc(n, sizeof(int))
+        if buckets == NULL or slots == NULL:
+            free(buckets)
+            free(slots)
+            raise MemoryError()
+        if not self.inline_rows and self.free_count + n > self.free_capacity:
+            grown = <int64_t *> realloc(self.free_rows, (self.free_count + n) * sizeof(int64_t))
+            if grown == NULL:
+                free(buckets)
+                free(slots)
+                raise MemoryError()
+            self.free_rows, self.free_capacity = grown, self.free_count + n
+        cdef bint dirty[_PARTS]
+        cdef int p
+        cdef Part *part
+        with nogil:
+            memset(dirty, 0, sizeof(dirty))
+            for i in range(n):  # every slot first: emptying one would end the probes of keys behind it
+                self._find_slot(keys[i], &buckets[i], &slots[i])
+            for i in range(n):
+                if keys[i] == 0:
+                    if self.has_zero:
+                        self.has_zero = False
+                        removed += 1
+                    continue
+                if buckets[i] == NULL or (<uint64_t *> buckets[i])[slots[i]] == 0:
+                    continue  # absent, or listed twice
+                if not self.inline_rows:
+                    memcpy(&index, self._payload(buckets[i], slots[i]), 8)
+                    self.free_rows[self.free_count] = index
+                    self.free_count += 1
+                (<uint64_t *> buckets[i])[slots[i]] = 0
+                p = hps_mix64(keys[i] ^ _SALT) >> (64 - _PART_BITS)
+                self.parts[p].count -= 1
+                dirty[p] = True
+                removed += 1
+            for p in range(_PARTS):
+                if dirty[p]:
+                    part = &self.parts[p]
+                    size, fit = part.size, self._buckets_for(part.count + part.count // 2)
+                    self._resize(p, fit if fit < size else size)
+        free(buckets)
+        free(slots)
+        return removed
+
+    cdef void _find_slot(self, uint64_t key, char **bucket_out, int *slot_out) noexcept nogil:
+        """Where ``key`` is (its bucket and slot), or a NULL bucket (absent, or the key 0: its side row)."""
+        bucket_out[0] = NULL
+        if key == 0:
+            return
+        cdef uint64_t h = hps_mix64(key ^ _SALT)
+        cdef Part *part = &self.parts[h >> (64 - _PART_BITS)]
+        cdef int64_t position = hps_fastrange(h << _PART_BITS, part.size)
+        cdef char *bucket = part.buckets + position * self.bucket_bytes
+        cdef int slot
+        cdef bint empty
+        while True:
+            empty = False
+            for slot in range(_SLOTS):
+                if (<uint64_t *> bucket)[slot] == key:
+                    bucket_out[0], slot_out[0] = bucket, slot
+                    return
+                empty |= (<uint64_t *> bucket)[slot] == 0
+            if empty:
+                return
+            position += 1
+            bucket += self.bucket_bytes
+            if position == part.size:
+                position = 0
+                bucket = part.buckets
 
     def clear(self):
         """Drop every key (and give back the memory)."""

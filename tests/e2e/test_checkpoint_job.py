@@ -155,14 +155,42 @@ def test_delta_checkpoints_are_the_full_ones_bit_for_bit_and_resume_and_evaluate
     assert metrics[0] == metrics[1], "the same metrics, to the last digit"
 
 
-def _every_row(directory) -> bytes:
-    """Every key's values and optimizer state in a checkpoint (deltas merged), sorted by key, as bytes."""
+def _every_row(directory, *more_state: str) -> bytes:
+    """Every key's values and optimizer state (and ``more_state``) in a checkpoint (deltas merged), sorted by key,
+    as bytes."""
     import numpy as np
 
     from hybrid_ps import checkpoint
 
     parts = list(checkpoint.restore_shard(directory, lambda keys: np.ones(keys.size, bool), "adagrad"))
     keys = np.concatenate([p.keys for p in parts])
-    rows = np.concatenate([np.concatenate([p.values, p.state["accumulator"]], axis=1) for p in parts])
     order = np.argsort(keys)
-    return keys[order].tobytes() + rows[order].tobytes()
+    columns = [np.concatenate([p.values for p in parts])] + [
+        np.concatenate([p.state[name] for p in parts]) for name in ("accumulator", *more_state)]
+    return keys[order].tobytes() + b"".join(column[order].tobytes() for column in columns)
+
+
+def test_a_checkpoint_after_admission_and_eviction_resumes_exactly(run_job, tmp_path):
+    """On a drifting id stream, with admission at 2 and eviction after 5 clocks at every cut (2 servers, so every
+    key on both: the backups follow their primaries' DROPs), a job resumed from its cut at 30 holds at 40 and 60
+    exactly what the uninterrupted job held: the same keys, values, optimizer state, stamps (and sketch)."""
+    import shutil
+
+    args = [*RESUME, "--features", "20000", "--drift", "0.5", "--servers", "2", "--max-steps", "60",
+            "--checkpoint-every", "10", "--evict-after", "5", "--admit-after", "2", "--final-eval", "false",
+            "--keep", "10"]
+    straight = run_job(5, *args, "--checkpoint-dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "evicted" in straight.stderr and "DROP" in straight.stderr
+    resumed_root = tmp_path / "resumed"
+    resumed_root.mkdir()
+    shutil.copytree(tmp_path / "straight" / "ckpt-30", resumed_root / "ckpt-30")
+    resumed = run_job(5, *args, "--checkpoint-dir", str(resumed_root), "--resume", str(resumed_root / "ckpt-30"))
+    assert resumed.returncode == 0 and "at clocks [30]" in resumed.stderr, resumed.stderr[-3000:]
+    for name in ("ckpt-40", "ckpt-60"):
+        rows = {how: _every_row(root / name, "updated") for how, root in (("straight", tmp_path / "straight"),
+                                                                           ("resumed", resumed_root))}
+        assert rows["straight"] == rows["resumed"], f"{name} differs"
+    with h5py.File(tmp_path / "straight" / "ckpt-60" / "model.h5") as f:
+        held, pushed = int(f.attrs["total_keys"]), 20000 + int(40000 * 0.5)
+    assert held < pushed / 4, (held, pushed)  # old ids left, new ones came

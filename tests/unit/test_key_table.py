@@ -243,3 +243,67 @@ def test_ftrl_with_l1_drives_small_weights_to_exactly_zero():
     apply_rows(rows, grads, UpdateRule("ftrl", 0.5, l1=1.0), 1)
     assert rows[0, 0] == 0.0 and rows[1, 0] == 0.0 and rows[2, 0] != 0.0
     assert np.signbit(rows[:2, 0]).sum() == 0  # +0.0, as numpy's where(..., 0.0, ...)
+
+
+# -- stamps, stale rows and removal (feature eviction) --------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=key_batches, width=st.sampled_from([1, 2, 16]), seed=st.integers(0, 2**32 - 1),
+       before=st.integers(0, 9), below=st.sampled_from([-1.0, 0.0, 0.3]))
+def test_stamps_stale_and_remove_equal_a_dict_of_rows(batches, width, seed, before, below):
+    """Pushes at clocks 0, 1, ... stamp their rows; ``stale`` is the dict's rows with an older stamp (or small
+    values); removing them (and pushing again) leaves exactly the dict without them."""
+    rng = np.random.default_rng(seed)
+    columns = width * 2 + 1  # AdaGrad, and the stamp
+    table, reference, stamps = KeyTable(width, columns, capacity=4, stamped=True), DictTable(width, columns - 1), {}
+    for clock, batch in enumerate(batches):
+        keys = np.array(batch, dtype=np.uint64)
+        grads = rng.normal(size=(keys.size, width)).astype(np.float32)
+        assert table.push(keys, grads, _rule("adagrad"), clock) == reference.push(keys, grads, "adagrad",
+                                                                                  **HYPER["adagrad"]) == 0
+        stamps.update(dict.fromkeys(batch, clock))
+    expected = {k for k, row in reference.rows.items()
+                if stamps[k] < before or (below >= 0 and np.all(np.abs(row[:width]) <= below))}
+    stale = table.stale(before, below)
+    assert sorted(stale.tolist()) == sorted(expected) and stale.size == len(expected)
+    assert table.remove(np.concatenate([stale, stale[:3]])) == len(expected)  # a repeat is skipped
+    for key in expected:
+        del reference.rows[key]
+    keys, rows = table.export()
+    assert sorted(keys.tolist()) == sorted(reference.rows)
+    for key, row in zip(keys.tolist(), rows, strict=True):
+        assert row[:-1].tobytes() == reference.rows[key].tobytes()
+        assert int(row[-1:].view(np.uint32)[0]) == stamps[key]
+    again = np.array(sorted(expected), dtype=np.uint64)  # evicted keys come back as new rows (zeros, then a push)
+    grads = np.ones((again.size, width), np.float32)
+    assert table.push(again, grads, _rule("adagrad"), 99) == reference.push(again, grads, "adagrad",
+                                                                          **HYPER["adagrad"]) == 0
+    probe = np.array(sorted({k for b in batches for k in b} | set(EDGE_KEYS)), dtype=np.uint64)
+    np.testing.assert_array_equal(table.pull(probe), reference.pull(probe))
+    assert len(table) == len(reference.rows)
+
+
+@pytest.mark.parametrize("width", [1, 16])
+def test_removal_gives_memory_back_and_wide_rows_reuse_their_places(width):
+    table = KeyTable(width, width + 1, stamped=True)
+    keys = np.unique(np.random.default_rng(1).integers(1, 2**64 - 1, 300_000, dtype=np.uint64))
+    rule = UpdateRule("sgd", 0.1)
+    table.push(keys, np.ones((keys.size, width), np.float32), rule, 1)
+    full = table.nbytes
+    assert table.remove(keys[: keys.size * 9 // 10]) == keys.size * 9 // 10
+    assert len(table) == keys.size - keys.size * 9 // 10
+    if width == 1:  # rows live in the buckets: the parts shrink
+        assert table.nbytes < full / 3
+    else:  # rows live in blocks that never move: the freed places are handed out again before any new block
+        table.push(keys[: keys.size // 2], np.ones((keys.size // 2, width), np.float32), rule, 2)
+        assert table.nbytes <= full
+    assert table.contains(keys[keys.size * 9 // 10 :]).all()
+
+
+def test_stale_needs_a_stamped_table_and_push_checks_the_stamp_column():
+    with pytest.raises(ValueError, match="keeps no stamps"):
+        KeyTable(1, 1).stale(3)
+    assert KeyTable(1, 1).stale(0, 0.0).size == 0
+    with pytest.raises(ValueError, match="and a stamp"):
+        KeyTable(1, 3, stamped=True).push(np.array([1], np.uint64), np.ones((1, 1), np.float32), _rule("sgd"))

@@ -146,6 +146,42 @@ def test_a_snapshot_cut_is_answered_at_once_and_told_written_once_its_child_wrot
     assert "writer failed" in failing.written(block=True)[0].error
 
 
+def test_the_cut_after_training_at_the_clock_of_the_last_cut_is_that_cut_unless_something_changed(tmp_path):
+    """Written again, the same cut's file would land in its directory while a leader publishes it."""
+    import zmq
+
+    from hybrid_ps.server.snapshots import SnapshotWriter
+
+    ring = HashRing([0], vnodes=8)
+    shard = Shard(1, make_optimizer("sgd", 1.0))
+    shard.push(np.array([3, 5], np.uint64), np.ones((2, 1), np.float32))
+
+    def write(part, clock, cut, base):
+        time.sleep(0.2)
+        (tmp_path / f"cut-{cut}-{len(list(tmp_path.iterdir()))}").write_text("written")
+
+    groups = GroupTable(num_groups=1)
+    cuts = Cuts(shard_id=0, shard=shard, groups=groups, placement=lambda: Placement(ring), writer=write,
+                snapshots=SnapshotWriter(poller=zmq.Poller()))
+    cuts.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 1, 6))
+    periodic = cuts.maybe_write()
+    groups.clock.advance(0, 6)
+    groups.clock.finish(0)
+    cuts.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 2, wire.FINAL_CLOCK))
+    final = cuts.maybe_write()  # while the periodic cut's file is still being written
+    assert final.cut == periodic.cut == 6 and not final.written and final.requests[0][1].request_id == 2
+    ended = cuts.written(block=True)  # told with it: both requests
+    assert [header.request_id for _, header in ended[0].requests] == [1, 2] and ended[0].written
+    written = sorted(path.name for path in tmp_path.iterdir())
+    assert written == ["cut-6-0"]  # once
+    cuts.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 3, wire.FINAL_CLOCK))
+    assert cuts.maybe_write().written  # unchanged, and nothing being written: told at once
+    shard.push(np.array([3], np.uint64), np.ones((1, 1), np.float32))
+    cuts.ask(b"g0", wire.Header(wire.Op.CHECKPOINT, 0, 4, wire.FINAL_CLOCK))
+    assert not cuts.maybe_write().written and cuts.written(block=True)[0].cut == 6  # changed: written again
+    assert len(list(tmp_path.iterdir())) == 2
+
+
 def test_between_full_cuts_a_shard_writes_only_the_rows_it_changed():
     ring = HashRing([0], vnodes=8)
     shard = Shard(1, make_optimizer("sgd", 1.0), track_changes=True)

@@ -36,7 +36,8 @@ class Cluster:
     def __init__(self, shards: int = 2, groups: int = 1, staleness: float = 0, width: int = 1,
                  optimizer: str = "sgd", learning_rate: float = 1.0, max_keys: int = 1 << 24,
                  group_timeout: float = 0.0, checkpoint_writer=None, replication: int = 1,
-                 groups_present: bool = True, curve_keys: JobKeys | None = None, peers_known: bool = True) -> None:
+                 groups_present: bool = True, curve_keys: JobKeys | None = None, peers_known: bool = True,
+                 stamped: bool = False, **service_options) -> None:
         self.context = zmq.Context()
         self.curve_keys = curve_keys
         self.ring = HashRing(range(shards), vnodes=64)
@@ -45,10 +46,10 @@ class Cluster:
         self.replication = replication
         self.optimizer = (optimizer, learning_rate)
         self.services = [
-            ShardService(Shard(width, make_optimizer(optimizer, learning_rate), capacity=16), shard, self.ring,
-                         groups, staleness, max_keys=max_keys, context=self.context, group_timeout=group_timeout,
-                         checkpoint_writer=checkpoint_writer, replication=replication, groups_present=groups_present,
-                         curve_keys=curve_keys)
+            ShardService(Shard(width, make_optimizer(optimizer, learning_rate), capacity=16, stamped=stamped), shard,
+                         self.ring, groups, staleness, max_keys=max_keys, context=self.context,
+                         group_timeout=group_timeout, checkpoint_writer=checkpoint_writer, replication=replication,
+                         groups_present=groups_present, curve_keys=curve_keys, **service_options)
             for shard in range(shards)
         ]
         for service in self.services if peers_known else []:  # as a client's PEERS tells a primary its backups'
@@ -1161,3 +1162,60 @@ def test_a_push_whose_update_would_overflow_is_rejected_and_the_shard_keeps_serv
         client.wait(client.push(keys, np.full((keys.size, 1), 3e38, np.float32), 1))
     assert np.array_equal(client.wait(client.pull(keys, 2)), before)
     assert cluster.services[0].stats.errors == 1
+
+
+# -- feature admission and eviction ----------------------------------------------------------------
+
+
+def test_a_key_gets_a_row_at_its_third_push_and_its_primary_forwards_only_admitted_keys(make_cluster):
+    from hybrid_ps.server.admission import Admission
+
+    cluster = make_cluster(shards=3, replication=2, optimizer="sgd", learning_rate=1.0,
+                           admission=Admission(after=3, sketch_bytes=1 << 16))
+    client = cluster.client()
+    keys = _random_keys(500, seed=41)
+    ones = np.ones((keys.size, 1), np.float32)
+    for step in range(2):
+        client.wait(client.push(keys, ones, step, tell_clock=True))
+        np.testing.assert_array_equal(client.wait(client.pull(keys, step + 1)), 0.0)  # reads as the initial value
+    assert sum(len(service.shard) for service in cluster.services) == 0
+    assert sum(service.forwards.forwarded_keys for service in cluster.services) == 0
+    client.wait(client.push(keys, 2 * ones, 2, tell_clock=True))
+    np.testing.assert_array_equal(client.wait(client.pull(keys, 3)), -2.0)  # only the admitting push applies
+    assert sum(len(service.shard) for service in cluster.services) == 2 * keys.size  # on both replicas
+    assert sum(service.stats.keys_not_admitted for service in cluster.services) == 2 * keys.size
+
+
+def test_eviction_at_a_cut_takes_the_same_rows_off_every_replica_and_out_of_the_checkpoint(make_cluster):
+    """Rows not pushed for 2 clocks go at the cut of clock 4, on the primaries (which write the cut) and, through
+    DROP between the same forwards, on the backups; pushed again, an evicted key starts afresh."""
+    from hybrid_ps.server.eviction import EvictionPolicy
+
+    written: dict[int, np.ndarray] = {}
+
+    def writer(exported, clock, cut, base):
+        written[cut] = np.concatenate([written.get(cut, np.zeros(0, np.uint64)), exported[0]])
+
+    cluster = make_cluster(shards=3, replication=2, optimizer="adagrad", learning_rate=0.3, width=2, stamped=True,
+                           eviction=EvictionPolicy(after=2), checkpoint_writer=writer)
+    client = cluster.client()
+    universe = _random_keys(3000, seed=42)
+    old, recent = universe[:1000], universe[1000:]
+    rng = np.random.default_rng(43)
+    client.wait(client.push(universe, rng.normal(size=(universe.size, 2)).astype(np.float32), 0, tell_clock=True))
+    for step in range(1, 4):
+        client.wait(client.push(recent, rng.normal(size=(recent.size, 2)).astype(np.float32), step, tell_clock=True))
+    client.wait(client.clock(4))
+    assert client.checkpoint(4) == 4
+    deadline = time.monotonic() + 5  # a backup takes its DROP off the primary's link, soon after the cut
+    while sum(len(service.shard) for service in cluster.services) > 2 * recent.size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    held = [dict(zip(*_rows_of(service), strict=True)) for service in cluster.services]
+    assert not any(int(key) in rows for rows in held for key in old)  # pushed at clock 0 < 4 - 2: gone everywhere
+    assert sum(len(rows) for rows in held) == 2 * recent.size
+    for key, owners in zip(recent.tolist(), client.placement.replicas_of(recent).tolist(), strict=True):
+        assert held[owners[0]][key] == held[owners[1]][key], f"replicas of key {key} differ"
+    np.testing.assert_array_equal(np.sort(written[4]), np.sort(recent))  # the cut holds what the shards hold
+    assert sum(service.eviction.evicted for service in cluster.services) == old.size  # by the primaries
+    client.wait(client.push(old, np.ones((old.size, 2), np.float32), 4, tell_clock=True))
+    np.testing.assert_allclose(client.wait(client.pull(old, 5)), -0.3, rtol=1e-5)  # one AdaGrad step from zero

@@ -292,3 +292,21 @@ def test_interactions_are_plumbed_from_the_config_and_the_checkpoint(monkeypatch
         monkeypatch.setattr(evaluation, "checkpoint_info", lambda path, extra=extra: {"data": {**recorded, **extra}})
         got = Batch.concat(list(evaluation.data_batches("synthetic", "ckpt", 128)))
         _assert_batches_equal(got, generate_all(dataclasses.replace(shard.spec, interactions=interactions)))
+
+
+def test_drift_moves_the_head_on_as_the_rows_go_and_the_data_is_the_same_for_any_rank_count():
+    """Row r draws index i + floor(r * drift): early and late rows share few keys, the distinct keys grow with the
+    rows (an unbounded stream), and ranks still split one dataset."""
+    spec = SyntheticSpec(rows=40_000, features=5_000, nnz_per_row=10, zipf_exponent=1.1, seed=3, drift=0.5)
+    data = generate_all(spec)
+    early, late = data.keys[: 40_000], data.keys[-40_000:]  # the first and the last 4,000 rows
+    assert np.intersect1d(early, late).size < 0.05 * np.unique(early).size
+    fixed = generate_all(dataclasses.replace(spec, drift=0.0))
+    assert np.unique(data.keys).size > 2 * np.unique(fixed.keys).size
+    for rows, first_index in ((early, 0), (late, 18_000)):  # the head then: indices from floor(row * 0.5) on
+        values, counts = np.unique(rows, return_counts=True)
+        assert np.isin(values[np.argsort(counts)[-20:]], feature_key(np.arange(first_index, first_index + 2_000), 3)).all()
+    parts = [SyntheticShard(spec, rank, 3) for rank in range(3)]
+    keys = np.concatenate([b.keys for part in parts for b in part.batches(999)])
+    np.testing.assert_array_equal(keys, data.keys)
+    np.testing.assert_array_equal(fixed.keys, generate_all(dataclasses.replace(spec, drift=0.0)).keys)

@@ -10,18 +10,18 @@ from hybrid_ps.errors import CheckpointError, ConfigError
 
 
 def test_settings_to_record_and_back():
-    config = DataConfig(rows=500, features=70, nnz_per_row=5, zipf_exponent=1.3, seed=9, interactions=0.5)
+    config = DataConfig(rows=500, features=70, nnz_per_row=5, zipf_exponent=1.3, seed=9, interactions=0.5, drift=0.25)
     spec = SyntheticSpec.from_config(config)
     record = spec.to_record()
     assert record == {"rows": 500, "features": 70, "nnz_per_row": 5, "zipf_exponent": 1.3, "seed": 9,
-                      "interactions": 0.5}  # the keys checkpoints have always recorded, in their order
-    assert list(record) == ["rows", "features", "nnz_per_row", "zipf_exponent", "seed", "interactions"]
+                      "interactions": 0.5, "drift": 0.25}  # the keys checkpoints have always recorded, in their order
+    assert list(record) == ["rows", "features", "nnz_per_row", "zipf_exponent", "seed", "interactions", "drift"]
     assert SyntheticSpec.from_record({"source": "synthetic", "batch_size": 8, **record}) == spec
 
 
-def test_a_record_from_before_interactions_means_none():
+def test_a_record_from_before_interactions_and_drift_means_none():
     record = {"rows": 10, "features": 5, "nnz_per_row": 2, "zipf_exponent": 1.1, "seed": 0}
-    assert SyntheticSpec.from_record(record).interactions == 0.0
+    assert SyntheticSpec.from_record(record).interactions == 0.0 and SyntheticSpec.from_record(record).drift == 0.0
 
 
 def test_a_missing_field_is_named():

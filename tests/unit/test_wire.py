@@ -32,6 +32,7 @@ FRAMES = {
     wire.Op.FILLED: 4,
     wire.Op.ENDPOINTS: 1,
     wire.Op.RETIRE: 2,
+    wire.Op.DROP: 3,
     wire.Op.ACK: 1,
     wire.Op.PULL_REPLY: 3,
     wire.Op.ERROR: 2,
@@ -132,13 +133,13 @@ def test_bad_magic(magic):
         wire.decode_header([_raw_header(magic=magic)])
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 255])
 def test_bad_version(version):
     with pytest.raises(WireError, match=f"wire version {version}, this build speaks {wire.VERSION}"):
         wire.decode_header([_raw_header(version=version)])
 
 
-@pytest.mark.parametrize("op", [0, 21, 42, 63, 71, 255])
+@pytest.mark.parametrize("op", [0, 22, 42, 63, 71, 255])
 def test_unknown_op(op):
     with pytest.raises(WireError, match=f"unknown op {op}$"):
         wire.decode_header([_raw_header(op=op)])
