@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +24,7 @@ import numpy as np
 
 from hybrid_ps import checkpoint
 
-from .common import finish, print_table
-
-
-def _job(ranks: int, args: list[str], output_dir: Path) -> str:
-    command = [sys.executable, "-m", "mpi_launch", "-n", str(ranks), "--", *args, "--output-dir", str(output_dir)]
-    job = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    if job.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed with exit {job.returncode}:\n{job.stderr[-3000:]}")
-    return job.stderr
+from .common import finish, print_table, run_job
 
 
 def _cuts(stderr: str, root: Path) -> dict[int, dict[str, float]]:
@@ -61,9 +51,9 @@ def main() -> None:
         for how, extra in (("full", []), ("delta", ["--checkpoint-delta", str(args.deltas)])):
             root = Path(tmp) / how
             started = time.monotonic()
-            stderr = _job(args.ranks, ["--rows", str(args.rows), "--features", "10000000", "--checkpoint-every",
-                                       str(args.every), "--keep", "1000", "--checkpoint-dir", str(root), *extra],
-                          Path(tmp) / f"{how}-run")
+            stderr = run_job(args.ranks, ["--rows", str(args.rows), "--features", "10000000", "--checkpoint-every",
+                                          str(args.every), "--keep", "1000", "--checkpoint-dir", str(root), *extra],
+                             Path(tmp) / f"{how}-run", timeout=3600).stderr
             cuts = _cuts(stderr, root)
             last = checkpoint.load_saved_model(root)
             results[how] = {"cuts": cuts, "seconds": time.monotonic() - started, "last": last}

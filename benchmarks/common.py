@@ -14,11 +14,12 @@ import os
 import platform
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["best_time", "print_table", "print_ratio", "finish", "save_results", "peak_rss_bytes", "run_training",
-           "summary_of", "RESULTS_DIR"]
+__all__ = ["best_time", "print_table", "print_ratio", "finish", "save_results", "peak_rss_bytes", "run_job",
+           "run_training", "summary_of", "TrainingJob", "RESULTS_DIR"]
 
 RESULTS_DIR = Path(os.environ.get("HYBRID_PS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 """Where results go; the smoke tests point ``HYBRID_PS_BENCH_RESULTS`` elsewhere to keep the committed figures."""
@@ -104,8 +105,17 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def run_training(ranks: int, args: Sequence[str], output_dir: str | Path, timeout: float = 1800) -> list[dict]:
-    """Run ``hybrid_ps.train`` on ``ranks`` MPI ranks (through ``mpi_launch``) and return its metrics records.
+@dataclass
+class TrainingJob:
+    """A finished ``hybrid_ps.train`` job: its metrics records, its log and its wall time."""
+
+    records: list[dict]
+    stderr: str
+    seconds: float
+
+
+def run_job(ranks: int, args: Sequence[str], output_dir: str | Path, timeout: float = 1800) -> TrainingJob:
+    """Run ``hybrid_ps.train`` on ``ranks`` MPI ranks (through ``mpi_launch``).
 
     Raises:
         RuntimeError: the job failed; the message ends with its last log lines.
@@ -115,10 +125,19 @@ def run_training(ranks: int, args: Sequence[str], output_dir: str | Path, timeou
 
     output_dir = Path(output_dir)
     command = [sys.executable, "-m", "mpi_launch", "-n", str(ranks), "--", *args, "--output-dir", str(output_dir)]
+    started = time.monotonic()
     job = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    seconds = time.monotonic() - started
     if job.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed with exit {job.returncode}:\n{job.stderr[-2000:]}")
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+        raise RuntimeError(f"{' '.join(command)} failed with exit {job.returncode}:\n{job.stderr[-3000:]}")
+    metrics = output_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return TrainingJob(records, job.stderr, seconds)
+
+
+def run_training(ranks: int, args: Sequence[str], output_dir: str | Path, timeout: float = 1800) -> list[dict]:
+    """``run_job``'s metrics records."""
+    return run_job(ranks, args, output_dir, timeout).records
 
 
 def summary_of(records: list[dict]) -> dict:

@@ -25,7 +25,6 @@ to the same disk, measured in this run (the floor a writer can approach).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -38,30 +37,10 @@ import numpy as np
 
 from hybrid_ps import checkpoint
 
-from .common import finish, print_table, summary_of
+from .common import finish, print_table, run_job, summary_of
 from .memory import measure
 
 OPTIMIZERS = ("sgd", "adagrad", "ftrl")
-
-
-def _job(ranks: int, args: list[str], output_dir: Path) -> tuple[str, float]:
-    """Run a training job; its stderr and wall seconds.
-
-    Raises:
-        RuntimeError: the job failed.
-    """
-    command = [sys.executable, "-m", "mpi_launch", "-n", str(ranks), "--", *args, "--output-dir", str(output_dir),
-               "--log-interval", "30"]
-    started = time.monotonic()
-    job = subprocess.run(command, capture_output=True, text=True, timeout=7200)
-    seconds = time.monotonic() - started
-    if job.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed with exit {job.returncode}:\n{job.stderr[-3000:]}")
-    return job.stderr, seconds
-
-
-def _records(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _largest(pattern: str, text: str) -> float:
@@ -156,16 +135,19 @@ def main() -> None:
         train_args = ["--servers", "2", "--replication", "1", "--optimizer", "adagrad", "--features", str(10**10),
                       "--zipf-exponent", "0.5", "--rows", str(args.rows), "--epochs", "1", "--preload", "false",
                       "--checkpoint-dir", str(root / "checkpoints")]
-        stderr, train_seconds = _job(args.ranks, train_args, root / "train")
+        trained = run_job(args.ranks, [*train_args, "--log-interval", "30"], root / "train", timeout=7200)
+        stderr, train_seconds = trained.stderr, trained.seconds
         info = checkpoint.checkpoint_info(root / "checkpoints")
         keys = int(info["total_keys"])
         latest = checkpoint.resolve_checkpoint(str(root / "checkpoints"))
         disk_bytes = sum(p.stat().st_size for p in Path(latest).glob("shard-*.h5"))
         write_seconds = _largest(r"wrote checkpoint at clock \d+ in ([\d.]+)s", stderr)
-        samples_per_s = summary_of(_records(root / "train"))["samples_per_s"]
+        samples_per_s = summary_of(trained.records)["samples_per_s"]
         floor_seconds = _disk_floor(disk_bytes // 2, root)  # one shard's share, as each shard writes its own
 
-        resumed, resume_seconds = _job(args.ranks, [*train_args, "--resume", "latest"], root / "resume")
+        resume = run_job(args.ranks, [*train_args, "--resume", "latest", "--log-interval", "30"], root / "resume",
+                         timeout=7200)
+        resumed, resume_seconds = resume.stderr, resume.seconds
         load_seconds = _largest(r"resumed \d+ keys at clocks .* in ([\d.]+)s", resumed)
         started = time.monotonic()
         subprocess.run([sys.executable, "-m", "hybrid_ps.evaluate", str(latest), "--data", "synthetic"], check=True,

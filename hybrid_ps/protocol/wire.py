@@ -51,9 +51,9 @@ Requests and the frames they carry:
                                   primary of and it replicates, forward to it from now on, tell the clients
                                   (SHARD_UP); ACKed, with the rows sent in ``clock``, once it has them all
     FILL       header keys rows   (to a rejoined shard) set ``keys``' values and optimizer state (float32,
-               applied sender     ``width`` values then each state's ``width``); ``applied``: the recent pushes
-                                  they hold (uint64: group, writer, sequence, count, keys; repeated), not to
-                                  apply again
+               applied sender     ``width`` values then each state's ``width``, then the stamp with eviction);
+                                  ``applied``: the recent pushes they hold (uint64: group, writer, sequence,
+                                  count, keys; repeated), not to apply again
     FILLED     header clocks      (to a rejoined shard) the fill from this shard is complete; its vector
                table sender       clock, and a JSON table: the shards it knows dead, its placement history
                                   (rejoins and retirements, in order), the groups that finished or left

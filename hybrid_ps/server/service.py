@@ -213,9 +213,11 @@ class ShardService:
         for request in self.forwards.abandon():  # answered, so that no supervisor or client waits for ever
             self._answer_push(request)
         self._tell_cuts_written(block=True)  # a file being written is finished before the shard goes
+        sketch = f", admission counts {self.admission.sketch.nbytes / 2**20:.1f} MiB" if self.admission else ""
         log.info(
-            "shard %d stopped after %.1fs: %d keys, requests %s, %d errors",
-            self.shard_id, time.monotonic() - started, len(self.shard), self.stats.requests, self.stats.errors,
+            "shard %d stopped after %.1fs: %d keys (table %.1f MiB%s), requests %s, %d errors",
+            self.shard_id, time.monotonic() - started, len(self.shard), self.shard.table.nbytes / 2**20, sketch,
+            self.stats.requests, self.stats.errors,
         )
         return self.stats
 

@@ -186,10 +186,11 @@ def test_between_full_cuts_a_shard_writes_only_the_rows_it_changed():
     ring = HashRing([0], vnodes=8)
     shard = Shard(1, make_optimizer("sgd", 1.0), track_changes=True)
     placement = [Placement(ring)]
-    written = []
+    written, evicted = [], []
     cuts = Cuts(shard_id=0, shard=shard, groups=GroupTable(num_groups=1), placement=lambda: placement[0],
                 writer=lambda part, clock, cut, base: written.append((cut, base, part[0].tolist(),
-                                                                      part[1][:, 0].tolist())), deltas=2)
+                                                                      part[1][:, 0].tolist())), deltas=2,
+                evict=evicted.append)
 
     def cut(clock, keys):
         shard.push(np.array(keys, np.uint64), np.ones((len(keys), 1), np.float32))
@@ -204,6 +205,7 @@ def test_between_full_cuts_a_shard_writes_only_the_rows_it_changed():
     assert cut(50, [3])[:2] == (50, 40)
     placement[0] = Placement(ring, 1, dead=[])  # another placement (a failover, a restart): full
     assert cut(60, [3])[:2] == (60, None)
+    assert evicted == [10, 40, 60]  # eviction runs at the full cuts only: a delta carries no deletions
 
 
 def test_a_cut_is_written_once_every_shard_that_took_part_says_so():
