@@ -28,6 +28,6 @@ class ChangedKeys:
 
     def take(self) -> np.ndarray:
         """The distinct keys changed since the last ``take`` (sorted); starts afresh."""
-        keys = np.sort(self._table.export()[0])
+        keys = np.sort(self._table.keys())
         self._table = KeyTable(1, 1, 1 << 16)
         return keys

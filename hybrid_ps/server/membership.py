@@ -229,10 +229,10 @@ class TierMembership:
                 loaded.append(part.keys)
         except BaseException:
             if loaded:  # drop what was loaded again (those keys were not held before)
-                self.shard.retain(~np.isin(self.shard.export()[0], np.concatenate(loaded)))
+                self.shard.retain(~np.isin(self.shard.keys(), np.concatenate(loaded)))
             raise
         moved = sum(part.size for part in loaded)
-        keys = self.shard.export()[0]
+        keys = self.shard.keys()
         keep = mine(keys) if keys.size else np.zeros(0, dtype=bool)
         if not keep.all():
             self.shard.retain(keep)

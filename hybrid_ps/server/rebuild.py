@@ -99,7 +99,7 @@ class Rebuild:
             self.replies.ack_with(identity, header, 0, self.peer_view())
             return
         self.forwards.learn({shard: endpoint})
-        keys = self.shard.rows()[0]
+        keys = self.shard.keys()
         self.forwards.start_fill(WaitingRequest(identity, header), shard, keys, select=lambda chunk: self._serves_for(
             chunk, shard), table=self._fill_table)
         log.info("shard %d: filling rejoined shard %d (%s) from its %d keys", self.shard_id, shard, endpoint,
@@ -136,7 +136,7 @@ class Rebuild:
     def _fill_new_backups(self, request: WaitingRequest, before: Placement) -> None:
         """Fill every shard that replicates keys now it did not under ``before``, of those this one is acting
         primary of."""
-        after, keys = self.membership.placement, self.shard.rows()[0]
+        after, keys = self.membership.placement, self.shard.keys()
         for backup in after.live_shards:
             if backup == self.shard_id:
                 continue

@@ -102,6 +102,10 @@ class Shard:
             self.changed.note(keys)
         self.version += 1
 
+    def keys(self) -> np.ndarray:
+        """Every held key, in the table's order (``export``'s, ``retain``'s mask order), without their rows."""
+        return self.table.keys()
+
     def rows(self) -> tuple[np.ndarray, np.ndarray]:
         """Keys and whole rows of every held key (``load_rows``' layout)."""
         return self.table.export()

@@ -307,3 +307,11 @@ def test_stale_needs_a_stamped_table_and_push_checks_the_stamp_column():
     assert KeyTable(1, 1).stale(0, 0.0).size == 0
     with pytest.raises(ValueError, match="and a stamp"):
         KeyTable(1, 3, stamped=True).push(np.array([1], np.uint64), np.ones((1, 1), np.float32), _rule("sgd"))
+
+
+def test_keys_are_exports_keys_without_the_rows():
+    table = KeyTable(16, 32)
+    keys = np.array([0, 5, 2**64 - 1, 77, 2**63], np.uint64)
+    table.assign(keys, np.ones((keys.size, 32), np.float32))
+    np.testing.assert_array_equal(table.keys(), table.export()[0])
+    assert KeyTable(1, 1).keys().size == 0
