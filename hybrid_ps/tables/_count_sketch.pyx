@@ -64,13 +64,18 @@ cdef class CountSketch:
         """Bytes of counters."""
         return self.counters
 
-    cdef inline void _slots(self, uint64_t key, int64_t *slots) noexcept nogil:
+    cdef inline unsigned char _lowest(self, uint64_t key, int64_t *slots) noexcept nogil:
+        """The key's count: the lowest of its counters (their places into ``slots``, by double hashing)."""
         cdef uint64_t h = hps_mix64(key ^ _SALT)
         cdef uint64_t step = hps_mix64(h) | 1
+        cdef unsigned char low = 255
         cdef int j
         for j in range(self.hashes):
             slots[j] = <int64_t> hps_fastrange(h, self.counters)
             h += step
+            if self.table[slots[j]] < low:
+                low = self.table[slots[j]]
+        return low
 
     def add(self, const uint64_t[::1] keys):
         """Count each key once more (a key listed twice, twice); returns each key's count after its addition
@@ -83,12 +88,8 @@ cdef class CountSketch:
         cdef unsigned char[::1] counts = out
         with nogil:
             for i in range(n):
-                self._slots(keys[i], slots)
-                low = 255
-                for j in range(self.hashes):
-                    if self.table[slots[j]] < low:
-                        low = self.table[slots[j]]
-                if low < 255:
+                low = self._lowest(keys[i], slots)
+                if low < 255:  # the conservative update: raise only the counters at the minimum
                     for j in range(self.hashes):
                         if self.table[slots[j]] == low:
                             self.table[slots[j]] = low + 1
@@ -103,18 +104,11 @@ cdef class CountSketch:
         """Each key's count, unchanged (a new uint8 array)."""
         cdef int64_t n = keys.shape[0], i
         cdef int64_t slots[_MAX_HASHES]
-        cdef int j
-        cdef unsigned char low
         out = np.empty(n, dtype=np.uint8)
         cdef unsigned char[::1] counts = out
         with nogil:
             for i in range(n):
-                self._slots(keys[i], slots)
-                low = 255
-                for j in range(self.hashes):
-                    if self.table[slots[j]] < low:
-                        low = self.table[slots[j]]
-                counts[i] = low
+                counts[i] = self._lowest(keys[i], slots)
         return out
 
     cdef void _halve(self) noexcept nogil:
