@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 __all__ = ["best_time", "print_table", "print_ratio", "finish", "save_results", "peak_rss_bytes", "run_job",
-           "run_training", "summary_of", "TrainingJob", "RESULTS_DIR"]
+           "run_training", "summary_of", "TrainingJob", "RESULTS_DIR", "busy_cpu_seconds", "wait_until_quiet"]
 
 RESULTS_DIR = Path(os.environ.get("HYBRID_PS_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 """Where results go; the smoke tests point ``HYBRID_PS_BENCH_RESULTS`` elsewhere to keep the committed figures."""
@@ -143,3 +143,30 @@ def run_training(ranks: int, args: Sequence[str], output_dir: str | Path, timeou
 def summary_of(records: list[dict]) -> dict:
     """The ``summary`` record of a job's metrics records."""
     return next(record for record in records if record.get("kind") == "summary")
+
+
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine was busy so far, CPU seconds of this process's children that ended).
+
+    Their changes over a job run by this process give the CPU time *other* processes took meanwhile: a run
+    another user's work disturbed. Linux only (``/proc/stat``); elsewhere both are 0.
+    """
+    try:
+        ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    idle = ticks[3] + ticks[4]  # idle, iowait; the rest: user, nice, system, irq, softirq, steal
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), children.ru_utime + children.ru_stime
+
+
+def wait_until_quiet(busy_cores: float = 0.25, window: float = 0.5, limit: float = 300.0) -> float:
+    """Wait until the machine's busy cores over ``window`` seconds drop below ``busy_cores`` (at most ``limit``
+    seconds); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = busy_cpu_seconds()[0]
+        time.sleep(window)
+        if (busy_cpu_seconds()[0] - before) / window < busy_cores:
+            break
+    return time.monotonic() - started

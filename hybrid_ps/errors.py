@@ -15,6 +15,7 @@ __all__ = [
     "KeyListMissError",
     "WaitTimeoutError",
     "DivergenceError",
+    "SimulatedNetworkError",
 ]
 
 
@@ -64,3 +65,7 @@ class WaitTimeoutError(HybridPSError):
 
 class DivergenceError(HybridPSError):
     """Training diverged: the loss ran far above a constant prediction's; the message names the likely cause."""
+
+
+class SimulatedNetworkError(HybridPSError):
+    """The simulated network's relay process (benchmarks and tests only) did not start or stopped answering."""

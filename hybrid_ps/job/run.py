@@ -20,6 +20,7 @@ from ..metrics import MetricsWriter
 from ..models import Model, build_model
 from ..models.base import BIAS_KEY
 from ..net.curve import JobKeys
+from ..net.simulated import SimulatedNetwork
 from ..placement.ring import HashRing
 from ..preemption import StopRequest
 from ..server.process import ShardSpec
@@ -116,14 +117,16 @@ def _run_worker(
     endpoints = plan.tier.endpoints if plan.tier else exchange_endpoints(topology, None)
     # a leader blocks at most a few PS waits (checkpoint, drain, reshard) between two broadcasts
     group = WorkerGroup(topology.group_comm, leader_timeout=4 * config.cluster.ps_timeout)
-    client = None
+    client = network = None
     if topology.is_leader:
         log.info("leader of group %d runs as pid %d", topology.group, os.getpid())
+        network = _simulated_network(config)
         client = PSClient(endpoints, topology.group, plan.num_slots, ring, model.width, config.cluster.ps_timeout,
                           replication=plan.replication, failover_timeout=config.cluster.failover_timeout,
                           heartbeat_interval=min(1.0, config.cluster.failover_timeout / 4),
                           key_cache=config.comm.key_cache, compression=config.comm.compression,
-                          compress_values=config.comm.compress_values, curve_keys=curve_keys)
+                          compress_values=config.comm.compress_values, curve_keys=curve_keys,
+                          route=network.route if network else None)
     try:
         publish = _publisher(config, topology, model, scales) if config.train.checkpoint and client else None
         start = group.broadcast_int(client.join() if client else 0)  # its own clock; after a failure, the others'
@@ -144,7 +147,22 @@ def _run_worker(
     finally:
         if client is not None:
             client.close()
+        if network is not None:
+            network.close()
+    if network is not None and network.final_stats is not None:
+        result.network = np.array(network.final_stats.as_array())
     return result.as_array() if topology.is_leader else np.zeros_like(result.as_array())
+
+
+def _simulated_network(config: Config) -> SimulatedNetwork | None:
+    """The leader's relay that delays its PS traffic (``comm.net_latency_ms``, ``comm.net_bandwidth_gbit``), or
+    ``None`` (the default: direct TCP). Shard-to-shard traffic (replication, rebuilds) never goes through it."""
+    comm = config.comm
+    if not (comm.net_latency_ms or comm.net_bandwidth_gbit):
+        return None
+    network = SimulatedNetwork(latency_ms=comm.net_latency_ms, bandwidth_gbit=comm.net_bandwidth_gbit)
+    log.info("simulated network: PS traffic through a relay (pid %d), %s", network.pid, network.describe())
+    return network
 
 
 def _warn_if_positions_differ(config: Config, topology: Topology) -> None:

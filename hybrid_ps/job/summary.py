@@ -10,7 +10,7 @@ import numpy as np
 from ..config import Config
 from ..metrics import MetricsWriter
 from ..worker.group import wait_quietly
-from ..worker.result import TRAFFIC_FIELDS, GroupResult
+from ..worker.result import NETWORK_FIELDS, TRAFFIC_FIELDS, GroupResult
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ def summarise(topology: Topology, config: Config, local: np.ndarray, metrics: Me
         ps_bytes_received_per_step=traffic["received"],
         traffic_per_step=traffic,
     )
+    if config.comm.net_latency_ms or config.comm.net_bandwidth_gbit:
+        summary.update(simulated_network=_network_summary(config, total))
     if config.data.eval_path:
         summary.update(validation_logloss=total.validation_logloss, early_stopped=total.early_stopped)
         if config.train.early_stopping:
@@ -71,3 +73,18 @@ def summarise(topology: Topology, config: Config, local: np.ndarray, metrics: Me
                 summary["final_logloss"], summary["final_accuracy"], summary["eval_rows"],
             )
     return summary
+
+
+def _network_summary(config: Config, total: GroupResult) -> dict:
+    """The simulated network's settings and what its relays forwarded, summed over the leaders: per direction
+    (up: leaders to shards) bytes, TCP chunks and seconds of delay added, and the mean delay of a chunk."""
+    counters = dict(zip(NETWORK_FIELDS, total.network.tolist(), strict=True))
+    record: dict = {"latency_ms": config.comm.net_latency_ms, "bandwidth_gbit": config.comm.net_bandwidth_gbit,
+                    "connections": int(counters["connections"])}
+    for way in ("up", "down"):
+        mine = {name.removeprefix(f"{way}_"): value for name, value in counters.items() if name.startswith(f"{way}_")}
+        chunks = max(mine["chunks"], 1)
+        mine["mean_delay_ms"] = 1e3 * mine["delay_seconds"] / chunks  # modeled: latency + queueing + serialization
+        mine["mean_late_ms"] = 1e3 * mine["late_seconds"] / chunks  # beyond the model: the relay woke up late
+        record[way] = mine
+    return record

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import zmq
@@ -21,11 +21,14 @@ class ShardLinks:
         context: ZeroMQ context.
         curve_keys: the job's CURVE keys (``None``: plain TCP).
         also_poll: another poller to register every socket in (a shard's loop, which wakes up for replies too).
+        route: the address to dial for a shard's endpoint (a simulated network's relay, ``simulated.py``);
+            ``endpoints`` keeps the shards' own, which is what the shards are told.
     """
 
     def __init__(self, *, context: zmq.Context, curve_keys: JobKeys | None = None,
-                 also_poll: zmq.Poller | None = None) -> None:
+                 also_poll: zmq.Poller | None = None, route: Callable[[str], str] | None = None) -> None:
         self.endpoints: dict[int, str] = {}
+        self._route = route
         self._context = context
         self._curve_keys = curve_keys
         self._pollers = [zmq.Poller()] + ([also_poll] if also_poll is not None else [])
@@ -34,7 +37,7 @@ class ShardLinks:
         self._shard_of_socket: dict[zmq.Socket, int] = {}
 
     def connect(self, shard: int, endpoint: str) -> None:
-        sock = connect_dealer(self._context, endpoint, self._curve_keys)
+        sock = connect_dealer(self._context, self._route(endpoint) if self._route else endpoint, self._curve_keys)
         for poller in self._pollers:
             poller.register(sock, zmq.POLLIN)
         self._sockets[shard], self._shard_of_socket[sock] = sock, shard

@@ -52,11 +52,13 @@ class ShardChannel:
         framing: the key-cache and compression stages (``RequestFraming``).
         context: ZeroMQ context.
         curve_keys: the job's CURVE keys (``None``: plain TCP).
+        route: the address to dial for a shard's endpoint (``ShardLinks``; a simulated network).
     """
 
     def __init__(self, endpoints: dict[int, str], *, group: int, num_groups: int, ring: HashRing, width: int,
                  timeout: float, replication: int, heartbeat_interval: float, failover_timeout: float,
-                 framing: RequestFraming, context: zmq.Context, curve_keys: JobKeys | None) -> None:
+                 framing: RequestFraming, context: zmq.Context, curve_keys: JobKeys | None,
+                 route: Callable[[str], str] | None = None) -> None:
         self.group = group
         self.width = width
         self.timeout = timeout
@@ -65,7 +67,7 @@ class ShardChannel:
         self.requests = RequestBook()
         self.written_cuts = WrittenCuts()
         self.framing = framing
-        self.links = ShardLinks(context=context, curve_keys=curve_keys)
+        self.links = ShardLinks(context=context, curve_keys=curve_keys, route=route)
         self.shard_clocks = np.zeros(num_groups, dtype=np.int64)  # every group's clock, as the shards last said
         self.failovers: list[tuple[int, float]] = []  # (dead shard, seconds it was silent)
         self.stop_at: int | None = None  # the stop clock the coordinating shard announced (preemption)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import zmq
@@ -60,6 +60,8 @@ class PSClient:
         compression: ``zstd`` compresses key frames (and, with ``compress_values``, pushed values) of
             4 KiB and more (see hybrid_ps.protocol.codec); ``none`` sends them as they are.
         curve_keys: the job's CURVE keys (``None``: plain TCP, for shards serving without them).
+        route: the address to dial instead of a shard's endpoint (``SimulatedNetwork.route``: a relay that
+            delays the traffic; ``None``: the endpoint itself).
     """
 
     def __init__(
@@ -80,12 +82,13 @@ class PSClient:
         compression: str = "none",
         compress_values: bool = False,
         curve_keys: JobKeys | None = None,
+        route: Callable[[str], str] | None = None,
     ) -> None:
         self.channel = ShardChannel(
             endpoints_by_shard(endpoints), group=group, num_groups=num_groups, ring=ring, width=width,
             timeout=timeout, replication=replication, heartbeat_interval=heartbeat_interval,
             failover_timeout=failover_timeout, framing=RequestFraming(key_cache, compression, compress_values),
-            context=context or zmq.Context.instance(), curve_keys=curve_keys)
+            context=context or zmq.Context.instance(), curve_keys=curve_keys, route=route)
         self.max_pushes_in_flight = max_pushes_in_flight
         self._pushes_in_flight: list[Ticket] = []
 

@@ -162,3 +162,27 @@ def test_checkpoints_benchmark(tmp_path):
     assert "mean per cut" in out
     record = json.loads((tmp_path / "checkpoints.json").read_text())
     assert record["same_keys"] and record["mean_bytes"]["delta"] < record["mean_bytes"]["full"]
+
+
+def test_admission_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.admission", "--ranks", "4", "--rows", "30000",
+               "--features", "100000", "--holdout", "3000", "--every", "10", "--evict", "20", "--sketch-mb", "0.5")
+    assert "held-out logloss" in out
+    ways = json.loads((tmp_path / "admission.json").read_text())["ways"]
+    assert set(ways) == {"every key", "admission", "eviction", "both"}
+    assert ways["eviction"]["evicted"] > 0 and ways["every key"]["evicted"] == 0
+    assert ways["both"]["keys_held"] < ways["admission"]["keys_held"] < ways["every key"]["keys_held"]
+    assert all(0 < way["holdout_logloss"] < 1 for way in ways.values())
+
+
+def test_network_benchmark(tmp_path):
+    out = _run(tmp_path, sys.executable, "-m", "benchmarks.network", "--ranks", "4", "--rows", "10000",
+               "--staleness", "0", "--prefetch", "on", "--rtt", "1", "--gbit", "1", "--repeats", "1", "--batch-sizes")
+    assert "leaders' idle share" in out
+    record = json.loads((tmp_path / "network.json").read_text())
+    runs = {(r["staleness"], r["prefetch"], r["rtt_ms"]): r for r in record["runs"]}
+    assert set(runs) == {(s, p, rtt) for s, p in (("0", False), ("2", True)) for rtt in (None, 0.0, 1.0)}  # + defaults
+    assert all(r["effective_rtt_ms"] >= 1.0 for key, r in runs.items() if key[2])
+    assert all(r["effective_rtt_ms"] > 0 for key, r in runs.items() if key[2] == 0.0)  # through the relay only
+    assert all(0 <= r["ps_wait_share"] < 1 and r["samples_per_s"] > 0 for r in runs.values())
+    assert record["headline"]["ratio"] > 0

@@ -383,3 +383,14 @@ def test_early_stopping_needs_held_out_data_and_an_evaluation_period(tmp_path):
         _load("--eval-data", str(tmp_path / "missing.svm"))
     with pytest.raises(ConfigError, match="train.eval_every must be >= 0, got -1"):
         _load("--eval-every", "-1")
+
+
+def test_the_simulated_network_is_off_by_default_and_takes_finite_non_negative_settings():
+    config = _load()
+    assert (config.comm.net_latency_ms, config.comm.net_bandwidth_gbit) == (0.0, 0.0)
+    config = _load("--net-latency-ms", "0.25", "--net-bandwidth-gbit", "10")
+    assert (config.comm.net_latency_ms, config.comm.net_bandwidth_gbit) == (0.25, 10.0)
+    with pytest.raises(ConfigError, match="comm.net_latency_ms must be finite and >= 0, got -1.0"):
+        _load("--net-latency-ms", "-1")
+    with pytest.raises(ConfigError, match="comm.net_bandwidth_gbit must be finite and >= 0, got inf"):
+        _load("--net-bandwidth-gbit", "inf")

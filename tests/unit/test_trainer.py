@@ -16,7 +16,7 @@ from hybrid_ps.models import build_model
 from hybrid_ps.protocol.wire import FINAL_CLOCK
 from hybrid_ps.worker.client import Announcement
 from hybrid_ps.worker.faults import FaultInjector
-from hybrid_ps.worker.result import TRAFFIC_FIELDS, GroupResult
+from hybrid_ps.worker.result import NETWORK_FIELDS, TRAFFIC_FIELDS, GroupResult
 from hybrid_ps.worker.trainer import GroupTrainer, StepStats
 
 
@@ -172,11 +172,13 @@ def test_a_non_finite_gradient_stops_with_the_step_named():
 
 def test_group_result_round_trips_through_its_array():
     result = GroupResult(steps=7, samples=900, train_loss_sum=1.5, eval_rows=12, preempted=True,
-                         traffic=np.arange(len(TRAFFIC_FIELDS), dtype=np.float64))
+                         traffic=np.arange(len(TRAFFIC_FIELDS), dtype=np.float64),
+                         network=np.arange(len(NETWORK_FIELDS), dtype=np.float64) + 100)
     back = GroupResult.from_array(result.as_array())
     assert back.steps == 7 and isinstance(back.steps, int) and back.preempted is True
     assert back.train_loss_sum == 1.5 and back.eval_rows == 12
     np.testing.assert_array_equal(back.traffic, result.traffic)
+    np.testing.assert_array_equal(back.network, result.network)
     with pytest.raises(ValueError, match="numbers"):
         GroupResult.from_array(np.zeros(3))
 
