@@ -36,6 +36,9 @@ import os
 import numpy as np
 import zmq
 
+from hybrid_ps.server.shard import Shard
+from hybrid_ps.tables.optimizers import make_optimizer
+
 from .common import best_time, finish, print_table
 from .raw_server import connect_raw, serve_raw, start, stop
 
@@ -49,20 +52,20 @@ TARGET = 0.6
 # -- child processes (spawned: they import only numpy, zmq and hybrid_ps' non-MPI modules) --------------------
 
 
-class NullShard:
-    """A shard without math (transport-only figures): pull returns a preallocated buffer, push does nothing."""
+class NullShard(Shard):
+    """A shard without math (transport-only figures): pull returns a preallocated buffer, push does nothing.
+
+    A ``Shard`` otherwise (an empty table), so the service finds everything it uses of one.
+    """
 
     def __init__(self, max_keys: int) -> None:
-        self.width = WIDTH
+        super().__init__(WIDTH, make_optimizer("adagrad", LEARNING_RATE), capacity=16)
         self.values = np.zeros((max_keys, WIDTH), dtype=np.float32)
-
-    def __len__(self) -> int:
-        return 0
 
     def pull(self, keys: np.ndarray) -> np.ndarray:
         return self.values[: keys.size]
 
-    def push(self, keys: np.ndarray, grads: np.ndarray) -> None:
+    def push(self, keys: np.ndarray, grads: np.ndarray, clock: int = 0) -> None:
         pass
 
 
@@ -74,8 +77,6 @@ def _serve_shard(shard_id: int, num_shards: int, capacity: int, null: bool, conn
     logging.basicConfig(level=logging.WARNING)
     from hybrid_ps.placement.ring import HashRing
     from hybrid_ps.server.service import ShardService
-    from hybrid_ps.server.shard import Shard
-    from hybrid_ps.tables.optimizers import make_optimizer
 
     ring = HashRing(range(num_shards), VNODES)
     shard = NullShard(capacity) if null else Shard(WIDTH, make_optimizer("adagrad", LEARNING_RATE), capacity=capacity)
