@@ -200,6 +200,8 @@ class Rebuild:
         """
         self.check_sender(body[3])
         clock = self.groups.clock
+        if len(body[1]) % 8:
+            raise WireError(f"a FILLED's clocks frame of {len(body[1])} bytes is not int64 clocks")
         clocks = np.frombuffer(body[1], dtype="<i8")
         try:
             table = json.loads(bytes(body[2]))

@@ -440,6 +440,8 @@ def test_malformed_messages_get_an_error_and_change_nothing(make_cluster):
         ([_header(wire.Op.PULL, num_keys=2000), _u64(np.arange(2000))], "2000 keys exceed the limit of 1000"),
         ([_header(wire.Op.ACK)], "ACK is a reply, not a request"),
         ([_header(wire.Op.CHECKPOINT)], "without a checkpoint directory"),
+        ([_header(wire.Op.FILLED), b"\x01\x02\x03", b"{}", wire.encode_shard_id(1)], "is not int64 clocks"),
+        ([_header(wire.Op.DROP, num_keys=1), _u64([1]), b"\x07"], "shard frame is 4 bytes, got 1"),
     ],
 )
 def test_error_replies_explain_the_problem(make_cluster, frames, text):
