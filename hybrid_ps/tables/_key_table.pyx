@@ -635,45 +635,41 @@ cdef class KeyTable:
             return keys_out, rows_out
         cdef uint64_t[::1] keys = keys_out
         cdef float[:, ::1] rows = rows_out
-        cdef int64_t at = 0, b
-        cdef int p, slot
-        cdef char *bucket
         with nogil:
-            if self.has_zero:
-                keys[0] = 0
-                memcpy(&rows[0, 0], self.zero_row, self.row_bytes)
-                at = 1
-            for p in range(_PARTS):
-                for b in range(self.parts[p].size):
-                    bucket = self.parts[p].buckets + b * self.bucket_bytes
-                    for slot in range(_SLOTS):
-                        if (<uint64_t *> bucket)[slot] != 0:
-                            keys[at] = (<uint64_t *> bucket)[slot]
-                            memcpy(&rows[at, 0], self._row(bucket, slot), self.row_bytes)
-                            at += 1
+            self._collect(&keys[0], <char *> &rows[0, 0])
         return keys_out, rows_out
 
     def keys(self):
         """Every held key (a new uint64 array), in ``export``'s order, without copying a row."""
-        cdef int64_t n = self._count(), at = 0, b
-        cdef int p, slot
-        cdef char *bucket
+        cdef int64_t n = self._count()
         keys_out = np.empty(n, dtype=np.uint64)
         if n == 0:
             return keys_out
         cdef uint64_t[::1] keys = keys_out
         with nogil:
-            if self.has_zero:
-                keys[0] = 0
-                at = 1
-            for p in range(_PARTS):
-                for b in range(self.parts[p].size):
-                    bucket = self.parts[p].buckets + b * self.bucket_bytes
-                    for slot in range(_SLOTS):
-                        if (<uint64_t *> bucket)[slot] != 0:
-                            keys[at] = (<uint64_t *> bucket)[slot]
-                            at += 1
+            self._collect(&keys[0], NULL)
         return keys_out
+
+    cdef void _collect(self, uint64_t *keys, char *rows) noexcept nogil:
+        """Every held key into ``keys`` (room for all), in the table's order, and its row into ``rows`` (``NULL``:
+        the keys only)."""
+        cdef int64_t at = 0, b
+        cdef int p, slot
+        cdef char *bucket
+        if self.has_zero:
+            keys[0] = 0
+            if rows != NULL:
+                memcpy(rows, self.zero_row, self.row_bytes)
+            at = 1
+        for p in range(_PARTS):
+            for b in range(self.parts[p].size):
+                bucket = self.parts[p].buckets + b * self.bucket_bytes
+                for slot in range(_SLOTS):
+                    if (<uint64_t *> bucket)[slot] != 0:
+                        keys[at] = (<uint64_t *> bucket)[slot]
+                        if rows != NULL:
+                            memcpy(rows + at * self.row_bytes, self._row(bucket, slot), self.row_bytes)
+                        at += 1
 
     def retain(self, keep_mask):
         """Keep only the keys where ``keep_mask`` (over ``export``'s order) is true."""
